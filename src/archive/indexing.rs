@@ -1,0 +1,143 @@
+//! From store records to index documents. The index holds one document per study, series and
+//! instance; each carries the values of its level and of the levels above it.
+
+use std::collections::BTreeSet;
+
+use dicom_dictionary_std::tags;
+
+use crate::dicom::attrs::Level;
+use crate::dicom::part10::AttributeValue;
+use crate::error::Error;
+use crate::index::{DocKey, IndexDoc, IndexOp};
+use crate::store::{Change, SeriesRecord, Store, StudyRecord};
+
+fn tag_number(tag: dicom_core::Tag) -> u32 {
+    (u32::from(tag.group()) << 16) | u32::from(tag.element())
+}
+
+/// Study-level values including the computed ones (ModalitiesInStudy, SOPClassesInStudy).
+pub fn study_values(study: &StudyRecord) -> Vec<AttributeValue> {
+    let mut values = study.attributes.clone();
+    values.push(AttributeValue {
+        tag: tag_number(tags::MODALITIES_IN_STUDY),
+        values: study.modalities.clone(),
+    });
+    values.push(AttributeValue {
+        tag: tag_number(tags::SOP_CLASSES_IN_STUDY),
+        values: study.sop_classes.clone(),
+    });
+    values
+}
+
+fn study_op(study_uid: &str, study: Option<StudyRecord>) -> IndexOp {
+    let key = DocKey {
+        level: Level::Study,
+        study_uid: study_uid.to_string(),
+        series_uid: None,
+        sop_uid: None,
+    };
+    match study {
+        Some(study) => IndexOp::Upsert(IndexDoc {
+            key,
+            created: study.created_seq,
+            values: study_values(&study),
+        }),
+        None => IndexOp::Delete(key),
+    }
+}
+
+fn series_op(
+    study_uid: &str,
+    series_uid: &str,
+    study: Option<&StudyRecord>,
+    series: Option<SeriesRecord>,
+) -> IndexOp {
+    let key = DocKey {
+        level: Level::Series,
+        study_uid: study_uid.to_string(),
+        series_uid: Some(series_uid.to_string()),
+        sop_uid: None,
+    };
+    match (study, series) {
+        (Some(study), Some(series)) => {
+            let mut values = study_values(study);
+            values.extend(series.attributes);
+            IndexOp::Upsert(IndexDoc {
+                key,
+                created: series.created_seq,
+                values,
+            })
+        }
+        _ => IndexOp::Delete(key),
+    }
+}
+
+/// Index operations that bring the documents touched by `changes` up to the store's state.
+pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<IndexOp>, Error> {
+    let mut studies = BTreeSet::new();
+    let mut series = BTreeSet::new();
+    let mut instances = BTreeSet::new();
+    for change in changes {
+        for (study_uid, series_uid, sop_uid) in &change.touched {
+            studies.insert(study_uid.clone());
+            series.insert((study_uid.clone(), series_uid.clone()));
+            instances.insert(sop_uid.clone());
+        }
+    }
+    let mut ops = Vec::new();
+    for study_uid in &studies {
+        ops.push(study_op(study_uid, store.study(study_uid)?));
+    }
+    for (study_uid, series_uid) in &series {
+        let study = store.study(study_uid)?;
+        ops.push(series_op(
+            study_uid,
+            series_uid,
+            study.as_ref(),
+            store.series(study_uid, series_uid)?,
+        ));
+    }
+    for sop_uid in &instances {
+        match store.instance(sop_uid)? {
+            Some(instance) => {
+                let mut values = instance.attributes.clone();
+                if let Some(study) = store.study(&instance.study_uid)? {
+                    values.extend(study_values(&study).into_iter().filter(|v| {
+                        v.tag == tag_number(tags::MODALITIES_IN_STUDY)
+                            || v.tag == tag_number(tags::SOP_CLASSES_IN_STUDY)
+                    }));
+                }
+                ops.push(IndexOp::Upsert(IndexDoc {
+                    key: DocKey {
+                        level: Level::Instance,
+                        study_uid: instance.study_uid.clone(),
+                        series_uid: Some(instance.series_uid.clone()),
+                        sop_uid: Some(sop_uid.clone()),
+                    },
+                    created: instance.seq,
+                    values,
+                }));
+            }
+            None => ops.push(IndexOp::Delete(DocKey {
+                level: Level::Instance,
+                study_uid: String::new(),
+                series_uid: None,
+                sop_uid: Some(sop_uid.clone()),
+            })),
+        }
+    }
+    Ok(ops)
+}
+
+/// Index operations for every document of one study, read from the store.
+pub fn ops_for_study(store: &dyn Store, study_uid: &str) -> Result<(Vec<IndexOp>, u64), Error> {
+    let mut touched = Vec::new();
+    for series_uid in store.series_uids(study_uid)? {
+        for sop_uid in store.instance_uids(study_uid, Some(&series_uid))? {
+            touched.push((study_uid.to_string(), series_uid.clone(), sop_uid));
+        }
+    }
+    let n_instances = touched.len() as u64;
+    let ops = ops_for_changes(store, &[Change { seq: 0, touched }])?;
+    Ok((ops, n_instances))
+}

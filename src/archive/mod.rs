@@ -1,0 +1,225 @@
+//! The domain core: the archive facade over the store (source of truth) and the index
+//! (derived). HTTP handlers and, later, DIMSE services call only this.
+
+mod indexing;
+pub mod ingest;
+pub mod reindex;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
+
+use crate::auth::Principal;
+use crate::dicom::attrs::Level;
+use crate::error::Error;
+use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
+use crate::store::{
+    DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StoreError,
+    StudyRecord,
+};
+
+/// Present while an index rebuild is under way.
+const REBUILD_MARKER: &str = "index-rebuild-in-progress";
+
+/// How the archive is set up.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    pub duplicate_policy: DuplicatePolicy,
+    pub max_instance_bytes: u64,
+    pub store: SledStoreOptions,
+}
+
+impl Default for ArchiveOptions {
+    fn default() -> Self {
+        ArchiveOptions {
+            duplicate_policy: DuplicatePolicy::Reject,
+            max_instance_bytes: 4 * 1024 * 1024 * 1024,
+            store: SledStoreOptions::default(),
+        }
+    }
+}
+
+pub struct Archive {
+    data_dir: PathBuf,
+    store: Arc<dyn Store>,
+    index: Arc<dyn Index>,
+    limits: IngestLimits,
+    /// One index refresh at a time: each one reads the store after the previous one applied,
+    /// so an older view can never overwrite a newer one in the index.
+    index_sync: tokio::sync::Mutex<()>,
+}
+
+impl Archive {
+    /// Opens the archive in `data_dir` (`store/` and `index/` beneath it), sweeps what a crash
+    /// left half-written, and brings the index up to date with the store.
+    pub async fn open(data_dir: &Path, options: ArchiveOptions) -> Result<Archive, Error> {
+        std::fs::create_dir_all(data_dir).map_err(Error::internal)?;
+        let store = SledStore::open(&data_dir.join("store"), options.store.clone())?;
+        let recovered = store.recover()?;
+        if recovered.orphan_payloads > 0 {
+            tracing::info!(
+                orphans = recovered.orphan_payloads,
+                "swept payloads of unacknowledged instances"
+            );
+        }
+        let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"))?;
+        let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
+        let archive = Archive {
+            data_dir: data_dir.to_path_buf(),
+            store,
+            index,
+            limits: IngestLimits {
+                max_instance_bytes: options.max_instance_bytes,
+                policy: options.duplicate_policy,
+            },
+            index_sync: tokio::sync::Mutex::new(()),
+        };
+        if needs_rebuild {
+            tracing::info!("index schema changed; rebuilding from the store");
+            archive.reindex().await?;
+        } else {
+            let replayed = archive.sync_index().await?;
+            if replayed > 0 {
+                tracing::info!(changes = replayed, "replayed store changes into the index");
+            }
+        }
+        Ok(archive)
+    }
+
+    /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable and
+    /// searchable only after [`Archive::make_durable_and_visible`].
+    pub async fn store_instance<S, E>(
+        &self,
+        principal: &Principal,
+        expected_study: Option<&str>,
+        body: S,
+    ) -> Result<StoredInstance, IngestError<E>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        ingest::ingest(&self.store, principal, expected_study, &self.limits, body).await
+    }
+
+    /// Makes every instance stored so far durable (group commit), then visible to searches.
+    pub async fn make_durable_and_visible(&self) -> Result<(), Error> {
+        self.store.commit().await?;
+        self.sync_index().await?;
+        Ok(())
+    }
+
+    /// Applies the store's pending changes to the index. Returns how many it applied.
+    async fn sync_index(&self) -> Result<usize, Error> {
+        let _guard = self.index_sync.lock().await;
+        let changes = self.store.pending_changes()?;
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let ops = indexing::ops_for_changes(self.store.as_ref(), &changes)?;
+        self.index.apply(ops).await?;
+        let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
+        self.store.forget_changes(&seqs)?;
+        Ok(changes.len())
+    }
+
+    /// Searches the index. Results are filtered to what `principal` may see.
+    pub fn search(&self, _principal: &Principal, query: &SearchQuery) -> Result<SearchHits, Error> {
+        Ok(self.index.search(query)?)
+    }
+
+    pub fn study(
+        &self,
+        _principal: &Principal,
+        study_uid: &str,
+    ) -> Result<Option<StudyRecord>, Error> {
+        Ok(self.store.study(study_uid)?)
+    }
+
+    pub fn series(
+        &self,
+        _principal: &Principal,
+        study_uid: &str,
+        series_uid: &str,
+    ) -> Result<Option<SeriesRecord>, Error> {
+        Ok(self.store.series(study_uid, series_uid)?)
+    }
+
+    pub fn instance(
+        &self,
+        _principal: &Principal,
+        sop_uid: &str,
+    ) -> Result<Option<InstanceRecord>, Error> {
+        Ok(self.store.instance(sop_uid)?)
+    }
+
+    /// The instances of a study, series or single instance, in store order; `NotFound` when
+    /// the target does not exist (PS3.18 §10.4.3).
+    pub fn instances_of(
+        &self,
+        principal: &Principal,
+        level: Level,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+    ) -> Result<Vec<InstanceRecord>, Error> {
+        let not_found = || Error::not_found(format!("no such {}", level_name(level)));
+        let uids = match (level, series_uid, sop_uid) {
+            (Level::Instance, Some(series), Some(sop)) => {
+                let record = self.instance(principal, sop)?.ok_or_else(not_found)?;
+                if record.study_uid != study_uid || record.series_uid != series {
+                    return Err(not_found());
+                }
+                return Ok(vec![record]);
+            }
+            (Level::Series, Some(series), _) => {
+                self.store.instance_uids(study_uid, Some(series))?
+            }
+            _ => self.store.instance_uids(study_uid, None)?,
+        };
+        let mut records = Vec::with_capacity(uids.len());
+        for uid in uids {
+            if let Some(record) = self.store.instance(&uid)? {
+                records.push(record);
+            }
+        }
+        if records.is_empty() {
+            return Err(not_found());
+        }
+        Ok(records)
+    }
+
+    /// The stored bytes of an instance, as a stream of chunks.
+    pub fn payload(
+        &self,
+        record: &InstanceRecord,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
+        crate::store::payload::stream(self.store.clone(), record.payload.clone())
+    }
+
+    /// Number of instances in the store.
+    pub fn count_instances(&self) -> Result<u64, Error> {
+        Ok(self.store.count_instances()?)
+    }
+
+    /// Rebuilds the index from the store. Returns the number of instances indexed.
+    pub async fn reindex(&self) -> Result<u64, Error> {
+        let _guard = self.index_sync.lock().await;
+        // A rebuild spans several index commits; the marker makes an interrupted one restart.
+        let marker = self.data_dir.join(REBUILD_MARKER);
+        std::fs::write(&marker, b"").map_err(Error::internal)?;
+        let n = reindex::rebuild(self.store.as_ref(), self.index.as_ref()).await?;
+        std::fs::remove_file(&marker).map_err(Error::internal)?;
+        Ok(n)
+    }
+}
+
+pub fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Study => "study",
+        Level::Series => "series",
+        Level::Instance => "instance",
+    }
+}

@@ -1,0 +1,5 @@
+//! DICOM helpers over dicom-rs. Nothing here knows about HTTP.
+
+pub mod attrs;
+pub mod part10;
+pub mod uid;

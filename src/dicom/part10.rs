@@ -1,0 +1,141 @@
+//! Reading the parts of a PS3.10 file that the archive needs at store time.
+//!
+//! The payload itself is never re-encoded: this module only reads the File Meta Information
+//! and the data set up to Pixel Data, so the cost of a parse does not grow with image size.
+
+use std::io::Read;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::{OpenFileOptions, file::ReadPreamble};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use super::{attrs, uid};
+
+/// Bytes before the "DICM" prefix (PS3.10 §7.1).
+pub const PREAMBLE_LEN: usize = 128;
+/// Preamble plus the 4-byte "DICM" prefix.
+pub const HEADER_LEN: usize = PREAMBLE_LEN + 4;
+
+/// Whether the first bytes of a payload carry the PS3.10 "DICM" prefix after the preamble.
+pub fn has_dicm_prefix(head: &[u8]) -> bool {
+    head.len() >= HEADER_LEN && &head[PREAMBLE_LEN..HEADER_LEN] == b"DICM"
+}
+
+/// Values of one table attribute, as decoded strings (PN keeps its `=` groups).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttributeValue {
+    /// The tag as `(group << 16) | element`.
+    pub tag: u32,
+    pub values: Vec<String>,
+}
+
+impl AttributeValue {
+    pub fn tag(&self) -> Tag {
+        Tag((self.tag >> 16) as u16, (self.tag & 0xFFFF) as u16)
+    }
+}
+
+/// What the archive learns from an instance when it is stored.
+#[derive(Debug, Clone)]
+pub struct ParsedInstance {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    /// The values of every table attribute present in the instance (see [`attrs::ATTRIBUTES`]).
+    pub attributes: Vec<AttributeValue>,
+}
+
+/// Why a payload could not be accepted as an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("not a DICOM PS3.10 file: no DICM prefix after the 128-byte preamble")]
+    NotPart10,
+    #[error("transfer syntax {0} is not supported")]
+    UnsupportedTransferSyntax(String),
+    #[error("the data set cannot be parsed: {0}")]
+    Malformed(String),
+    #[error("{keyword} is missing")]
+    MissingAttribute { keyword: &'static str },
+    #[error("{keyword} is not a valid UID: {reason}")]
+    InvalidUid {
+        keyword: &'static str,
+        reason: uid::UidError,
+    },
+}
+
+/// Parses a PS3.10 stream that starts at the preamble.
+///
+/// The caller has already checked the "DICM" prefix; parsing stops before Pixel Data.
+pub fn parse(mut reader: impl Read) -> Result<ParsedInstance, ParseError> {
+    let mut header = [0u8; HEADER_LEN];
+    reader
+        .read_exact(&mut header)
+        .map_err(|_| ParseError::NotPart10)?;
+    if !has_dicm_prefix(&header) {
+        return Err(ParseError::NotPart10);
+    }
+    // dicom-object reads the "DICM" magic itself, so hand it back the four bytes.
+    let reader = std::io::Cursor::new(b"DICM".to_vec()).chain(reader);
+    let object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(reader)
+        .map_err(|error| classify_open_error(&error.to_string()))?;
+
+    let transfer_syntax_uid = uid::trim(object.meta().transfer_syntax()).to_string();
+    if TransferSyntaxRegistry.get(&transfer_syntax_uid).is_none() {
+        return Err(ParseError::UnsupportedTransferSyntax(transfer_syntax_uid));
+    }
+
+    let text = |tag: Tag| -> Option<Vec<String>> {
+        let element = object.element_opt(tag).ok().flatten()?;
+        let values = element.value().to_multi_str().ok()?;
+        Some(
+            values
+                .iter()
+                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
+                .collect(),
+        )
+    };
+    let required_uid = |tag: Tag, keyword: &'static str| -> Result<String, ParseError> {
+        let value = text(tag)
+            .and_then(|values| values.into_iter().next())
+            .filter(|value| !value.is_empty())
+            .ok_or(ParseError::MissingAttribute { keyword })?;
+        uid::validate(&value).map_err(|reason| ParseError::InvalidUid { keyword, reason })?;
+        Ok(value)
+    };
+
+    let parsed = ParsedInstance {
+        study_uid: required_uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+        series_uid: required_uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+        sop_instance_uid: required_uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+        sop_class_uid: required_uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
+        transfer_syntax_uid,
+        attributes: attrs::ATTRIBUTES
+            .iter()
+            .filter(|attribute| !attribute.computed)
+            .filter_map(|attribute| {
+                let values = text(attribute.tag)?;
+                Some(AttributeValue {
+                    tag: (u32::from(attribute.tag.group()) << 16)
+                        | u32::from(attribute.tag.element()),
+                    values,
+                })
+            })
+            .collect(),
+    };
+    Ok(parsed)
+}
+
+fn classify_open_error(message: &str) -> ParseError {
+    if message.contains("transfer syntax") || message.contains("Unsupported") {
+        ParseError::UnsupportedTransferSyntax(message.to_string())
+    } else {
+        ParseError::Malformed(message.to_string())
+    }
+}

@@ -1,0 +1,128 @@
+//! DICOMweb transactions (PS3.18): one module per transaction, each parsing the request,
+//! calling the archive and rendering the response. Shared vocabulary lives here.
+
+pub mod dataset;
+pub mod qido;
+pub mod query;
+pub mod stow;
+pub mod wado;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+
+use crate::archive::Archive;
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::error::Error;
+use crate::server::router::Endpoint;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every response body: buffered or streamed.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a transaction knows about the caller beyond the request itself.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// Absolute URL of the DICOMweb root, for RetrieveURL and Content-Location.
+    pub base_url: String,
+    pub principal: Principal,
+}
+
+impl RequestContext {
+    pub fn study_url(&self, study: &str) -> String {
+        format!("{}/studies/{study}", self.base_url)
+    }
+
+    pub fn series_url(&self, study: &str, series: &str) -> String {
+        format!("{}/studies/{study}/series/{series}", self.base_url)
+    }
+
+    pub fn instance_url(&self, study: &str, series: &str, instance: &str) -> String {
+        format!(
+            "{}/studies/{study}/series/{series}/instances/{instance}",
+            self.base_url
+        )
+    }
+}
+
+pub fn full_body(bytes: Bytes) -> ResponseBody {
+    BodyExt::boxed_unsync(Full::new(bytes).map_err(|never| match never {}))
+}
+
+pub fn empty_body() -> ResponseBody {
+    full_body(Bytes::new())
+}
+
+pub fn stream_body<S, E>(stream: S) -> ResponseBody
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    BodyExt::boxed_unsync(StreamBody::new(
+        stream.map(|item| item.map(Frame::data).map_err(Into::into)),
+    ))
+}
+
+/// Routes an endpoint to its transaction.
+pub async fn dispatch<B>(
+    archive: &Arc<Archive>,
+    config: &Config,
+    context: &RequestContext,
+    endpoint: Endpoint,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Error>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync,
+{
+    match endpoint {
+        Endpoint::Store { study } => {
+            stow::store(archive, config, context, study.as_deref(), request).await
+        }
+        Endpoint::SearchStudies
+        | Endpoint::SearchSeries { .. }
+        | Endpoint::SearchInstances { .. } => qido::search(
+            archive,
+            config,
+            context,
+            &endpoint,
+            request.uri().query(),
+            request.headers(),
+        ),
+        Endpoint::Retrieve {
+            study,
+            series,
+            instance,
+        } => wado::retrieve(
+            archive,
+            context,
+            &study,
+            series.as_deref(),
+            instance.as_deref(),
+            request.headers(),
+        ),
+    }
+}
+
+/// The media types an `Accept` header lists, lower-cased, in order, without q=0 entries.
+pub fn accepted_types(headers: &HeaderMap) -> Vec<crate::media::mime::MediaType> {
+    let mut out = Vec::new();
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(text) = value.to_str() else { continue };
+        for item in crate::media::mime::split_outside_quotes(text, ',') {
+            if let Some(media) = crate::media::mime::MediaType::parse(item.trim())
+                && media
+                    .param("q")
+                    .is_none_or(|q| q.parse::<f32>().map_or(true, |q| q > 0.0))
+            {
+                out.push(media);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,252 @@
+//! QIDO-RS query parameters (PS3.18 §8.3.4, Table 8.3.4-1) into a [`SearchQuery`] plus the
+//! set of attributes to return.
+
+use dicom_core::Tag;
+use dicom_core::dictionary::DataDictionary;
+use dicom_dictionary_std::{StandardDataDictionary, tags};
+
+use crate::dicom::attrs::{self, Attribute, Level, Matching};
+use crate::dicom::uid;
+use crate::error::Error;
+use crate::index::search::{has_wildcard, parse_date, parse_time};
+use crate::index::{Criterion, Filter, SearchQuery};
+
+pub use crate::media::mime::APPLICATION_DICOM_JSON;
+
+/// Which attributes a search returns beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub enum IncludeFields {
+    #[default]
+    Defaults,
+    All,
+    These(Vec<Tag>),
+}
+
+impl IncludeFields {
+    pub fn includes(&self, tag: Tag) -> bool {
+        match self {
+            IncludeFields::Defaults => false,
+            IncludeFields::All => true,
+            IncludeFields::These(tags) => tags.contains(&tag),
+        }
+    }
+}
+
+/// A parsed QIDO-RS request.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub query: SearchQuery,
+    pub include: IncludeFields,
+    /// Attributes named by a match key: returned whatever their return rule (§10.6.3.3).
+    pub matched: Vec<Tag>,
+    /// Whether the client asked for a limit at all (otherwise the maximum applies).
+    pub fuzzy_requested: bool,
+    /// Parameters that are valid DICOM attributes but not supported as match keys; ignored
+    /// as §8.3 requires, and named in a Warning.
+    pub ignored: Vec<String>,
+}
+
+/// Decodes one query component: `%XX` as UTF-8 bytes and `+` as space (as HTML forms and
+/// Python's urlencode send it; a literal `+` arrives as `%2B`).
+fn decode(component: &str) -> Result<String, Error> {
+    let replaced = component.replace('+', " ");
+    percent_encoding::percent_decode_str(&replaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Error::bad_request("query parameter is not valid percent-encoded UTF-8"))
+}
+
+/// Splits a raw query string into decoded (name, value) pairs.
+pub fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for piece in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        out.push((decode(name)?, decode(value)?));
+    }
+    Ok(out)
+}
+
+fn unsigned(name: &str, value: &str) -> Result<usize, Error> {
+    value
+        .parse::<usize>()
+        .map_err(|_| Error::bad_request(format!("{name}={value:?} is not an unsigned integer")))
+}
+
+/// Resolves a keyword or tag that names a DICOM attribute at all (for 400 vs. ignore).
+fn dictionary_tag(name: &str) -> Option<Tag> {
+    if name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let value = u32::from_str_radix(name, 16).ok()?;
+        return Some(Tag((value >> 16) as u16, (value & 0xFFFF) as u16));
+    }
+    StandardDataDictionary
+        .by_name(name)
+        .map(|entry| entry.tag.inner())
+}
+
+fn range<F: Fn(&str) -> Option<u64>>(
+    name: &str,
+    value: &str,
+    parse: F,
+) -> Result<Criterion, Error> {
+    let invalid = || {
+        Error::bad_request(format!(
+            "{name}={value:?} is not a valid value or range (PS3.4 C.2.2.2.5)"
+        ))
+    };
+    let bound = |text: &str| -> Result<Option<u64>, Error> {
+        if text.is_empty() {
+            Ok(None)
+        } else {
+            parse(text).map(Some).ok_or_else(invalid)
+        }
+    };
+    let (from, to) = match value.split_once('-') {
+        Some((from, to)) => (bound(from)?, bound(to)?),
+        None => {
+            let single = bound(value)?;
+            (single, single)
+        }
+    };
+    if from.is_none() && to.is_none() {
+        return Err(invalid());
+    }
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(invalid());
+    }
+    Ok(Criterion::Range { from, to })
+}
+
+fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Criterion>, Error> {
+    // An empty value, or `*` alone, is universal matching: return only (C.2.2.2.3).
+    if value.is_empty() || value == "*" {
+        return Ok(None);
+    }
+    let criterion = match attribute.matching {
+        Matching::Uid => {
+            let uids: Vec<String> = value.split(',').map(str::to_string).collect();
+            for uid in &uids {
+                uid::validate(uid).map_err(|e| {
+                    Error::bad_request(format!("{name}: {uid:?} is not a valid UID: {e}"))
+                })?;
+            }
+            Criterion::UidList(uids)
+        }
+        Matching::Text => Criterion::Text(value.to_string()),
+        Matching::PersonName => Criterion::PersonName(value.to_string()),
+        Matching::Date => range(name, value, parse_date)?,
+        Matching::Time => range(name, value, parse_time)?,
+        Matching::Number => {
+            if has_wildcard(value) {
+                return Err(Error::bad_request(format!(
+                    "{name}: wildcards are not allowed for numbers"
+                )));
+            }
+            Criterion::Number(
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::bad_request(format!("{name}={value:?} is not a number")))?,
+            )
+        }
+    };
+    Ok(Some(criterion))
+}
+
+/// Parses the query of a search at `level` over the given resource levels.
+pub fn parse(
+    raw_query: Option<&str>,
+    level: Level,
+    levels: &[Level],
+    max_results: usize,
+) -> Result<Search, Error> {
+    let mut search = Search {
+        query: SearchQuery {
+            level,
+            study_uid: None,
+            series_uid: None,
+            filters: Vec::new(),
+            offset: 0,
+            limit: max_results,
+        },
+        include: IncludeFields::Defaults,
+        matched: Vec::new(),
+        fuzzy_requested: false,
+        ignored: Vec::new(),
+    };
+    let mut seen = Vec::new();
+    for (name, value) in pairs(raw_query)? {
+        match name.as_str() {
+            "limit" => search.query.limit = unsigned("limit", &value)?.min(max_results),
+            "offset" => search.query.offset = unsigned("offset", &value)?,
+            "fuzzymatching" => {
+                search.fuzzy_requested = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(Error::bad_request("fuzzymatching must be true or false")),
+                }
+            }
+            "includefield" => {
+                for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    if item == "all" {
+                        search.include = IncludeFields::All;
+                        continue;
+                    }
+                    let tag = dictionary_tag(item).ok_or_else(|| {
+                        Error::bad_request(format!(
+                            "includefield: {item:?} is not a DICOM attribute"
+                        ))
+                    })?;
+                    match &mut search.include {
+                        IncludeFields::All => {}
+                        IncludeFields::These(tags) => tags.push(tag),
+                        include => *include = IncludeFields::These(vec![tag]),
+                    }
+                }
+            }
+            // Parameters of other transactions or of the HTTP layer, not match keys.
+            "accept" | "charset" | "emptyvaluematching" => {}
+            _ => {
+                let attribute = match attrs::lookup(&name) {
+                    Some(attribute) => attribute,
+                    None if dictionary_tag(&name).is_some() => {
+                        search.ignored.push(name.clone());
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::bad_request(format!(
+                            "{name:?} is not a DICOM attribute keyword or tag"
+                        )));
+                    }
+                };
+                if seen.contains(&attribute.tag) {
+                    return Err(Error::bad_request(format!(
+                        "{name} appears more than once (PS3.18 §8.3.4.1)"
+                    )));
+                }
+                seen.push(attribute.tag);
+                // Modality on /studies means "a series of this modality": ModalitiesInStudy.
+                let attribute = if attribute.tag == tags::MODALITY && level == Level::Study {
+                    attrs::by_tag(tags::MODALITIES_IN_STUDY).expect("in table")
+                } else {
+                    attribute
+                };
+                if !levels.contains(&attribute.level) {
+                    return Err(Error::bad_request(format!(
+                        "{name} is a {}-level attribute and cannot be matched by this resource",
+                        crate::archive::level_name(attribute.level)
+                    )));
+                }
+                search.matched.push(attribute.tag);
+                if let Some(criterion) = criterion(attribute, &name, &value)? {
+                    search.query.filters.push(Filter {
+                        attribute,
+                        criterion,
+                    });
+                }
+            }
+        }
+    }
+    Ok(search)
+}

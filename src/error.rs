@@ -1,0 +1,135 @@
+//! Errors as types, and the one table that maps them to HTTP status codes and DICOM failure
+//! reasons (PS3.18 §8.5 Table 8.5-1, Annex I Table I.2-2).
+
+use http::StatusCode;
+
+/// The closed set of error kinds the HTTP edge renders. Adding a kind is a deliberate choice:
+/// each one needs a row in [`ErrorKind::http_status`] and in conformance/STATEMENT.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request or invalid parameter value (PS3.18 §8.3: 400).
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    /// No acceptable representation (§8.7.5).
+    NotAcceptable,
+    /// Request Content-Type not supported (§10.5.3: 415).
+    UnsupportedMediaType,
+    /// Request larger than the configured limits (413).
+    PayloadTooLarge,
+    /// Server-side failure; the body reveals nothing internal.
+    Internal,
+    /// Shutting down or overloaded (503).
+    Unavailable,
+}
+
+impl ErrorKind {
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An error on its way to the client: a kind, a message a human can act on, and the cause
+/// (logged, never sent).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error {
+            kind: ErrorKind::Internal,
+            message: "internal error".into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The message the client sees: for server-side kinds, nothing internal.
+    pub fn public_message(&self) -> &str {
+        match self.kind {
+            ErrorKind::Internal => "internal server error; the failure was logged",
+            ErrorKind::Unavailable => "the archive is unavailable; retry later",
+            _ => &self.message,
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(error: crate::store::StoreError) -> Error {
+        Error::internal(error)
+    }
+}
+
+impl From<crate::index::IndexError> for Error {
+    fn from(error: crate::index::IndexError) -> Error {
+        match error {
+            crate::index::IndexError::InvalidQuery(message) => Error::bad_request(message),
+            other => Error::internal(other),
+        }
+    }
+}
+
+/// Why one instance of a STOW-RS request was not stored: the Failure Reason (0008,1197) of
+/// PS3.18 Annex I Table I.2-2 (and PS3.7 for 0111), with the implementation-specific codes
+/// documented in conformance/STATEMENT.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// A700: refused, out of resources (instance larger than the configured limit).
+    OutOfResources,
+    /// A900: the data set does not match the SOP class (a required UID missing or invalid).
+    DataSetDoesNotMatchSopClass,
+    /// C000: cannot understand (not PS3.10, truncated, unparsable).
+    CannotUnderstand,
+    /// C122: the transfer syntax is not supported.
+    TransferSyntaxNotSupported,
+    /// C409 (implementation-specific, as dcm4chee): Study Instance UID differs from the URL's.
+    StudyInstanceUidMismatch,
+    /// 0111 (PS3.7 "Duplicate SOP Instance"): another object is stored under this UID.
+    DuplicateSopInstance,
+    /// 0110: processing failure (a server-side error while storing).
+    ProcessingFailure,
+}
+
+impl FailureReason {
+    pub fn code(self) -> u16 {
+        match self {
+            FailureReason::OutOfResources => 0xA700,
+            FailureReason::DataSetDoesNotMatchSopClass => 0xA900,
+            FailureReason::CannotUnderstand => 0xC000,
+            FailureReason::TransferSyntaxNotSupported => 0xC122,
+            FailureReason::StudyInstanceUidMismatch => 0xC409,
+            FailureReason::DuplicateSopInstance => 0x0111,
+            FailureReason::ProcessingFailure => 0x0110,
+        }
+    }
+}

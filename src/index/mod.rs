@@ -1,0 +1,80 @@
+//! The index: tantivy documents for every study, series and instance, derived from the store.
+//! It may be deleted at any time and rebuilt with `kura reindex`.
+//!
+//! # Durability contract
+//! [`Index::apply`] returns once the operations are committed **and visible to searches**
+//! (read-your-writes for STOW-RS). A crash may lose committed operations only if the store
+//! still holds them in its change log: the archive replays that log at start-up, and every
+//! operation is an idempotent upsert or delete by document key.
+
+mod schema;
+pub mod search;
+mod tantivy_index;
+
+pub use search::{Criterion, Filter, SearchHits, SearchQuery};
+pub use tantivy_index::TantivyIndex;
+
+use crate::dicom::attrs::Level;
+use crate::dicom::part10::AttributeValue;
+use crate::store::BoxFuture;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("invalid search: {0}")]
+    InvalidQuery(String),
+}
+
+pub type IndexResult<T> = Result<T, IndexError>;
+
+/// The identity of one index document.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DocKey {
+    pub level: Level,
+    pub study_uid: String,
+    pub series_uid: Option<String>,
+    pub sop_uid: Option<String>,
+}
+
+impl DocKey {
+    /// The unique term under which the document is replaced or deleted.
+    pub fn term(&self) -> String {
+        match self.level {
+            Level::Study => format!("T|{}", self.study_uid),
+            Level::Series => format!(
+                "S|{}|{}",
+                self.study_uid,
+                self.series_uid.as_deref().unwrap_or("")
+            ),
+            Level::Instance => format!("I|{}", self.sop_uid.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+/// A document to add or replace: the values of its level and of the levels above it, so that
+/// relational searches (e.g. `/instances?PatientID=…`) need one query.
+#[derive(Debug, Clone)]
+pub struct IndexDoc {
+    pub key: DocKey,
+    /// Result order: the store sequence number that created the entity.
+    pub created: u64,
+    pub values: Vec<AttributeValue>,
+}
+
+#[derive(Debug, Clone)]
+pub enum IndexOp {
+    Upsert(IndexDoc),
+    Delete(DocKey),
+}
+
+/// A searchable index of the archive's entities.
+pub trait Index: Send + Sync + 'static {
+    /// Applies the operations, commits, and makes them visible. Concurrent callers share one
+    /// commit (group commit).
+    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, IndexResult<()>>;
+    /// Runs a search against the latest committed state.
+    fn search(&self, query: &SearchQuery) -> IndexResult<SearchHits>;
+    /// Removes every document (before a rebuild).
+    fn clear(&self) -> BoxFuture<'_, IndexResult<()>>;
+}

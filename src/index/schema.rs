@@ -1,0 +1,81 @@
+//! The tantivy schema, generated from the attribute table in `dicom::attrs`.
+
+use std::collections::HashMap;
+
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
+};
+use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
+
+use crate::dicom::attrs::{ATTRIBUTES, Attribute, Matching};
+
+/// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Tokenizer of person-name fields: the whole value, lower-cased.
+pub const PN_TOKENIZER: &str = "kura_pn";
+
+pub struct Fields {
+    pub schema: Schema,
+    pub key: Field,
+    pub level: Field,
+    pub study_uid: Field,
+    pub series_uid: Field,
+    pub sop_uid: Field,
+    pub created: Field,
+    /// Keywords of table attributes that are absent or empty in the document.
+    pub empty: Field,
+    by_keyword: HashMap<&'static str, Field>,
+}
+
+impl Fields {
+    pub fn build() -> Fields {
+        let mut builder = Schema::builder();
+        let key = builder.add_text_field("_key", STRING);
+        let level = builder.add_text_field("_level", STRING);
+        let study_uid = builder.add_text_field("_study", STRING | STORED);
+        let series_uid = builder.add_text_field("_series", STRING | STORED);
+        let sop_uid = builder.add_text_field("_sop", STRING | STORED);
+        let created = builder.add_u64_field("_created", INDEXED | FAST);
+        let empty = builder.add_text_field("_empty", STRING);
+        let pn_options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(PN_TOKENIZER)
+                .set_index_option(IndexRecordOption::Basic),
+        );
+        let mut by_keyword = HashMap::new();
+        for attribute in ATTRIBUTES {
+            let field = match attribute.matching {
+                Matching::Uid | Matching::Text => builder.add_text_field(attribute.keyword, STRING),
+                Matching::PersonName => {
+                    builder.add_text_field(attribute.keyword, pn_options.clone())
+                }
+                Matching::Date | Matching::Time => {
+                    builder.add_u64_field(attribute.keyword, INDEXED | FAST)
+                }
+                Matching::Number => builder.add_i64_field(attribute.keyword, INDEXED),
+            };
+            by_keyword.insert(attribute.keyword, field);
+        }
+        Fields {
+            schema: builder.build(),
+            key,
+            level,
+            study_uid,
+            series_uid,
+            sop_uid,
+            created,
+            empty,
+            by_keyword,
+        }
+    }
+
+    pub fn of(&self, attribute: &Attribute) -> Field {
+        self.by_keyword[attribute.keyword]
+    }
+}
+
+pub fn pn_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(RawTokenizer::default())
+        .filter(LowerCaser)
+        .build()
+}

@@ -1,0 +1,173 @@
+//! Requests to endpoints: a pure function from (method, path) to [`Endpoint`], tested against
+//! the URI templates of PS3.18 Table 10.3-2 / 10.6.1-1.
+
+use http::Method;
+
+use crate::dicom::uid;
+use crate::error::{Error, ErrorKind};
+
+/// Every resource Kura serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// STOW-RS, PS3.18 §10.5: `POST /studies[/{study}]`.
+    Store { study: Option<String> },
+    /// QIDO-RS, PS3.18 §10.6: `/studies`.
+    SearchStudies,
+    /// `/studies/{study}/series` and `/series`.
+    SearchSeries { study: Option<String> },
+    /// `/studies/{study}/series/{series}/instances`, `/studies/{study}/instances`, `/instances`.
+    SearchInstances {
+        study: Option<String>,
+        series: Option<String>,
+    },
+    /// WADO-RS, PS3.18 §10.4: `/studies/{study}[/series/{series}[/instances/{instance}]]`.
+    Retrieve {
+        study: String,
+        series: Option<String>,
+        instance: Option<String>,
+    },
+}
+
+impl Endpoint {
+    /// A short name for logs and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Endpoint::Store { .. } => "stow",
+            Endpoint::SearchStudies
+            | Endpoint::SearchSeries { .. }
+            | Endpoint::SearchInstances { .. } => "qido",
+            Endpoint::Retrieve { .. } => "wado",
+        }
+    }
+}
+
+fn checked_uid(segment: &str, what: &str) -> Result<String, Error> {
+    uid::validate(segment)
+        .map_err(|e| Error::bad_request(format!("{what} in the path is not a valid UID: {e}")))?;
+    Ok(segment.to_string())
+}
+
+fn method_not_allowed(allowed: &'static str) -> Error {
+    Error::new(ErrorKind::MethodNotAllowed, allowed)
+}
+
+/// Routes a request path relative to the DICOMweb base path.
+pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
+    let segments: Vec<&str> = relative_path.trim_start_matches('/').split('/').collect();
+    let get = method == Method::GET || method == Method::HEAD;
+    let post = method == Method::POST;
+    let endpoint = match segments.as_slice() {
+        ["studies"] if post => Endpoint::Store { study: None },
+        ["studies"] if get => Endpoint::SearchStudies,
+        ["studies"] => return Err(method_not_allowed("GET, HEAD, POST")),
+        ["studies", study] if post => Endpoint::Store {
+            study: Some(checked_uid(study, "StudyInstanceUID")?),
+        },
+        ["studies", study] if get => Endpoint::Retrieve {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: None,
+            instance: None,
+        },
+        ["studies", _] => return Err(method_not_allowed("GET, HEAD, POST")),
+        ["series"] if get => Endpoint::SearchSeries { study: None },
+        ["instances"] if get => Endpoint::SearchInstances {
+            study: None,
+            series: None,
+        },
+        ["studies", study, "series"] if get => Endpoint::SearchSeries {
+            study: Some(checked_uid(study, "StudyInstanceUID")?),
+        },
+        ["studies", study, "instances"] if get => Endpoint::SearchInstances {
+            study: Some(checked_uid(study, "StudyInstanceUID")?),
+            series: None,
+        },
+        ["studies", study, "series", series] if get => Endpoint::Retrieve {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: None,
+        },
+        ["studies", study, "series", series, "instances"] if get => Endpoint::SearchInstances {
+            study: Some(checked_uid(study, "StudyInstanceUID")?),
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+        },
+        ["studies", study, "series", series, "instances", instance] if get => Endpoint::Retrieve {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: Some(checked_uid(instance, "SOPInstanceUID")?),
+        },
+        ["series" | "instances"] | ["studies", _, "series" | "instances", ..] => {
+            return Err(method_not_allowed("GET, HEAD"));
+        }
+        _ => return Err(Error::not_found("no such DICOMweb resource")),
+    };
+    Ok(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Result<Endpoint, Error> {
+        route(&Method::GET, path)
+    }
+
+    #[test]
+    fn ps3_18_resource_templates() {
+        assert_eq!(get("/studies").unwrap(), Endpoint::SearchStudies);
+        assert_eq!(
+            get("/series").unwrap(),
+            Endpoint::SearchSeries { study: None }
+        );
+        assert_eq!(
+            get("/instances").unwrap(),
+            Endpoint::SearchInstances {
+                study: None,
+                series: None
+            }
+        );
+        assert_eq!(
+            get("/studies/1.2/series").unwrap(),
+            Endpoint::SearchSeries {
+                study: Some("1.2".into())
+            }
+        );
+        assert_eq!(
+            get("/studies/1.2/series/1.3/instances").unwrap(),
+            Endpoint::SearchInstances {
+                study: Some("1.2".into()),
+                series: Some("1.3".into())
+            }
+        );
+        assert_eq!(
+            get("/studies/1.2/series/1.3/instances/1.4").unwrap(),
+            Endpoint::Retrieve {
+                study: "1.2".into(),
+                series: Some("1.3".into()),
+                instance: Some("1.4".into())
+            }
+        );
+        assert_eq!(
+            route(&Method::POST, "/studies/1.2").unwrap(),
+            Endpoint::Store {
+                study: Some("1.2".into())
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_uids_are_400_and_unknown_paths_404() {
+        assert_eq!(
+            get("/studies/..%2F..").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            get("/studies/1.2.abc").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(get("/nothing").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            route(&Method::DELETE, "/studies").unwrap_err().kind,
+            ErrorKind::MethodNotAllowed
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! `App::handle`: the one place for request spans, routing, dispatch to a transaction, error
+//! rendering and the headers every response carries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use tracing::Instrument;
+
+use super::router::{self, Endpoint};
+use crate::archive::Archive;
+use crate::auth::Principal;
+use crate::config::Config;
+use crate::dicomweb::{self, RequestContext, ResponseBody};
+use crate::error::{Error, ErrorKind};
+
+/// The application: configuration plus the archive, shared by every connection.
+#[derive(Clone)]
+pub struct App {
+    archive: Arc<Archive>,
+    config: Arc<Config>,
+}
+
+impl App {
+    pub fn new(archive: Arc<Archive>, config: Arc<Config>) -> App {
+        App { archive, config }
+    }
+
+    pub fn archive(&self) -> &Arc<Archive> {
+        &self.archive
+    }
+
+    /// Handles one request. Generic over the body so that tests can call it in-process.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: std::fmt::Display + Send + Sync,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = self.route(&request);
+        let endpoint_name = route.as_ref().map_or("none", |e| e.name());
+        let span = tracing::info_span!("request", %method, endpoint = endpoint_name);
+        let head_only = method == http::Method::HEAD;
+        let mut response = async {
+            let endpoint = route?;
+            let context = self.context(&request);
+            dicomweb::dispatch(&self.archive, &self.config, &context, endpoint, request).await
+        }
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|error| render_error(&error));
+        let headers = response.headers_mut();
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        if head_only {
+            *response.body_mut() = dicomweb::empty_body();
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                status = response.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "served"
+            )
+        });
+        response
+    }
+
+    fn route<B>(&self, request: &Request<B>) -> Result<Endpoint, Error> {
+        let path = request.uri().path();
+        let base = &self.config.base_path;
+        let relative = path
+            .strip_prefix(base.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .ok_or_else(|| Error::not_found(format!("DICOMweb services are under {base}/")))?;
+        router::route(request.method(), relative)
+    }
+
+    fn context<B>(&self, request: &Request<B>) -> RequestContext {
+        let base_url = match &self.config.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .filter(|h| {
+                        h.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+                    })
+                    .map(str::to_string)
+                    .or_else(|| request.uri().authority().map(|a| a.to_string()))
+                    .unwrap_or_else(|| self.config.listen.to_string());
+                format!("http://{host}{}", self.config.base_path)
+            }
+        };
+        RequestContext {
+            base_url,
+            principal: Principal::local(),
+        }
+    }
+}
+
+/// Renders an error as a JSON Status Report (PS3.18 §8.6.3). Logged once, here.
+pub fn render_error(error: &Error) -> Response<ResponseBody> {
+    let status = error.kind.http_status();
+    if status.is_server_error() {
+        tracing::warn!(error = ?error, "request failed");
+    } else {
+        tracing::debug!(message = %error.message, "request refused");
+    }
+    let body = serde_json::json!({ "status": status.as_u16(), "message": error.public_message() });
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json");
+    if error.kind == ErrorKind::MethodNotAllowed {
+        builder = builder.header(header::ALLOW, error.message.as_str());
+    }
+    builder
+        .body(dicomweb::full_body(Bytes::from(body.to_string())))
+        .expect("valid response")
+}

@@ -1,0 +1,79 @@
+//! On-disk records of the catalog. Versioned, serialised as JSON, and never the API's JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dicom::part10::AttributeValue;
+
+/// Bumped whenever a record's meaning changes; readers refuse records they do not know.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Where an instance's bytes live in the payload tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadRef {
+    pub id: u64,
+    pub length: u64,
+    pub chunk_size: u32,
+    /// SHA-256 of the stored bytes (after preamble zeroing), lower-case hex.
+    pub sha256: String,
+}
+
+impl PayloadRef {
+    pub fn n_chunks(&self) -> u32 {
+        self.length.div_ceil(u64::from(self.chunk_size)) as u32
+    }
+}
+
+/// One stored SOP instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub version: u32,
+    /// The institution that owns the instance; access by others goes through shares.
+    pub owner: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub transfer_syntax_uid: String,
+    pub payload: PayloadRef,
+    /// Every attribute of the table in `dicom::attrs`, at all levels, as found in the instance.
+    pub attributes: Vec<AttributeValue>,
+    /// The change sequence number that stored this version of the instance.
+    pub seq: u64,
+}
+
+/// A series, with values kept up to date as instances arrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesRecord {
+    pub version: u32,
+    pub study_uid: String,
+    pub series_uid: String,
+    /// Series-level attributes from the most recently stored instance.
+    pub attributes: Vec<AttributeValue>,
+    pub n_instances: u64,
+    pub sop_classes: Vec<String>,
+    /// Sequence number of the first instance stored in the series; fixes result order.
+    pub created_seq: u64,
+}
+
+/// A study, with values kept up to date as instances arrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StudyRecord {
+    pub version: u32,
+    pub owner: String,
+    pub study_uid: String,
+    /// Patient- and study-level attributes from the most recently stored instance.
+    pub attributes: Vec<AttributeValue>,
+    pub n_series: u64,
+    pub n_instances: u64,
+    pub modalities: Vec<String>,
+    pub sop_classes: Vec<String>,
+    pub created_seq: u64,
+}
+
+/// An entry of the change log: something the index has yet to reflect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub seq: u64,
+    /// (study, series, instance) triples whose index documents must be refreshed.
+    pub touched: Vec<(String, String, String)>,
+}
