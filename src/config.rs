@@ -132,11 +132,8 @@ impl Config {
 
     pub fn from_args(args: ServeArgs) -> Result<Config, String> {
         let trimmed = args.base_path.trim_end_matches('/');
-        let base_path = if trimmed.is_empty() || trimmed.starts_with('/') {
-            trimmed.to_string()
-        } else {
-            format!("/{trimmed}")
-        };
+        let base_path =
+            if trimmed.is_empty() || trimmed.starts_with('/') { trimmed.to_string() } else { format!("/{trimmed}") };
         if !args.listen.ip().is_loopback() && !args.allow_remote_without_auth {
             return Err(format!(
                 "refusing to listen on {} without authentication: patient data would be open to the \
@@ -163,10 +160,7 @@ impl Config {
                     DuplicateArg::Overwrite => DuplicatePolicy::Overwrite,
                 },
                 max_instance_bytes: args.max_instance_bytes,
-                store: SledStoreOptions {
-                    cache_capacity: args.cache_mib * 1024 * 1024,
-                    ..SledStoreOptions::default()
-                },
+                store: SledStoreOptions { cache_capacity: args.cache_mib * 1024 * 1024, ..SledStoreOptions::default() },
             },
         })
     }

@@ -51,11 +51,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error {
-            kind,
-            message: message.into(),
-            source: None,
-        }
+        Error { kind, message: message.into(), source: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Error {
@@ -67,11 +63,7 @@ impl Error {
     }
 
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error {
-            kind: ErrorKind::Internal,
-            message: "internal error".into(),
-            source: Some(Box::new(source)),
-        }
+        Error { kind: ErrorKind::Internal, message: "internal error".into(), source: Some(Box::new(source)) }
     }
 
     /// The message the client sees: for server-side kinds, nothing internal.

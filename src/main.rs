@@ -10,21 +10,14 @@ use kura::{App, Archive};
 fn main() -> anyhow::Result<()> {
     kura::telemetry::init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
                 let config = Config::from_args(args).map_err(anyhow::Error::msg)?;
                 let archive = Archive::open(&config.data_dir, config.archive.clone())
                     .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "opening the archive in {}: {e:?}",
-                            config.data_dir.display()
-                        )
-                    })?;
+                    .map_err(|e| anyhow::anyhow!("opening the archive in {}: {e:?}", config.data_dir.display()))?;
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
@@ -36,10 +29,7 @@ fn main() -> anyhow::Result<()> {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await
                     .map_err(|e| anyhow::anyhow!("opening the archive: {e:?}"))?;
-                let n = archive
-                    .reindex()
-                    .await
-                    .map_err(|e| anyhow::anyhow!("reindex failed: {e:?}"))?;
+                let n = archive.reindex().await.map_err(|e| anyhow::anyhow!("reindex failed: {e:?}"))?;
                 println!("reindexed {n} instances");
                 Ok(())
             }

@@ -18,40 +18,20 @@ fn tag_number(tag: dicom_core::Tag) -> u32 {
 /// Study-level values including the computed ones (ModalitiesInStudy, SOPClassesInStudy).
 pub fn study_values(study: &StudyRecord) -> Vec<AttributeValue> {
     let mut values = study.attributes.clone();
-    values.push(AttributeValue {
-        tag: tag_number(tags::MODALITIES_IN_STUDY),
-        values: study.modalities.clone(),
-    });
-    values.push(AttributeValue {
-        tag: tag_number(tags::SOP_CLASSES_IN_STUDY),
-        values: study.sop_classes.clone(),
-    });
+    values.push(AttributeValue { tag: tag_number(tags::MODALITIES_IN_STUDY), values: study.modalities.clone() });
+    values.push(AttributeValue { tag: tag_number(tags::SOP_CLASSES_IN_STUDY), values: study.sop_classes.clone() });
     values
 }
 
 fn study_op(study_uid: &str, study: Option<StudyRecord>) -> IndexOp {
-    let key = DocKey {
-        level: Level::Study,
-        study_uid: study_uid.to_string(),
-        series_uid: None,
-        sop_uid: None,
-    };
+    let key = DocKey { level: Level::Study, study_uid: study_uid.to_string(), series_uid: None, sop_uid: None };
     match study {
-        Some(study) => IndexOp::Upsert(IndexDoc {
-            key,
-            created: study.created_seq,
-            values: study_values(&study),
-        }),
+        Some(study) => IndexOp::Upsert(IndexDoc { key, created: study.created_seq, values: study_values(&study) }),
         None => IndexOp::Delete(key),
     }
 }
 
-fn series_op(
-    study_uid: &str,
-    series_uid: &str,
-    study: Option<&StudyRecord>,
-    series: Option<SeriesRecord>,
-) -> IndexOp {
+fn series_op(study_uid: &str, series_uid: &str, study: Option<&StudyRecord>, series: Option<SeriesRecord>) -> IndexOp {
     let key = DocKey {
         level: Level::Series,
         study_uid: study_uid.to_string(),
@@ -62,11 +42,7 @@ fn series_op(
         (Some(study), Some(series)) => {
             let mut values = study_values(study);
             values.extend(series.attributes);
-            IndexOp::Upsert(IndexDoc {
-                key,
-                created: series.created_seq,
-                values,
-            })
+            IndexOp::Upsert(IndexDoc { key, created: series.created_seq, values })
         }
         _ => IndexOp::Delete(key),
     }
@@ -90,12 +66,7 @@ pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<Inde
     }
     for (study_uid, series_uid) in &series {
         let study = store.study(study_uid)?;
-        ops.push(series_op(
-            study_uid,
-            series_uid,
-            study.as_ref(),
-            store.series(study_uid, series_uid)?,
-        ));
+        ops.push(series_op(study_uid, series_uid, study.as_ref(), store.series(study_uid, series_uid)?));
     }
     for sop_uid in &instances {
         match store.instance(sop_uid)? {

@@ -39,12 +39,7 @@ pub struct InstanceFailure {
 
 impl InstanceFailure {
     fn anonymous(reason: FailureReason, message: impl Into<String>) -> Self {
-        InstanceFailure {
-            sop_class_uid: None,
-            sop_instance_uid: None,
-            reason,
-            message: message.into(),
-        }
+        InstanceFailure { sop_class_uid: None, sop_instance_uid: None, reason, message: message.into() }
     }
 
     fn of(parsed: &ParsedInstance, reason: FailureReason, message: impl Into<String>) -> Self {
@@ -92,10 +87,7 @@ where
     let mut too_large = false;
     let internal = |error: crate::store::StoreError| {
         tracing::warn!(error = %error, "payload write failed");
-        InstanceFailure::anonymous(
-            FailureReason::ProcessingFailure,
-            "the archive could not store the instance",
-        )
+        InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
     };
 
     while let Some(next) = body.next().await {
@@ -141,10 +133,7 @@ where
     if too_large {
         return Err(IngestError::Instance(InstanceFailure::anonymous(
             FailureReason::OutOfResources,
-            format!(
-                "the instance is larger than the limit of {} bytes",
-                limits.max_instance_bytes
-            ),
+            format!("the instance is larger than the limit of {} bytes", limits.max_instance_bytes),
         )));
     }
     let Some(id) = payload else {
@@ -153,18 +142,7 @@ where
             ParseError::NotPart10.to_string(),
         )));
     };
-    let outcome = finish(
-        store,
-        principal,
-        expected_study,
-        limits,
-        id,
-        &mut hasher,
-        pending,
-        n_chunks,
-        length,
-    )
-    .await;
+    let outcome = finish(store, principal, expected_study, limits, id, &mut hasher, pending, n_chunks, length).await;
     if outcome.is_err() || outcome.as_ref().is_ok_and(|stored| stored.already_stored) {
         let _ = tokio::task::block_in_place(|| store.discard_payload(id));
     }
@@ -187,30 +165,23 @@ async fn finish(
         hasher.update(&last);
         tokio::task::block_in_place(|| store.write_chunk(id, n_chunks, &last)).map_err(|e| {
             tracing::warn!(error = %e, "payload write failed");
-            InstanceFailure::anonymous(
-                FailureReason::ProcessingFailure,
-                "the archive could not store the instance",
-            )
+            InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
         })?;
     }
     let sha256 = format!("{:x}", hasher.clone().finalize());
 
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
-    let reader_store = store.clone();
+    let payload = PayloadRef { id, length, chunk_size: store.chunk_size(), sha256 };
+    let reader = PayloadReader::new(store.clone(), payload.clone());
     let parsed = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
-            part10::parse(PayloadReader::new(reader_store, id))
-        }))
+        std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
     })
     .await;
     let parsed = match parsed {
         Ok(Ok(Ok(parsed))) => parsed,
         Ok(Ok(Err(error))) => return Err(parse_failure(error)),
         Ok(Err(_)) | Err(_) => {
-            return Err(InstanceFailure::anonymous(
-                FailureReason::CannotUnderstand,
-                "the data set cannot be parsed",
-            ));
+            return Err(InstanceFailure::anonymous(FailureReason::CannotUnderstand, "the data set cannot be parsed"));
         }
     };
     if let Some(expected) = expected_study
@@ -230,24 +201,15 @@ async fn finish(
         sop_instance_uid: parsed.sop_instance_uid.clone(),
         sop_class_uid: parsed.sop_class_uid.clone(),
         transfer_syntax_uid: parsed.transfer_syntax_uid.clone(),
-        payload: PayloadRef {
-            id,
-            length,
-            chunk_size: store.chunk_size(),
-            sha256,
-        },
+        payload,
         attributes: parsed.attributes.clone(),
         seq: 0,
+        pixel_data: parsed.pixel_data.clone(),
     };
-    let outcome = tokio::task::block_in_place(|| store.put_instance(record, limits.policy))
-        .map_err(|e| {
-            tracing::warn!(error = %e, "catalog update failed");
-            InstanceFailure::of(
-                &parsed,
-                FailureReason::ProcessingFailure,
-                "the archive could not store the instance",
-            )
-        })?;
+    let outcome = tokio::task::block_in_place(|| store.put_instance(record, limits.policy)).map_err(|e| {
+        tracing::warn!(error = %e, "catalog update failed");
+        InstanceFailure::of(&parsed, FailureReason::ProcessingFailure, "the archive could not store the instance")
+    })?;
     let (already_stored, replaced) = match outcome {
         PutOutcome::Stored { replaced } => (false, replaced),
         PutOutcome::AlreadyStored => (true, false),

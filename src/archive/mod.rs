@@ -18,8 +18,7 @@ use crate::dicom::attrs::Level;
 use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
 use crate::store::{
-    DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StoreError,
-    StudyRecord,
+    DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StoreError, StudyRecord,
 };
 
 /// Present while an index rebuild is under way.
@@ -61,10 +60,7 @@ impl Archive {
         let store = SledStore::open(&data_dir.join("store"), options.store.clone())?;
         let recovered = store.recover()?;
         if recovered.orphan_payloads > 0 {
-            tracing::info!(
-                orphans = recovered.orphan_payloads,
-                "swept payloads of unacknowledged instances"
-            );
+            tracing::info!(orphans = recovered.orphan_payloads, "swept payloads of unacknowledged instances");
         }
         let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"))?;
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
@@ -72,10 +68,7 @@ impl Archive {
             data_dir: data_dir.to_path_buf(),
             store,
             index,
-            limits: IngestLimits {
-                max_instance_bytes: options.max_instance_bytes,
-                policy: options.duplicate_policy,
-            },
+            limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             index_sync: tokio::sync::Mutex::new(()),
         };
         if needs_rebuild {
@@ -130,11 +123,7 @@ impl Archive {
         Ok(self.index.search(query)?)
     }
 
-    pub fn study(
-        &self,
-        _principal: &Principal,
-        study_uid: &str,
-    ) -> Result<Option<StudyRecord>, Error> {
+    pub fn study(&self, _principal: &Principal, study_uid: &str) -> Result<Option<StudyRecord>, Error> {
         Ok(self.store.study(study_uid)?)
     }
 
@@ -147,11 +136,7 @@ impl Archive {
         Ok(self.store.series(study_uid, series_uid)?)
     }
 
-    pub fn instance(
-        &self,
-        _principal: &Principal,
-        sop_uid: &str,
-    ) -> Result<Option<InstanceRecord>, Error> {
+    pub fn instance(&self, _principal: &Principal, sop_uid: &str) -> Result<Option<InstanceRecord>, Error> {
         Ok(self.store.instance(sop_uid)?)
     }
 
@@ -174,9 +159,7 @@ impl Archive {
                 }
                 return Ok(vec![record]);
             }
-            (Level::Series, Some(series), _) => {
-                self.store.instance_uids(study_uid, Some(series))?
-            }
+            (Level::Series, Some(series), _) => self.store.instance_uids(study_uid, Some(series))?,
             _ => self.store.instance_uids(study_uid, None)?,
         };
         let mut records = Vec::with_capacity(uids.len());

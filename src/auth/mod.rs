@@ -13,9 +13,6 @@ pub struct Principal {
 impl Principal {
     /// The caller of an archive with no authentication configured (loopback by default).
     pub fn local() -> Principal {
-        Principal {
-            subject: "local".into(),
-            institution: "local".into(),
-        }
+        Principal { subject: "local".into(), institution: "local".into() }
     }
 }

@@ -59,40 +59,13 @@ pub struct Attribute {
     pub computed: bool,
 }
 
-const fn attr(
-    tag: Tag,
-    keyword: &'static str,
-    level: Level,
-    vr: VR,
-    matching: Matching,
-    ret: Return,
-) -> Attribute {
-    Attribute {
-        tag,
-        keyword,
-        level,
-        vr,
-        matching,
-        ret,
-        computed: false,
-    }
+const fn attr(tag: Tag, keyword: &'static str, level: Level, vr: VR, matching: Matching, ret: Return) -> Attribute {
+    Attribute { tag, keyword, level, vr, matching, ret, computed: false }
 }
 
 const fn computed(tag: Tag, keyword: &'static str, vr: VR) -> Attribute {
-    let matching = if matches!(vr, VR::UI) {
-        Matching::Uid
-    } else {
-        Matching::Text
-    };
-    Attribute {
-        tag,
-        keyword,
-        level: Level::Study,
-        vr,
-        matching,
-        ret: Return::OnRequest,
-        computed: true,
-    }
+    let matching = if matches!(vr, VR::UI) { Matching::Uid } else { Matching::Text };
+    Attribute { tag, keyword, level: Level::Study, vr, matching, ret: Return::OnRequest, computed: true }
 }
 
 use Level::*;
@@ -104,183 +77,36 @@ pub static ATTRIBUTES: &[Attribute] = &[
     // Study level (including the Patient module, Study Root).
     attr(tags::STUDY_DATE, "StudyDate", Study, VR::DA, Date, Always),
     attr(tags::STUDY_TIME, "StudyTime", Study, VR::TM, Time, Always),
-    attr(
-        tags::ACCESSION_NUMBER,
-        "AccessionNumber",
-        Study,
-        VR::SH,
-        Text,
-        Always,
-    ),
+    attr(tags::ACCESSION_NUMBER, "AccessionNumber", Study, VR::SH, Text, Always),
     computed(tags::MODALITIES_IN_STUDY, "ModalitiesInStudy", VR::CS),
     computed(tags::SOP_CLASSES_IN_STUDY, "SOPClassesInStudy", VR::UI),
-    attr(
-        tags::REFERRING_PHYSICIAN_NAME,
-        "ReferringPhysicianName",
-        Study,
-        VR::PN,
-        PersonName,
-        Always,
-    ),
-    attr(
-        tags::TIMEZONE_OFFSET_FROM_UTC,
-        "TimezoneOffsetFromUTC",
-        Study,
-        VR::SH,
-        Text,
-        IfPresent,
-    ),
-    attr(
-        tags::STUDY_DESCRIPTION,
-        "StudyDescription",
-        Study,
-        VR::LO,
-        Text,
-        IfPresent,
-    ),
-    attr(
-        tags::PATIENT_NAME,
-        "PatientName",
-        Study,
-        VR::PN,
-        PersonName,
-        Always,
-    ),
+    attr(tags::REFERRING_PHYSICIAN_NAME, "ReferringPhysicianName", Study, VR::PN, PersonName, Always),
+    attr(tags::TIMEZONE_OFFSET_FROM_UTC, "TimezoneOffsetFromUTC", Study, VR::SH, Text, IfPresent),
+    attr(tags::STUDY_DESCRIPTION, "StudyDescription", Study, VR::LO, Text, IfPresent),
+    attr(tags::PATIENT_NAME, "PatientName", Study, VR::PN, PersonName, Always),
     attr(tags::PATIENT_ID, "PatientID", Study, VR::LO, Text, Always),
-    attr(
-        tags::PATIENT_BIRTH_DATE,
-        "PatientBirthDate",
-        Study,
-        VR::DA,
-        Date,
-        Always,
-    ),
+    attr(tags::PATIENT_BIRTH_DATE, "PatientBirthDate", Study, VR::DA, Date, Always),
     attr(tags::PATIENT_SEX, "PatientSex", Study, VR::CS, Text, Always),
-    attr(
-        tags::STUDY_INSTANCE_UID,
-        "StudyInstanceUID",
-        Study,
-        VR::UI,
-        Uid,
-        Always,
-    ),
+    attr(tags::STUDY_INSTANCE_UID, "StudyInstanceUID", Study, VR::UI, Uid, Always),
     attr(tags::STUDY_ID, "StudyID", Study, VR::SH, Text, Always),
     // Series level.
     attr(tags::MODALITY, "Modality", Series, VR::CS, Text, Always),
-    attr(
-        tags::INSTITUTION_NAME,
-        "InstitutionName",
-        Series,
-        VR::LO,
-        Text,
-        OnRequest,
-    ),
-    attr(
-        tags::STATION_NAME,
-        "StationName",
-        Series,
-        VR::SH,
-        Text,
-        OnRequest,
-    ),
-    attr(
-        tags::SERIES_DESCRIPTION,
-        "SeriesDescription",
-        Series,
-        VR::LO,
-        Text,
-        IfPresent,
-    ),
-    attr(
-        tags::BODY_PART_EXAMINED,
-        "BodyPartExamined",
-        Series,
-        VR::CS,
-        Text,
-        IfPresent,
-    ),
-    attr(
-        tags::SERIES_INSTANCE_UID,
-        "SeriesInstanceUID",
-        Series,
-        VR::UI,
-        Uid,
-        Always,
-    ),
-    attr(
-        tags::SERIES_NUMBER,
-        "SeriesNumber",
-        Series,
-        VR::IS,
-        Number,
-        Always,
-    ),
-    attr(
-        tags::PERFORMED_PROCEDURE_STEP_START_DATE,
-        "PerformedProcedureStepStartDate",
-        Series,
-        VR::DA,
-        Date,
-        IfPresent,
-    ),
-    attr(
-        tags::PERFORMED_PROCEDURE_STEP_START_TIME,
-        "PerformedProcedureStepStartTime",
-        Series,
-        VR::TM,
-        Time,
-        IfPresent,
-    ),
+    attr(tags::INSTITUTION_NAME, "InstitutionName", Series, VR::LO, Text, OnRequest),
+    attr(tags::STATION_NAME, "StationName", Series, VR::SH, Text, OnRequest),
+    attr(tags::SERIES_DESCRIPTION, "SeriesDescription", Series, VR::LO, Text, IfPresent),
+    attr(tags::BODY_PART_EXAMINED, "BodyPartExamined", Series, VR::CS, Text, IfPresent),
+    attr(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID", Series, VR::UI, Uid, Always),
+    attr(tags::SERIES_NUMBER, "SeriesNumber", Series, VR::IS, Number, Always),
+    attr(tags::PERFORMED_PROCEDURE_STEP_START_DATE, "PerformedProcedureStepStartDate", Series, VR::DA, Date, IfPresent),
+    attr(tags::PERFORMED_PROCEDURE_STEP_START_TIME, "PerformedProcedureStepStartTime", Series, VR::TM, Time, IfPresent),
     // Instance level.
-    attr(
-        tags::SOP_CLASS_UID,
-        "SOPClassUID",
-        Instance,
-        VR::UI,
-        Uid,
-        Always,
-    ),
-    attr(
-        tags::SOP_INSTANCE_UID,
-        "SOPInstanceUID",
-        Instance,
-        VR::UI,
-        Uid,
-        Always,
-    ),
-    attr(
-        tags::INSTANCE_NUMBER,
-        "InstanceNumber",
-        Instance,
-        VR::IS,
-        Number,
-        Always,
-    ),
-    attr(
-        tags::NUMBER_OF_FRAMES,
-        "NumberOfFrames",
-        Instance,
-        VR::IS,
-        Number,
-        IfPresent,
-    ),
+    attr(tags::SOP_CLASS_UID, "SOPClassUID", Instance, VR::UI, Uid, Always),
+    attr(tags::SOP_INSTANCE_UID, "SOPInstanceUID", Instance, VR::UI, Uid, Always),
+    attr(tags::INSTANCE_NUMBER, "InstanceNumber", Instance, VR::IS, Number, Always),
+    attr(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Instance, VR::IS, Number, IfPresent),
     attr(tags::ROWS, "Rows", Instance, VR::US, Number, IfPresent),
-    attr(
-        tags::COLUMNS,
-        "Columns",
-        Instance,
-        VR::US,
-        Number,
-        IfPresent,
-    ),
-    attr(
-        tags::BITS_ALLOCATED,
-        "BitsAllocated",
-        Instance,
-        VR::US,
-        Number,
-        IfPresent,
-    ),
+    attr(tags::COLUMNS, "Columns", Instance, VR::US, Number, IfPresent),
+    attr(tags::BITS_ALLOCATED, "BitsAllocated", Instance, VR::US, Number, IfPresent),
 ];
 
 /// The attributes of one level, in table order.

@@ -1,5 +1,6 @@
 //! DICOM helpers over dicom-rs. Nothing here knows about HTTP.
 
 pub mod attrs;
+pub mod layout;
 pub mod part10;
 pub mod uid;

@@ -3,14 +3,15 @@
 //! The payload itself is never re-encoded: this module only reads the File Meta Information
 //! and the data set up to Pixel Data, so the cost of a parse does not grow with image size.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{OpenFileOptions, file::ReadPreamble};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
+use super::layout::{self, PixelDataLayout};
 use super::{attrs, uid};
 
 /// Bytes before the "DICM" prefix (PS3.10 §7.1).
@@ -47,6 +48,8 @@ pub struct ParsedInstance {
     pub transfer_syntax_uid: String,
     /// The values of every table attribute present in the instance (see [`attrs::ATTRIBUTES`]).
     pub attributes: Vec<AttributeValue>,
+    /// Where Pixel Data sits in the file, for frame retrieval.
+    pub pixel_data: Option<PixelDataLayout>,
 }
 
 /// Why a payload could not be accepted as an instance.
@@ -61,25 +64,30 @@ pub enum ParseError {
     #[error("{keyword} is missing")]
     MissingAttribute { keyword: &'static str },
     #[error("{keyword} is not a valid UID: {reason}")]
-    InvalidUid {
-        keyword: &'static str,
-        reason: uid::UidError,
-    },
+    InvalidUid { keyword: &'static str, reason: uid::UidError },
 }
 
-/// Parses a PS3.10 stream that starts at the preamble.
+/// Parses a PS3.10 payload of `total` bytes that starts at the preamble.
 ///
-/// The caller has already checked the "DICM" prefix; parsing stops before Pixel Data.
-pub fn parse(mut reader: impl Read) -> Result<ParsedInstance, ParseError> {
+/// The element framing of the whole file is checked (every declared length fits), and the
+/// data set is parsed up to Pixel Data.
+pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance, ParseError> {
     let mut header = [0u8; HEADER_LEN];
-    reader
-        .read_exact(&mut header)
-        .map_err(|_| ParseError::NotPart10)?;
+    reader.read_exact(&mut header).map_err(|_| ParseError::NotPart10)?;
     if !has_dicm_prefix(&header) {
         return Err(ParseError::NotPart10);
     }
-    // dicom-object reads the "DICM" magic itself, so hand it back the four bytes.
-    let reader = std::io::Cursor::new(b"DICM".to_vec()).chain(reader);
+    let framing = layout::walk(&mut reader, total).map_err(|error| ParseError::Malformed(error.to_string()))?;
+    reader.seek(SeekFrom::Start(HEADER_LEN as u64)).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
+    // Group Length, which some writers omit: hand it both.
+    let mut prefix = b"DICM".to_vec();
+    if !framing.meta_has_group_length {
+        let meta_length = (framing.dataset_offset - HEADER_LEN as u64) as u32;
+        prefix.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
+        prefix.extend_from_slice(&meta_length.to_le_bytes());
+    }
+    let reader = std::io::Cursor::new(prefix).chain(reader);
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .read_until(tags::PIXEL_DATA)
@@ -93,13 +101,13 @@ pub fn parse(mut reader: impl Read) -> Result<ParsedInstance, ParseError> {
 
     let text = |tag: Tag| -> Option<Vec<String>> {
         let element = object.element_opt(tag).ok().flatten()?;
+        if element.vr() == VR::UN {
+            // Explicit VR UN for a standard element: read it with its dictionary VR (PS3.5 §6.2.2).
+            let bytes = element.value().to_bytes().ok()?;
+            return Some(values_of_unknown(&bytes, attrs::by_tag(tag).map_or(VR::LO, |a| a.vr)));
+        }
         let values = element.value().to_multi_str().ok()?;
-        Some(
-            values
-                .iter()
-                .map(|v| v.trim_end_matches(['\0', ' ']).to_string())
-                .collect(),
-        )
+        Some(values.iter().map(|v| v.trim_end_matches(['\0', ' ']).to_string()).collect())
     };
     let required_uid = |tag: Tag, keyword: &'static str| -> Result<String, ParseError> {
         let value = text(tag)
@@ -122,14 +130,26 @@ pub fn parse(mut reader: impl Read) -> Result<ParsedInstance, ParseError> {
             .filter_map(|attribute| {
                 let values = text(attribute.tag)?;
                 Some(AttributeValue {
-                    tag: (u32::from(attribute.tag.group()) << 16)
-                        | u32::from(attribute.tag.element()),
+                    tag: (u32::from(attribute.tag.group()) << 16) | u32::from(attribute.tag.element()),
                     values,
                 })
             })
             .collect(),
+        pixel_data: framing.pixel_data,
     };
     Ok(parsed)
+}
+
+/// Decodes the bytes of a UN element whose dictionary VR is `vr` (little endian).
+fn values_of_unknown(bytes: &[u8], vr: VR) -> Vec<String> {
+    match vr {
+        VR::US => bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]).to_string()).collect(),
+        VR::UL => bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]).to_string()).collect(),
+        _ => String::from_utf8_lossy(bytes)
+            .split('\\')
+            .map(|v| v.trim_end_matches(['\0', ' ']).trim_start().to_string())
+            .collect(),
+    }
 }
 
 fn classify_open_error(message: &str) -> ParseError {

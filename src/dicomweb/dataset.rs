@@ -38,11 +38,7 @@ fn json_value(vr: VR, value: &str) -> Json {
                 return json!(integer);
             }
             match trimmed.parse::<f64>() {
-                Ok(number)
-                    if number.is_finite()
-                        && !trimmed.starts_with(['+', '.'])
-                        && !trimmed.ends_with('.') =>
-                {
+                Ok(number) if number.is_finite() && !trimmed.starts_with(['+', '.']) && !trimmed.ends_with('.') => {
                     json!(number)
                 }
                 _ => Json::String(trimmed.to_string()),
@@ -51,10 +47,7 @@ fn json_value(vr: VR, value: &str) -> Json {
         VR::PN => {
             // F.2.2: one member per non-empty component group; "=" is not used in JSON.
             let mut groups = Map::new();
-            for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"]
-                .iter()
-                .zip(value.split('='))
-            {
+            for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(value.split('=')) {
                 if !group.is_empty() {
                     groups.insert((*name).to_string(), Json::String(group.to_string()));
                 }
@@ -114,15 +107,11 @@ impl Dataset {
             match values {
                 Values::Empty => {}
                 Values::Strings(values) => {
-                    element.insert(
-                        "Value".into(),
-                        values.iter().map(|v| json_value(*vr, v)).collect(),
-                    );
+                    element.insert("Value".into(), values.iter().map(|v| json_value(*vr, v)).collect());
                 }
                 Values::Items(items) => {
                     if !items.is_empty() {
-                        element
-                            .insert("Value".into(), items.iter().map(Dataset::to_json).collect());
+                        element.insert("Value".into(), items.iter().map(Dataset::to_json).collect());
                     }
                 }
             }
@@ -157,21 +146,13 @@ impl Dataset {
                         let number = i + 1;
                         if *vr == VR::PN {
                             let _ = write!(out, "<PersonName number=\"{number}\">");
-                            for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"]
-                                .iter()
-                                .zip(value.split('='))
+                            for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(value.split('='))
                             {
                                 if group.is_empty() {
                                     continue;
                                 }
                                 let _ = write!(out, "<{name}>");
-                                let parts = [
-                                    "FamilyName",
-                                    "GivenName",
-                                    "MiddleName",
-                                    "NamePrefix",
-                                    "NameSuffix",
-                                ];
+                                let parts = ["FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"];
                                 for (part, component) in parts.iter().zip(group.split('^')) {
                                     if !component.is_empty() {
                                         let _ = write!(out, "<{part}>");
@@ -204,10 +185,7 @@ impl Dataset {
 
 fn keyword_of(tag: Tag) -> String {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
-    dicom_dictionary_std::StandardDataDictionary
-        .by_tag(tag)
-        .map(|entry| entry.alias().to_string())
-        .unwrap_or_default()
+    dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|entry| entry.alias().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -218,11 +196,7 @@ mod tests {
     #[test]
     fn person_names_split_into_component_groups() {
         let mut dataset = Dataset::new();
-        dataset.put_str(
-            tags::PATIENT_NAME,
-            VR::PN,
-            "Yamada^Tarou=山田^太郎=やまだ^たろう",
-        );
+        dataset.put_str(tags::PATIENT_NAME, VR::PN, "Yamada^Tarou=山田^太郎=やまだ^たろう");
         let json = dataset.to_json();
         assert_eq!(
             json["00100010"]["Value"][0],

@@ -43,10 +43,7 @@ impl RequestContext {
     }
 
     pub fn instance_url(&self, study: &str, series: &str, instance: &str) -> String {
-        format!(
-            "{}/studies/{study}/series/{series}/instances/{instance}",
-            self.base_url
-        )
+        format!("{}/studies/{study}/series/{series}/instances/{instance}", self.base_url)
     }
 }
 
@@ -63,9 +60,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: Into<BoxError>,
 {
-    BodyExt::boxed_unsync(StreamBody::new(
-        stream.map(|item| item.map(Frame::data).map_err(Into::into)),
-    ))
+    BodyExt::boxed_unsync(StreamBody::new(stream.map(|item| item.map(Frame::data).map_err(Into::into))))
 }
 
 /// Routes an endpoint to its transaction.
@@ -81,31 +76,13 @@ where
     B::Error: std::fmt::Display + Send + Sync,
 {
     match endpoint {
-        Endpoint::Store { study } => {
-            stow::store(archive, config, context, study.as_deref(), request).await
+        Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
+        Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
+            qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers())
         }
-        Endpoint::SearchStudies
-        | Endpoint::SearchSeries { .. }
-        | Endpoint::SearchInstances { .. } => qido::search(
-            archive,
-            config,
-            context,
-            &endpoint,
-            request.uri().query(),
-            request.headers(),
-        ),
-        Endpoint::Retrieve {
-            study,
-            series,
-            instance,
-        } => wado::retrieve(
-            archive,
-            context,
-            &study,
-            series.as_deref(),
-            instance.as_deref(),
-            request.headers(),
-        ),
+        Endpoint::Retrieve { study, series, instance } => {
+            wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers())
+        }
     }
 }
 
@@ -116,9 +93,7 @@ pub fn accepted_types(headers: &HeaderMap) -> Vec<crate::media::mime::MediaType>
         let Ok(text) = value.to_str() else { continue };
         for item in crate::media::mime::split_outside_quotes(text, ',') {
             if let Some(media) = crate::media::mime::MediaType::parse(item.trim())
-                && media
-                    .param("q")
-                    .is_none_or(|q| q.parse::<f32>().map_or(true, |q| q > 0.0))
+                && media.param("q").is_none_or(|q| q.parse::<f32>().map_or(true, |q| q > 0.0))
             {
                 out.push(media);
             }

@@ -17,9 +17,7 @@ use crate::dicom::attrs::{self, Level, Return};
 use crate::dicom::part10::AttributeValue;
 use crate::error::{Error, ErrorKind};
 use crate::index::DocKey;
-use crate::media::mime::{
-    APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED,
-};
+use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
 use crate::media::multipart;
 use crate::server::router::Endpoint;
 
@@ -38,20 +36,11 @@ fn representation(headers: &HeaderMap) -> Result<Representation, Error> {
     }
     for media in &accepted {
         let essence = media.essence.as_str();
-        if [
-            APPLICATION_DICOM_JSON,
-            APPLICATION_JSON,
-            "*/*",
-            "application/*",
-        ]
-        .contains(&essence)
-        {
+        if [APPLICATION_DICOM_JSON, APPLICATION_JSON, "*/*", "application/*"].contains(&essence) {
             return Ok(Representation::Json);
         }
         if essence == MULTIPART_RELATED
-            && media
-                .param("type")
-                .is_some_and(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM_XML))
+            && media.param("type").is_some_and(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM_XML))
         {
             return Ok(Representation::Xml);
         }
@@ -78,31 +67,17 @@ pub fn search(
     // Table 10.6.1-4: which levels' attributes each resource matches and returns.
     let (level, levels, study, series): (Level, &[Level], _, _) = match endpoint {
         Endpoint::SearchStudies => (Level::Study, &[Level::Study], None, None),
-        Endpoint::SearchSeries { study: None } => {
-            (Level::Series, &[Level::Study, Level::Series], None, None)
-        }
+        Endpoint::SearchSeries { study: None } => (Level::Series, &[Level::Study, Level::Series], None, None),
         Endpoint::SearchSeries { study } => (Level::Series, &[Level::Series], study.clone(), None),
-        Endpoint::SearchInstances { study: None, .. } => (
-            Level::Instance,
-            &[Level::Study, Level::Series, Level::Instance],
-            None,
-            None,
-        ),
-        Endpoint::SearchInstances {
-            study,
-            series: None,
-        } => (
-            Level::Instance,
-            &[Level::Series, Level::Instance],
-            study.clone(),
-            None,
-        ),
-        Endpoint::SearchInstances { study, series } => (
-            Level::Instance,
-            &[Level::Instance],
-            study.clone(),
-            series.clone(),
-        ),
+        Endpoint::SearchInstances { study: None, .. } => {
+            (Level::Instance, &[Level::Study, Level::Series, Level::Instance], None, None)
+        }
+        Endpoint::SearchInstances { study, series: None } => {
+            (Level::Instance, &[Level::Series, Level::Instance], study.clone(), None)
+        }
+        Endpoint::SearchInstances { study, series } => {
+            (Level::Instance, &[Level::Instance], study.clone(), series.clone())
+        }
         _ => unreachable!("dispatch sends only search endpoints here"),
     };
     let mut search = query::parse(raw_query, level, levels, config.qido_max_results)?;
@@ -121,10 +96,7 @@ pub fn search(
     let (content_type, body) = match representation {
         Representation::Json => {
             let array: Vec<_> = rows.iter().map(Dataset::to_json).collect();
-            (
-                APPLICATION_DICOM_JSON.to_string(),
-                serde_json::to_vec(&array).expect("json"),
-            )
+            (APPLICATION_DICOM_JSON.to_string(), serde_json::to_vec(&array).expect("json"))
         }
         Representation::Xml => {
             let boundary = multipart::new_boundary();
@@ -141,10 +113,7 @@ pub fn search(
                 body.extend_from_slice(b"\r\n");
             }
             body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-            (
-                format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"),
-                body,
-            )
+            (format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"), body)
         }
     };
     let mut response = Response::builder()
@@ -154,9 +123,7 @@ pub fn search(
         .expect("valid response");
     let mut warnings = Vec::new();
     if remaining > 0 {
-        warnings.push(format!(
-            "There are {remaining} additional results that can be requested"
-        ));
+        warnings.push(format!("There are {remaining} additional results that can be requested"));
     }
     if search.fuzzy_requested {
         warnings.push("The fuzzymatching parameter is not supported. Only literal matching has been performed.".into());
@@ -181,21 +148,14 @@ fn put_level(dataset: &mut Dataset, level: Level, values: &[AttributeValue], sea
     for attribute in attrs::at_level(level).filter(|a| !a.computed) {
         let found = values.iter().find(|v| v.tag() == attribute.tag);
         let has_value = found.is_some_and(|v| v.values.iter().any(|s| !s.is_empty()));
-        let named =
-            search.matched.contains(&attribute.tag) || search.include.includes(attribute.tag);
+        let named = search.matched.contains(&attribute.tag) || search.include.includes(attribute.tag);
         let wanted = match attribute.ret {
             Return::Always => true,
             Return::IfPresent => has_value || named,
-            Return::OnRequest => {
-                named && (has_value || !matches!(search.include, IncludeFields::All))
-            }
+            Return::OnRequest => named && (has_value || !matches!(search.include, IncludeFields::All)),
         };
         if wanted {
-            dataset.put_strings(
-                attribute.tag,
-                attribute.vr,
-                found.map(|v| v.values.clone()).unwrap_or_default(),
-            );
+            dataset.put_strings(attribute.tag, attribute.vr, found.map(|v| v.values.clone()).unwrap_or_default());
         }
     }
 }
@@ -215,31 +175,13 @@ fn result_row(
         };
         put_level(&mut row, Level::Study, &study.attributes, search);
         row.put_strings(tags::MODALITIES_IN_STUDY, VR::CS, study.modalities.clone());
-        if search.include.includes(tags::SOP_CLASSES_IN_STUDY)
-            || search.matched.contains(&tags::SOP_CLASSES_IN_STUDY)
-        {
-            row.put_strings(
-                tags::SOP_CLASSES_IN_STUDY,
-                VR::UI,
-                study.sop_classes.clone(),
-            );
+        if search.include.includes(tags::SOP_CLASSES_IN_STUDY) || search.matched.contains(&tags::SOP_CLASSES_IN_STUDY) {
+            row.put_strings(tags::SOP_CLASSES_IN_STUDY, VR::UI, study.sop_classes.clone());
         }
-        row.put_str(
-            tags::NUMBER_OF_STUDY_RELATED_SERIES,
-            VR::IS,
-            study.n_series.to_string(),
-        );
-        row.put_str(
-            tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
-            VR::IS,
-            study.n_instances.to_string(),
-        );
+        row.put_str(tags::NUMBER_OF_STUDY_RELATED_SERIES, VR::IS, study.n_series.to_string());
+        row.put_str(tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, study.n_instances.to_string());
         if key.level == Level::Study {
-            row.put_str(
-                tags::RETRIEVE_URL,
-                VR::UR,
-                context.study_url(&key.study_uid),
-            );
+            row.put_str(tags::RETRIEVE_URL, VR::UR, context.study_url(&key.study_uid));
         }
     }
     if levels.contains(&Level::Series) {
@@ -248,34 +190,20 @@ fn result_row(
             return Ok(None);
         };
         put_level(&mut row, Level::Series, &series.attributes, search);
-        row.put_str(
-            tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
-            VR::IS,
-            series.n_instances.to_string(),
-        );
+        row.put_str(tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, series.n_instances.to_string());
         if key.level == Level::Series {
-            row.put_str(
-                tags::RETRIEVE_URL,
-                VR::UR,
-                context.series_url(&key.study_uid, series_uid),
-            );
+            row.put_str(tags::RETRIEVE_URL, VR::UR, context.series_url(&key.study_uid, series_uid));
         }
     }
     if levels.contains(&Level::Instance) {
-        let Some(instance) =
-            archive.instance(principal, key.sop_uid.as_deref().unwrap_or_default())?
-        else {
+        let Some(instance) = archive.instance(principal, key.sop_uid.as_deref().unwrap_or_default())? else {
             return Ok(None);
         };
         put_level(&mut row, Level::Instance, &instance.attributes, search);
         row.put_str(
             tags::RETRIEVE_URL,
             VR::UR,
-            context.instance_url(
-                &instance.study_uid,
-                &instance.series_uid,
-                &instance.sop_instance_uid,
-            ),
+            context.instance_url(&instance.study_uid, &instance.series_uid, &instance.sop_instance_uid),
         );
     }
     // QIDO-RS rows always carry the unique keys of the levels above (§10.6.3.3).

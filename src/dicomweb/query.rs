@@ -67,9 +67,7 @@ pub fn pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
 }
 
 fn unsigned(name: &str, value: &str) -> Result<usize, Error> {
-    value
-        .parse::<usize>()
-        .map_err(|_| Error::bad_request(format!("{name}={value:?} is not an unsigned integer")))
+    value.parse::<usize>().map_err(|_| Error::bad_request(format!("{name}={value:?} is not an unsigned integer")))
 }
 
 /// Resolves a keyword or tag that names a DICOM attribute at all (for 400 vs. ignore).
@@ -78,27 +76,13 @@ fn dictionary_tag(name: &str) -> Option<Tag> {
         let value = u32::from_str_radix(name, 16).ok()?;
         return Some(Tag((value >> 16) as u16, (value & 0xFFFF) as u16));
     }
-    StandardDataDictionary
-        .by_name(name)
-        .map(|entry| entry.tag.inner())
+    StandardDataDictionary.by_name(name).map(|entry| entry.tag.inner())
 }
 
-fn range<F: Fn(&str) -> Option<u64>>(
-    name: &str,
-    value: &str,
-    parse: F,
-) -> Result<Criterion, Error> {
-    let invalid = || {
-        Error::bad_request(format!(
-            "{name}={value:?} is not a valid value or range (PS3.4 C.2.2.2.5)"
-        ))
-    };
+fn range<F: Fn(&str) -> Option<u64>>(name: &str, value: &str, parse: F) -> Result<Criterion, Error> {
+    let invalid = || Error::bad_request(format!("{name}={value:?} is not a valid value or range (PS3.4 C.2.2.2.5)"));
     let bound = |text: &str| -> Result<Option<u64>, Error> {
-        if text.is_empty() {
-            Ok(None)
-        } else {
-            parse(text).map(Some).ok_or_else(invalid)
-        }
+        if text.is_empty() { Ok(None) } else { parse(text).map(Some).ok_or_else(invalid) }
     };
     let (from, to) = match value.split_once('-') {
         Some((from, to)) => (bound(from)?, bound(to)?),
@@ -127,9 +111,8 @@ fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Cr
         Matching::Uid => {
             let uids: Vec<String> = value.split(',').map(str::to_string).collect();
             for uid in &uids {
-                uid::validate(uid).map_err(|e| {
-                    Error::bad_request(format!("{name}: {uid:?} is not a valid UID: {e}"))
-                })?;
+                uid::validate(uid)
+                    .map_err(|e| Error::bad_request(format!("{name}: {uid:?} is not a valid UID: {e}")))?;
             }
             Criterion::UidList(uids)
         }
@@ -139,15 +122,10 @@ fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Cr
         Matching::Time => range(name, value, parse_time)?,
         Matching::Number => {
             if has_wildcard(value) {
-                return Err(Error::bad_request(format!(
-                    "{name}: wildcards are not allowed for numbers"
-                )));
+                return Err(Error::bad_request(format!("{name}: wildcards are not allowed for numbers")));
             }
             Criterion::Number(
-                value
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::bad_request(format!("{name}={value:?} is not a number")))?,
+                value.trim().parse().map_err(|_| Error::bad_request(format!("{name}={value:?} is not a number")))?,
             )
         }
     };
@@ -155,12 +133,7 @@ fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Cr
 }
 
 /// Parses the query of a search at `level` over the given resource levels.
-pub fn parse(
-    raw_query: Option<&str>,
-    level: Level,
-    levels: &[Level],
-    max_results: usize,
-) -> Result<Search, Error> {
+pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_results: usize) -> Result<Search, Error> {
     let mut search = Search {
         query: SearchQuery {
             level,
@@ -194,9 +167,7 @@ pub fn parse(
                         continue;
                     }
                     let tag = dictionary_tag(item).ok_or_else(|| {
-                        Error::bad_request(format!(
-                            "includefield: {item:?} is not a DICOM attribute"
-                        ))
+                        Error::bad_request(format!("includefield: {item:?} is not a DICOM attribute"))
                     })?;
                     match &mut search.include {
                         IncludeFields::All => {}
@@ -215,15 +186,11 @@ pub fn parse(
                         continue;
                     }
                     None => {
-                        return Err(Error::bad_request(format!(
-                            "{name:?} is not a DICOM attribute keyword or tag"
-                        )));
+                        return Err(Error::bad_request(format!("{name:?} is not a DICOM attribute keyword or tag")));
                     }
                 };
                 if seen.contains(&attribute.tag) {
-                    return Err(Error::bad_request(format!(
-                        "{name} appears more than once (PS3.18 §8.3.4.1)"
-                    )));
+                    return Err(Error::bad_request(format!("{name} appears more than once (PS3.18 §8.3.4.1)")));
                 }
                 seen.push(attribute.tag);
                 // Modality on /studies means "a series of this modality": ModalitiesInStudy.
@@ -240,10 +207,7 @@ pub fn parse(
                 }
                 search.matched.push(attribute.tag);
                 if let Some(criterion) = criterion(attribute, &name, &value)? {
-                    search.query.filters.push(Filter {
-                        attribute,
-                        criterion,
-                    });
+                    search.query.filters.push(Filter { attribute, criterion });
                 }
             }
         }

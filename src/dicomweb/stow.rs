@@ -20,7 +20,7 @@ use crate::archive::{Archive, IngestError, InstanceFailure, StoredInstance};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, FailureReason};
 use crate::media::mime::{APPLICATION_DICOM, APPLICATION_DICOM_XML, MULTIPART_RELATED, MediaType};
-use crate::media::multipart::{self, BodyError, GuardedBody, HeaderPhase};
+use crate::media::multipart::{self, BodyError, GuardedBody};
 
 /// What happened to the instances of one request.
 #[derive(Default)]
@@ -62,12 +62,8 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display + Send + Sync,
 {
-    let want_xml = accepted_types(request.headers())
-        .iter()
-        .any(|m| m.is(APPLICATION_DICOM_XML))
-        && !accepted_types(request.headers())
-            .iter()
-            .any(|m| m.is(super::query::APPLICATION_DICOM_JSON));
+    let want_xml = accepted_types(request.headers()).iter().any(|m| m.is(APPLICATION_DICOM_XML))
+        && !accepted_types(request.headers()).iter().any(|m| m.is(super::query::APPLICATION_DICOM_JSON));
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -79,14 +75,8 @@ where
                 "Content-Type must be multipart/related; type=\"application/dicom\"",
             )
         })?;
-    if let Some(length) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-    {
-        let length: u64 = length
-            .parse()
-            .map_err(|_| Error::bad_request("Content-Length is not a number"))?;
+    if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+        let length: u64 = length.parse().map_err(|_| Error::bad_request("Content-Length is not a number"))?;
         if length > config.max_request_bytes {
             return Err(Error::new(
                 ErrorKind::PayloadTooLarge,
@@ -97,30 +87,26 @@ where
             ));
         }
     }
-    if request
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
-    {
-        return Err(Error::new(
-            ErrorKind::UnsupportedMediaType,
-            "Content-Encoding is not supported for STOW-RS",
-        ));
+    if request.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
+        return Err(Error::new(ErrorKind::UnsupportedMediaType, "Content-Encoding is not supported for STOW-RS"));
     }
 
-    let phase = HeaderPhase::default();
+    let related = if content_type.is(MULTIPART_RELATED) {
+        Some(multipart::related(&content_type).map_err(|e| Error::bad_request(e.to_string()))?)
+    } else {
+        None
+    };
     let body = GuardedBody::new(
         request.into_body().into_data_stream(),
+        related.as_ref().map(|r| r.boundary.as_str()),
         config.max_request_bytes,
         config.max_part_header_bytes,
-        phase.clone(),
     );
     let outcome = if content_type.is(APPLICATION_DICOM) {
         // A single instance without multipart framing (accepted as Microsoft and Google do).
         single_part(archive, context, study, body).await
     } else if content_type.is(MULTIPART_RELATED) {
-        let related =
-            multipart::related(&content_type).map_err(|e| Error::bad_request(e.to_string()))?;
+        let related = multipart::related(&content_type).map_err(|e| Error::bad_request(e.to_string()))?;
         if !related.root_type.is_empty() && related.root_type != APPLICATION_DICOM {
             return Err(Error::new(
                 ErrorKind::UnsupportedMediaType,
@@ -130,16 +116,7 @@ where
                 ),
             ));
         }
-        multipart_parts(
-            archive,
-            config,
-            context,
-            study,
-            body,
-            &related.boundary,
-            phase,
-        )
-        .await
+        multipart_parts(archive, config, context, study, body, &related.boundary).await
     } else {
         return Err(Error::new(
             ErrorKind::UnsupportedMediaType,
@@ -157,20 +134,12 @@ where
     render(context, study, outcome, want_xml)
 }
 
-async fn single_part<S>(
-    archive: &Archive,
-    context: &RequestContext,
-    study: Option<&str>,
-    body: S,
-) -> Outcome
+async fn single_part<S>(archive: &Archive, context: &RequestContext, study: Option<&str>, body: S) -> Outcome
 where
     S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Unpin,
 {
     let mut outcome = Outcome::default();
-    match archive
-        .store_instance(&context.principal, study, body)
-        .await
-    {
+    match archive.store_instance(&context.principal, study, body).await {
         Ok(stored) => outcome.stored.push(stored),
         Err(IngestError::Instance(failure)) => outcome.failed.push(failure),
         Err(IngestError::Stream(error)) => outcome.request_error = Some(body_error(error)),
@@ -185,21 +154,17 @@ async fn multipart_parts<S>(
     study: Option<&str>,
     body: S,
     boundary: &str,
-    phase: HeaderPhase,
 ) -> Outcome
 where
     S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Send + Unpin + 'static,
 {
-    let constraints = multer::Constraints::new()
-        .size_limit(multer::SizeLimit::new().whole_stream(config.max_request_bytes));
+    let constraints =
+        multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(config.max_request_bytes));
     let mut parts = multer::Multipart::with_constraints(body, boundary.to_string(), constraints);
     let mut outcome = Outcome::default();
     let mut n_parts = 0usize;
     loop {
-        phase.set(true);
-        let next = parts.next_field().await;
-        phase.set(false);
-        let field = match next {
+        let field = match parts.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
             Err(error) => {
@@ -211,10 +176,7 @@ where
         if n_parts > config.max_parts {
             outcome.request_error = Some(Error::new(
                 ErrorKind::PayloadTooLarge,
-                format!(
-                    "request has more than the limit of {} parts",
-                    config.max_parts
-                ),
+                format!("request has more than the limit of {} parts", config.max_parts),
             ));
             break;
         }
@@ -230,10 +192,7 @@ where
             continue;
         }
         let field_stream = field.map(|chunk| chunk.map_err(multer_error));
-        match archive
-            .store_instance(&context.principal, study, field_stream)
-            .await
-        {
+        match archive.store_instance(&context.principal, study, field_stream).await {
             Ok(stored) => outcome.stored.push(stored),
             Err(IngestError::Instance(failure)) => outcome.failed.push(failure),
             Err(IngestError::Stream(error)) => {
@@ -263,11 +222,7 @@ fn render(
         return Err(Error::new(error.kind, error.message.clone()));
     }
     let mut response = Dataset::new();
-    let mut studies: Vec<&str> = outcome
-        .stored
-        .iter()
-        .map(|s| s.study_uid.as_str())
-        .collect();
+    let mut studies: Vec<&str> = outcome.stored.iter().map(|s| s.study_uid.as_str()).collect();
     studies.sort_unstable();
     studies.dedup();
     let study_url = study.or(match studies.as_slice() {
@@ -294,11 +249,7 @@ fn render(
                     VR::UI,
                     failure.sop_instance_uid.iter().cloned().collect(),
                 );
-                item.put_str(
-                    tags::FAILURE_REASON,
-                    VR::US,
-                    failure.reason.code().to_string(),
-                );
+                item.put_str(tags::FAILURE_REASON, VR::US, failure.reason.code().to_string());
                 item
             })
             .collect();
@@ -310,48 +261,24 @@ fn render(
             .iter()
             .map(|stored| {
                 let mut item = Dataset::new();
-                item.put_str(
-                    tags::REFERENCED_SOP_CLASS_UID,
-                    VR::UI,
-                    &stored.sop_class_uid,
-                );
-                item.put_str(
-                    tags::REFERENCED_SOP_INSTANCE_UID,
-                    VR::UI,
-                    &stored.sop_instance_uid,
-                );
+                item.put_str(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &stored.sop_class_uid);
+                item.put_str(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &stored.sop_instance_uid);
                 item.put_str(
                     tags::RETRIEVE_URL,
                     VR::UR,
-                    context.instance_url(
-                        &stored.study_uid,
-                        &stored.series_uid,
-                        &stored.sop_instance_uid,
-                    ),
+                    context.instance_url(&stored.study_uid, &stored.series_uid, &stored.sop_instance_uid),
                 );
                 item
             })
             .collect();
         response.put(tags::REFERENCED_SOP_SEQUENCE, VR::SQ, Values::Items(items));
     }
-    let status = match (
-        &outcome.request_error,
-        outcome.stored.is_empty(),
-        outcome.failed.is_empty(),
-    ) {
+    let status = match (&outcome.request_error, outcome.stored.is_empty(), outcome.failed.is_empty()) {
         (Some(error), _, _) => {
             let mut item = Dataset::new();
-            let code = if error.kind == ErrorKind::PayloadTooLarge {
-                0xA700u16
-            } else {
-                0xC000
-            };
+            let code = if error.kind == ErrorKind::PayloadTooLarge { 0xA700u16 } else { 0xC000 };
             item.put_str(tags::FAILURE_REASON, VR::US, code.to_string());
-            response.put(
-                tags::OTHER_FAILURES_SEQUENCE,
-                VR::SQ,
-                Values::Items(vec![item]),
-            );
+            response.put(tags::OTHER_FAILURES_SEQUENCE, VR::SQ, Values::Items(vec![item]));
             error.kind.http_status()
         }
         (None, false, true) => StatusCode::OK,
@@ -362,42 +289,22 @@ fn render(
     let (content_type, body) = if want_xml {
         let boundary = multipart::new_boundary();
         let xml = response.to_xml();
-        let mut body = multipart::part_header(
-            &boundary,
-            APPLICATION_DICOM_XML,
-            None,
-            Some(xml.len() as u64),
-        )
-        .to_vec();
+        let mut body = multipart::part_header(&boundary, APPLICATION_DICOM_XML, None, Some(xml.len() as u64)).to_vec();
         body.extend_from_slice(xml.as_bytes());
         body.extend_from_slice(&multipart::closing(&boundary));
-        (
-            format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"),
-            body,
-        )
+        (format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"), body)
     } else {
-        (
-            "application/dicom+json".to_string(),
-            serde_json::to_vec(&response.to_json()).expect("json"),
-        )
+        ("application/dicom+json".to_string(), serde_json::to_vec(&response.to_json()).expect("json"))
     };
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, content_type);
+    let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, content_type);
     if let Some(uid) = study_url
         && !outcome.stored.is_empty()
     {
         builder = builder.header(header::CONTENT_LOCATION, context.study_url(uid));
     }
-    let mut response = builder
-        .body(full_body(Bytes::from(body)))
-        .expect("valid response");
+    let mut response = builder.body(full_body(Bytes::from(body))).expect("valid response");
     add_warnings(response.headers_mut(), context, &outcome);
-    tracing::info!(
-        stored = outcome.stored.len(),
-        failed = outcome.failed.len(),
-        "stow"
-    );
+    tracing::info!(stored = outcome.stored.len(), failed = outcome.failed.len(), "stow");
     Ok(response)
 }
 
@@ -408,18 +315,9 @@ fn add_warnings(headers: &mut HeaderMap, context: &RequestContext, outcome: &Out
         .failed
         .iter()
         .map(|f| format!("{:04X} {}", f.reason.code(), f.message))
-        .chain(
-            outcome
-                .request_error
-                .iter()
-                .map(|e| e.public_message().to_string()),
-        );
+        .chain(outcome.request_error.iter().map(|e| e.public_message().to_string()));
     for message in messages.take(10) {
-        let text = format!(
-            "299 {}: {}",
-            context.base_url,
-            message.replace(['"', '\r', '\n'], " ")
-        );
+        let text = format!("299 {}: {}", context.base_url, message.replace(['"', '\r', '\n'], " "));
         if let Ok(value) = HeaderValue::from_str(&text) {
             headers.append(header::WARNING, value);
         }

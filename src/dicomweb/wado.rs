@@ -36,26 +36,16 @@ fn accepts_stored(media: &MediaType, stored_ts: &str) -> bool {
 }
 
 /// Picks the framing; 406 when no acceptable representation exists (§8.7.8.1 step 5).
-fn negotiate(
-    headers: &HeaderMap,
-    single_instance: bool,
-    records: &[InstanceRecord],
-) -> Result<Framing, Error> {
+fn negotiate(headers: &HeaderMap, single_instance: bool, records: &[InstanceRecord]) -> Result<Framing, Error> {
     let accepted = accepted_types(headers);
-    let all_acceptable = |media: &MediaType| {
-        records
-            .iter()
-            .all(|r| accepts_stored(media, &r.transfer_syntax_uid))
-    };
+    let all_acceptable = |media: &MediaType| records.iter().all(|r| accepts_stored(media, &r.transfer_syntax_uid));
     if accepted.is_empty() {
         return Ok(Framing::Multipart);
     }
     for media in &accepted {
         let essence = media.essence.as_str();
         let related_dicom = essence == MULTIPART_RELATED
-            && media
-                .param("type")
-                .is_none_or(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM));
+            && media.param("type").is_none_or(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM));
         if related_dicom && all_acceptable(media) {
             return Ok(Framing::Multipart);
         }
@@ -93,10 +83,7 @@ pub fn retrieve(
 
     if framing == Framing::Single {
         let record = &records[0];
-        let content_type = format!(
-            "{APPLICATION_DICOM}; transfer-syntax={}",
-            record.transfer_syntax_uid
-        );
+        let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={}", record.transfer_syntax_uid);
         return Ok(Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, content_type)
@@ -104,11 +91,7 @@ pub fn retrieve(
             .header(header::CONTENT_DISPOSITION, "attachment")
             .header(
                 header::CONTENT_LOCATION,
-                context.instance_url(
-                    &record.study_uid,
-                    &record.series_uid,
-                    &record.sop_instance_uid,
-                ),
+                context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid),
             )
             .body(stream_body(archive.payload(record)))
             .expect("valid response"));
@@ -117,15 +100,8 @@ pub fn retrieve(
     let boundary = multipart::new_boundary();
     let mut pieces = Vec::with_capacity(records.len());
     for (i, record) in records.iter().enumerate() {
-        let location = context.instance_url(
-            &record.study_uid,
-            &record.series_uid,
-            &record.sop_instance_uid,
-        );
-        let content_type = format!(
-            "{APPLICATION_DICOM}; transfer-syntax={}",
-            record.transfer_syntax_uid
-        );
+        let location = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+        let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={}", record.transfer_syntax_uid);
         let mut head = if i == 0 { Vec::new() } else { b"\r\n".to_vec() };
         head.extend_from_slice(&multipart::part_header(
             &boundary,
@@ -143,20 +119,15 @@ pub fn retrieve(
     let body = stream::iter(pieces).flatten().chain(closing);
     Ok(Response::builder()
         .status(StatusCode::OK)
-        .header(
-            header::CONTENT_TYPE,
-            format!("{MULTIPART_RELATED}; type=\"{APPLICATION_DICOM}\"; boundary={boundary}"),
-        )
+        .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{APPLICATION_DICOM}\"; boundary={boundary}"))
         .header(
             header::CONTENT_LOCATION,
             match level {
                 Level::Study => context.study_url(study),
                 Level::Series => context.series_url(study, series.unwrap_or_default()),
-                Level::Instance => context.instance_url(
-                    study,
-                    series.unwrap_or_default(),
-                    instance.unwrap_or_default(),
-                ),
+                Level::Instance => {
+                    context.instance_url(study, series.unwrap_or_default(), instance.unwrap_or_default())
+                }
             },
         )
         .body(stream_body(body))

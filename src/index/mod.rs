@@ -42,11 +42,7 @@ impl DocKey {
     pub fn term(&self) -> String {
         match self.level {
             Level::Study => format!("T|{}", self.study_uid),
-            Level::Series => format!(
-                "S|{}|{}",
-                self.study_uid,
-                self.series_uid.as_deref().unwrap_or("")
-            ),
+            Level::Series => format!("S|{}|{}", self.study_uid, self.series_uid.as_deref().unwrap_or("")),
             Level::Instance => format!("I|{}", self.sop_uid.as_deref().unwrap_or("")),
         }
     }

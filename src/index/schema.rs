@@ -38,35 +38,19 @@ impl Fields {
         let created = builder.add_u64_field("_created", INDEXED | FAST);
         let empty = builder.add_text_field("_empty", STRING);
         let pn_options = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(PN_TOKENIZER)
-                .set_index_option(IndexRecordOption::Basic),
+            TextFieldIndexing::default().set_tokenizer(PN_TOKENIZER).set_index_option(IndexRecordOption::Basic),
         );
         let mut by_keyword = HashMap::new();
         for attribute in ATTRIBUTES {
             let field = match attribute.matching {
                 Matching::Uid | Matching::Text => builder.add_text_field(attribute.keyword, STRING),
-                Matching::PersonName => {
-                    builder.add_text_field(attribute.keyword, pn_options.clone())
-                }
-                Matching::Date | Matching::Time => {
-                    builder.add_u64_field(attribute.keyword, INDEXED | FAST)
-                }
+                Matching::PersonName => builder.add_text_field(attribute.keyword, pn_options.clone()),
+                Matching::Date | Matching::Time => builder.add_u64_field(attribute.keyword, INDEXED | FAST),
                 Matching::Number => builder.add_i64_field(attribute.keyword, INDEXED),
             };
             by_keyword.insert(attribute.keyword, field);
         }
-        Fields {
-            schema: builder.build(),
-            key,
-            level,
-            study_uid,
-            series_uid,
-            sop_uid,
-            created,
-            empty,
-            by_keyword,
-        }
+        Fields { schema: builder.build(), key, level, study_uid, series_uid, sop_uid, created, empty, by_keyword }
     }
 
     pub fn of(&self, attribute: &Attribute) -> Field {
@@ -75,7 +59,5 @@ impl Fields {
 }
 
 pub fn pn_analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(RawTokenizer::default())
-        .filter(LowerCaser)
-        .build()
+    TextAnalyzer::builder(RawTokenizer::default()).filter(LowerCaser).build()
 }

@@ -2,9 +2,7 @@
 //! (PS3.4 C.2.2.2 matching: single value, UID list, wildcard, range).
 
 use tantivy::Term;
-use tantivy::query::{
-    AllQuery, BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
-};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
 use tantivy::schema::IndexRecordOption;
 
 use super::schema::Fields;
@@ -85,9 +83,7 @@ pub fn has_wildcard(value: &str) -> bool {
 /// Normalises a person name for indexing and matching: lower case, trailing empty components
 /// and groups dropped.
 pub fn normalise_person_name(name: &str) -> String {
-    name.to_lowercase()
-        .trim_end_matches(['^', '=', ' '])
-        .to_string()
+    name.to_lowercase().trim_end_matches(['^', '=', ' ']).to_string()
 }
 
 fn term_query(term: Term) -> Box<dyn Query> {
@@ -95,21 +91,13 @@ fn term_query(term: Term) -> Box<dyn Query> {
 }
 
 pub(super) fn build_query(fields: &Fields, query: &SearchQuery) -> IndexResult<Box<dyn Query>> {
-    let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
-        Occur::Must,
-        term_query(Term::from_field_text(fields.level, level_term(query.level))),
-    )];
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+        vec![(Occur::Must, term_query(Term::from_field_text(fields.level, level_term(query.level))))];
     if let Some(study) = &query.study_uid {
-        clauses.push((
-            Occur::Must,
-            term_query(Term::from_field_text(fields.study_uid, study)),
-        ));
+        clauses.push((Occur::Must, term_query(Term::from_field_text(fields.study_uid, study))));
     }
     if let Some(series) = &query.series_uid {
-        clauses.push((
-            Occur::Must,
-            term_query(Term::from_field_text(fields.series_uid, series)),
-        ));
+        clauses.push((Occur::Must, term_query(Term::from_field_text(fields.series_uid, series))));
     }
     for filter in &query.filters {
         clauses.push((Occur::Must, criterion_query(fields, filter)?));
@@ -124,9 +112,9 @@ fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Quer
     let field = fields.of(filter.attribute);
     let invalid = |e: tantivy::TantivyError| IndexError::InvalidQuery(e.to_string());
     Ok(match &filter.criterion {
-        Criterion::UidList(uids) => Box::new(TermSetQuery::new(
-            uids.iter().map(|uid| Term::from_field_text(field, uid)),
-        )),
+        Criterion::UidList(uids) => {
+            Box::new(TermSetQuery::new(uids.iter().map(|uid| Term::from_field_text(field, uid))))
+        }
         Criterion::Text(value) if has_wildcard(value) => {
             Box::new(RegexQuery::from_pattern(&wildcard_to_regex(value), field).map_err(invalid)?)
         }
@@ -134,9 +122,7 @@ fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Quer
         Criterion::PersonName(value) => {
             let value = normalise_person_name(value);
             if has_wildcard(&value) {
-                Box::new(
-                    RegexQuery::from_pattern(&wildcard_to_regex(&value), field).map_err(invalid)?,
-                )
+                Box::new(RegexQuery::from_pattern(&wildcard_to_regex(&value), field).map_err(invalid)?)
             } else {
                 term_query(Term::from_field_text(field, &value))
             }
@@ -176,17 +162,12 @@ pub fn parse_time(value: &str) -> Option<u64> {
     if fraction.len() > 6 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let part =
-        |range: std::ops::Range<usize>| whole.get(range).map_or(Some(0), |s| s.parse::<u64>().ok());
+    let part = |range: std::ops::Range<usize>| whole.get(range).map_or(Some(0), |s| s.parse::<u64>().ok());
     let (hours, minutes, seconds) = (part(0..2)?, part(2..4)?, part(4..6)?);
     if hours > 23 || minutes > 59 || seconds > 60 {
         return None;
     }
-    let micros = if fraction.is_empty() {
-        0
-    } else {
-        format!("{fraction:0<6}").parse::<u64>().ok()?
-    };
+    let micros = if fraction.is_empty() { 0 } else { format!("{fraction:0<6}").parse::<u64>().ok()? };
     Some(((hours * 60 + minutes) * 60 + seconds) * 1_000_000 + micros)
 }
 
@@ -209,10 +190,7 @@ mod tests {
         assert_eq!(parse_date("20241301"), None);
         assert_eq!(parse_time("2230"), parse_time("223000"));
         assert_eq!(parse_time("10"), Some(10 * 3600 * 1_000_000));
-        assert_eq!(
-            parse_time("101010.5"),
-            Some((10 * 3600 + 10 * 60 + 10) * 1_000_000 + 500_000)
-        );
+        assert_eq!(parse_time("101010.5"), Some((10 * 3600 + 10 * 60 + 10) * 1_000_000 + 500_000));
         assert_eq!(parse_time("25"), None);
     }
 }

@@ -9,15 +9,11 @@ use std::sync::mpsc as std_mpsc;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::directory::MmapDirectory;
 use tantivy::schema::Value;
-use tantivy::{
-    Index as TantivyRawIndex, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term,
-};
+use tantivy::{Index as TantivyRawIndex, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 use tokio::sync::oneshot;
 
 use super::schema::{self, Fields, PN_TOKENIZER, SCHEMA_VERSION};
-use super::search::{
-    self, SearchHits, SearchQuery, level_term, normalise_person_name, parse_date, parse_time,
-};
+use super::search::{self, SearchHits, SearchQuery, level_term, normalise_person_name, parse_date, parse_time};
 use super::*;
 use crate::dicom::attrs::{ATTRIBUTES, Matching};
 
@@ -55,20 +51,11 @@ impl TantivyIndex {
         std::fs::create_dir_all(dir).map_err(backend)?;
         let fields = Arc::new(Fields::build());
         let directory = MmapDirectory::open(dir).map_err(backend)?;
-        let index =
-            TantivyRawIndex::open_or_create(directory, fields.schema.clone()).map_err(backend)?;
+        let index = TantivyRawIndex::open_or_create(directory, fields.schema.clone()).map_err(backend)?;
         std::fs::write(&version_path, SCHEMA_VERSION.to_string()).map_err(backend)?;
-        index
-            .tokenizers()
-            .register(PN_TOKENIZER, schema::pn_analyzer());
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(backend)?;
-        let writer: IndexWriter = index
-            .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(backend)?;
+        index.tokenizers().register(PN_TOKENIZER, schema::pn_analyzer());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(backend)?;
+        let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_MEMORY).map_err(backend)?;
 
         let (requests, receiver) = std_mpsc::channel();
         let thread_fields = fields.clone();
@@ -77,24 +64,12 @@ impl TantivyIndex {
             .name("kura-index-writer".into())
             .spawn(move || writer_loop(writer, thread_reader, thread_fields, receiver))
             .map_err(backend)?;
-        Ok((
-            Arc::new(TantivyIndex {
-                fields,
-                reader,
-                requests,
-            }),
-            rebuild,
-        ))
+        Ok((Arc::new(TantivyIndex { fields, reader, requests }), rebuild))
     }
 
-    async fn send(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Request,
-    ) -> IndexResult<()> {
+    async fn send(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Request) -> IndexResult<()> {
         let (sender, receiver) = oneshot::channel();
-        self.requests
-            .send(make(sender))
-            .map_err(|_| IndexError::Backend("index writer stopped".into()))?;
+        self.requests.send(make(sender)).map_err(|_| IndexError::Backend("index writer stopped".into()))?;
         receiver
             .await
             .map_err(|_| IndexError::Backend("index writer stopped".into()))?
@@ -234,32 +209,17 @@ impl Index for TantivyIndex {
         let searcher = self.reader.searcher();
         let tantivy_query = search::build_query(&self.fields, query)?;
         // Newest studies first; series and instances in the order they were stored.
-        let order = if query.level == Level::Study {
-            Order::Desc
-        } else {
-            Order::Asc
-        };
+        let order = if query.level == Level::Study { Order::Desc } else { Order::Asc };
         if query.limit == 0 {
             let total = searcher.search(&tantivy_query, &Count).map_err(backend)?;
-            return Ok(SearchHits {
-                total,
-                keys: Vec::new(),
-            });
+            return Ok(SearchHits { total, keys: Vec::new() });
         }
-        let collector = TopDocs::with_limit(query.limit)
-            .and_offset(query.offset)
-            .order_by_u64_field("_created", order);
-        let (total, top) = searcher
-            .search(&tantivy_query, &(Count, collector))
-            .map_err(backend)?;
+        let collector = TopDocs::with_limit(query.limit).and_offset(query.offset).order_by_u64_field("_created", order);
+        let (total, top) = searcher.search(&tantivy_query, &(Count, collector)).map_err(backend)?;
         let mut keys = Vec::with_capacity(top.len());
         for (_, address) in top {
             let doc: TantivyDocument = searcher.doc(address).map_err(backend)?;
-            let text = |field| {
-                doc.get_first(field)
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            };
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
             keys.push(DocKey {
                 level: query.level,
                 study_uid: text(self.fields.study_uid).unwrap_or_default(),

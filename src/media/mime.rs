@@ -43,10 +43,7 @@ impl MediaType {
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn is(&self, essence: &str) -> bool {
@@ -82,8 +79,7 @@ mod tests {
 
     #[test]
     fn parses_multipart_related_with_quoted_type() {
-        let m = MediaType::parse(r#"Multipart/Related; type="application/dicom"; boundary="a;b""#)
-            .unwrap();
+        let m = MediaType::parse(r#"Multipart/Related; type="application/dicom"; boundary="a;b""#).unwrap();
         assert!(m.is(MULTIPART_RELATED));
         assert_eq!(m.param("type"), Some("application/dicom"));
         assert_eq!(m.param("boundary"), Some("a;b"));

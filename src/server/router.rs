@@ -16,16 +16,9 @@ pub enum Endpoint {
     /// `/studies/{study}/series` and `/series`.
     SearchSeries { study: Option<String> },
     /// `/studies/{study}/series/{series}/instances`, `/studies/{study}/instances`, `/instances`.
-    SearchInstances {
-        study: Option<String>,
-        series: Option<String>,
-    },
+    SearchInstances { study: Option<String>, series: Option<String> },
     /// WADO-RS, PS3.18 §10.4: `/studies/{study}[/series/{series}[/instances/{instance}]]`.
-    Retrieve {
-        study: String,
-        series: Option<String>,
-        instance: Option<String>,
-    },
+    Retrieve { study: String, series: Option<String>, instance: Option<String> },
 }
 
 impl Endpoint {
@@ -33,17 +26,14 @@ impl Endpoint {
     pub fn name(&self) -> &'static str {
         match self {
             Endpoint::Store { .. } => "stow",
-            Endpoint::SearchStudies
-            | Endpoint::SearchSeries { .. }
-            | Endpoint::SearchInstances { .. } => "qido",
+            Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => "qido",
             Endpoint::Retrieve { .. } => "wado",
         }
     }
 }
 
 fn checked_uid(segment: &str, what: &str) -> Result<String, Error> {
-    uid::validate(segment)
-        .map_err(|e| Error::bad_request(format!("{what} in the path is not a valid UID: {e}")))?;
+    uid::validate(segment).map_err(|e| Error::bad_request(format!("{what} in the path is not a valid UID: {e}")))?;
     Ok(segment.to_string())
 }
 
@@ -60,27 +50,19 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
         ["studies"] if post => Endpoint::Store { study: None },
         ["studies"] if get => Endpoint::SearchStudies,
         ["studies"] => return Err(method_not_allowed("GET, HEAD, POST")),
-        ["studies", study] if post => Endpoint::Store {
-            study: Some(checked_uid(study, "StudyInstanceUID")?),
-        },
-        ["studies", study] if get => Endpoint::Retrieve {
-            study: checked_uid(study, "StudyInstanceUID")?,
-            series: None,
-            instance: None,
-        },
+        ["studies", study] if post => Endpoint::Store { study: Some(checked_uid(study, "StudyInstanceUID")?) },
+        ["studies", study] if get => {
+            Endpoint::Retrieve { study: checked_uid(study, "StudyInstanceUID")?, series: None, instance: None }
+        }
         ["studies", _] => return Err(method_not_allowed("GET, HEAD, POST")),
         ["series"] if get => Endpoint::SearchSeries { study: None },
-        ["instances"] if get => Endpoint::SearchInstances {
-            study: None,
-            series: None,
-        },
-        ["studies", study, "series"] if get => Endpoint::SearchSeries {
-            study: Some(checked_uid(study, "StudyInstanceUID")?),
-        },
-        ["studies", study, "instances"] if get => Endpoint::SearchInstances {
-            study: Some(checked_uid(study, "StudyInstanceUID")?),
-            series: None,
-        },
+        ["instances"] if get => Endpoint::SearchInstances { study: None, series: None },
+        ["studies", study, "series"] if get => {
+            Endpoint::SearchSeries { study: Some(checked_uid(study, "StudyInstanceUID")?) }
+        }
+        ["studies", study, "instances"] if get => {
+            Endpoint::SearchInstances { study: Some(checked_uid(study, "StudyInstanceUID")?), series: None }
+        }
         ["studies", study, "series", series] if get => Endpoint::Retrieve {
             study: checked_uid(study, "StudyInstanceUID")?,
             series: Some(checked_uid(series, "SeriesInstanceUID")?),
@@ -114,60 +96,25 @@ mod tests {
     #[test]
     fn ps3_18_resource_templates() {
         assert_eq!(get("/studies").unwrap(), Endpoint::SearchStudies);
-        assert_eq!(
-            get("/series").unwrap(),
-            Endpoint::SearchSeries { study: None }
-        );
-        assert_eq!(
-            get("/instances").unwrap(),
-            Endpoint::SearchInstances {
-                study: None,
-                series: None
-            }
-        );
-        assert_eq!(
-            get("/studies/1.2/series").unwrap(),
-            Endpoint::SearchSeries {
-                study: Some("1.2".into())
-            }
-        );
+        assert_eq!(get("/series").unwrap(), Endpoint::SearchSeries { study: None });
+        assert_eq!(get("/instances").unwrap(), Endpoint::SearchInstances { study: None, series: None });
+        assert_eq!(get("/studies/1.2/series").unwrap(), Endpoint::SearchSeries { study: Some("1.2".into()) });
         assert_eq!(
             get("/studies/1.2/series/1.3/instances").unwrap(),
-            Endpoint::SearchInstances {
-                study: Some("1.2".into()),
-                series: Some("1.3".into())
-            }
+            Endpoint::SearchInstances { study: Some("1.2".into()), series: Some("1.3".into()) }
         );
         assert_eq!(
             get("/studies/1.2/series/1.3/instances/1.4").unwrap(),
-            Endpoint::Retrieve {
-                study: "1.2".into(),
-                series: Some("1.3".into()),
-                instance: Some("1.4".into())
-            }
+            Endpoint::Retrieve { study: "1.2".into(), series: Some("1.3".into()), instance: Some("1.4".into()) }
         );
-        assert_eq!(
-            route(&Method::POST, "/studies/1.2").unwrap(),
-            Endpoint::Store {
-                study: Some("1.2".into())
-            }
-        );
+        assert_eq!(route(&Method::POST, "/studies/1.2").unwrap(), Endpoint::Store { study: Some("1.2".into()) });
     }
 
     #[test]
     fn malformed_uids_are_400_and_unknown_paths_404() {
-        assert_eq!(
-            get("/studies/..%2F..").unwrap_err().kind,
-            ErrorKind::BadRequest
-        );
-        assert_eq!(
-            get("/studies/1.2.abc").unwrap_err().kind,
-            ErrorKind::BadRequest
-        );
+        assert_eq!(get("/studies/..%2F..").unwrap_err().kind, ErrorKind::BadRequest);
+        assert_eq!(get("/studies/1.2.abc").unwrap_err().kind, ErrorKind::BadRequest);
         assert_eq!(get("/nothing").unwrap_err().kind, ErrorKind::NotFound);
-        assert_eq!(
-            route(&Method::DELETE, "/studies").unwrap_err().kind,
-            ErrorKind::MethodNotAllowed
-        );
+        assert_eq!(route(&Method::DELETE, "/studies").unwrap_err().kind, ErrorKind::MethodNotAllowed);
     }
 }

@@ -53,10 +53,7 @@ impl App {
         .await
         .unwrap_or_else(|error| render_error(&error));
         let headers = response.headers_mut();
-        headers.insert(
-            "x-content-type-options",
-            HeaderValue::from_static("nosniff"),
-        );
+        headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         if head_only {
             *response.body_mut() = dicomweb::empty_body();
         }
@@ -88,20 +85,14 @@ impl App {
                     .headers()
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
-                    .filter(|h| {
-                        h.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-                    })
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
                     .map(str::to_string)
                     .or_else(|| request.uri().authority().map(|a| a.to_string()))
                     .unwrap_or_else(|| self.config.listen.to_string());
                 format!("http://{host}{}", self.config.base_path)
             }
         };
-        RequestContext {
-            base_url,
-            principal: Principal::local(),
-        }
+        RequestContext { base_url, principal: Principal::local() }
     }
 }
 
@@ -114,13 +105,9 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         tracing::debug!(message = %error.message, "request refused");
     }
     let body = serde_json::json!({ "status": status.as_u16(), "message": error.public_message() });
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json");
+    let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, "application/json");
     if error.kind == ErrorKind::MethodNotAllowed {
         builder = builder.header(header::ALLOW, error.message.as_str());
     }
-    builder
-        .body(dicomweb::full_body(Bytes::from(body.to_string())))
-        .expect("valid response")
+    builder.body(dicomweb::full_body(Bytes::from(body.to_string()))).expect("valid response")
 }

@@ -44,11 +44,7 @@ impl GroupCommit {
     /// Waits until a flush that started after this call has finished.
     pub async fn commit(&self) -> Result<(), Arc<str>> {
         let (sender, receiver) = oneshot::channel();
-        self.requests
-            .send(sender)
-            .map_err(|_| Arc::<str>::from("flusher stopped"))?;
-        receiver
-            .await
-            .map_err(|_| Arc::<str>::from("flusher stopped"))?
+        self.requests.send(sender).map_err(|_| Arc::<str>::from("flusher stopped"))?;
+        receiver.await.map_err(|_| Arc::<str>::from("flusher stopped"))?
     }
 }

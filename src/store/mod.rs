@@ -74,11 +74,7 @@ pub trait Store: Send + Sync + 'static {
     fn chunk_size(&self) -> u32;
 
     /// Atomically records an instance, updates its series and study, and logs a change.
-    fn put_instance(
-        &self,
-        record: InstanceRecord,
-        policy: DuplicatePolicy,
-    ) -> StoreResult<PutOutcome>;
+    fn put_instance(&self, record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult<PutOutcome>;
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>>;
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>>;

@@ -1,7 +1,7 @@
 //! Reading a payload back: as a blocking `Read` (for parsing) or as an async stream of
 //! chunks (for HTTP bodies), never as one buffer.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,44 +9,58 @@ use futures_util::Stream;
 
 use super::{PayloadRef, Store, StoreError};
 
-/// A blocking reader over a payload's chunks.
+/// A blocking, seekable reader over a payload's chunks.
 pub struct PayloadReader {
     store: Arc<dyn Store>,
-    payload: u64,
-    next_chunk: u32,
-    current: Bytes,
+    payload: PayloadRef,
+    position: u64,
+    /// The chunk last read, and its index.
+    current: Option<(u32, Bytes)>,
 }
 
 impl PayloadReader {
-    pub fn new(store: Arc<dyn Store>, payload: u64) -> Self {
-        PayloadReader {
-            store,
-            payload,
-            next_chunk: 0,
-            current: Bytes::new(),
-        }
+    pub fn new(store: Arc<dyn Store>, payload: PayloadRef) -> Self {
+        PayloadReader { store, payload, position: 0, current: None }
     }
 }
 
 impl Read for PayloadReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.current.is_empty() {
-            match self
-                .store
-                .read_chunk(self.payload, self.next_chunk)
-                .map_err(std::io::Error::other)?
-            {
-                Some(chunk) => {
-                    self.current = chunk;
-                    self.next_chunk += 1;
-                }
-                None => return Ok(0),
-            }
+        if self.position >= self.payload.length || buf.is_empty() {
+            return Ok(0);
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
+        let chunk_size = u64::from(self.payload.chunk_size);
+        let index = (self.position / chunk_size) as u32;
+        if self.current.as_ref().is_none_or(|(current, _)| *current != index) {
+            let chunk = self
+                .store
+                .read_chunk(self.payload.id, index)
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other(format!("payload {} lacks chunk {index}", self.payload.id)))?;
+            self.current = Some((index, chunk));
+        }
+        let (_, chunk) = self.current.as_ref().expect("loaded above");
+        let offset = (self.position % chunk_size) as usize;
+        let available = chunk.len().saturating_sub(offset);
+        if available == 0 {
+            return Err(std::io::Error::other(format!("payload {} has a short chunk {index}", self.payload.id)));
+        }
+        let n = buf.len().min(available);
+        buf[..n].copy_from_slice(&chunk[offset..offset + n]);
+        self.position += n as u64;
         Ok(n)
+    }
+}
+
+impl Seek for PayloadReader {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(offset) => Some(offset),
+            SeekFrom::End(delta) => self.payload.length.checked_add_signed(delta),
+            SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+        };
+        self.position = target.ok_or_else(|| std::io::Error::other("seek before the start of the payload"))?;
+        Ok(self.position)
     }
 }
 
@@ -55,10 +69,7 @@ const CHUNKS_PER_READ: u32 = 16;
 
 /// Streams a payload's bytes, a few chunks per blocking read. A missing chunk is an error:
 /// the record promised `payload.length` bytes.
-pub fn stream(
-    store: Arc<dyn Store>,
-    payload: PayloadRef,
-) -> impl Stream<Item = Result<Bytes, StoreError>> + Send {
+pub fn stream(store: Arc<dyn Store>, payload: PayloadRef) -> impl Stream<Item = Result<Bytes, StoreError>> + Send {
     let n_chunks = payload.n_chunks();
     futures_util::stream::try_unfold(0u32, move |next| {
         let store = store.clone();
@@ -71,9 +82,9 @@ pub fn stream(
             let bytes = tokio::task::spawn_blocking(move || -> Result<Bytes, StoreError> {
                 let mut out = Vec::new();
                 for index in next..end {
-                    let chunk = store.read_chunk(id, index)?.ok_or_else(|| {
-                        StoreError::Corrupt(format!("payload {id} lacks chunk {index}"))
-                    })?;
+                    let chunk = store
+                        .read_chunk(id, index)?
+                        .ok_or_else(|| StoreError::Corrupt(format!("payload {id} lacks chunk {index}")))?;
                     out.extend_from_slice(&chunk);
                 }
                 Ok(Bytes::from(out))

@@ -39,6 +39,10 @@ pub struct InstanceRecord {
     pub attributes: Vec<AttributeValue>,
     /// The change sequence number that stored this version of the instance.
     pub seq: u64,
+    /// Where Pixel Data sits in the stored bytes (absent for objects without pixels and for
+    /// deflated data sets).
+    #[serde(default)]
+    pub pixel_data: Option<crate::dicom::layout::PixelDataLayout>,
 }
 
 /// A series, with values kept up to date as instances arrive.

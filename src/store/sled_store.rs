@@ -36,10 +36,7 @@ pub struct SledStoreOptions {
 
 impl Default for SledStoreOptions {
     fn default() -> Self {
-        SledStoreOptions {
-            cache_capacity: 128 * 1024 * 1024,
-            chunk_size: MAX_CHUNK_SIZE,
-        }
+        SledStoreOptions { cache_capacity: 128 * 1024 * 1024, chunk_size: MAX_CHUNK_SIZE }
     }
 }
 
@@ -84,29 +81,15 @@ impl SledStore {
             }
             Some(_) => {}
             None => {
-                catalog
-                    .insert(keys::meta("format"), keys::FORMAT_VERSION)
-                    .map_err(backend)?;
+                catalog.insert(keys::meta("format"), keys::FORMAT_VERSION).map_err(backend)?;
             }
         }
         let flush_db = db.clone();
         let group_commit = GroupCommit::start(move || {
             let db = flush_db.clone();
-            async move {
-                db.flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
+            async move { db.flush_async().await.map(|_| ()).map_err(|e| e.to_string()) }
         });
-        Ok(Arc::new(SledStore {
-            db,
-            catalog,
-            payloads,
-            chunk_size,
-            catalog_lock: Mutex::new(()),
-            group_commit,
-        }))
+        Ok(Arc::new(SledStore { db, catalog, payloads, chunk_size, catalog_lock: Mutex::new(()), group_commit }))
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
@@ -202,11 +185,7 @@ impl SledStore {
                 level_attributes(&instance.attributes, Level::Study),
                 previous.as_ref().map_or(seq, |p| p.created_seq),
             ),
-            (Some(previous), None) => (
-                previous.owner.clone(),
-                previous.attributes.clone(),
-                previous.created_seq,
-            ),
+            (Some(previous), None) => (previous.owner.clone(), previous.attributes.clone(), previous.created_seq),
             (None, None) => return Ok(None),
         };
         Ok(Some(StudyRecord {
@@ -225,11 +204,7 @@ impl SledStore {
 
 /// The attributes of `level` among an instance's values.
 pub(crate) fn level_attributes(values: &[AttributeValue], level: Level) -> Vec<AttributeValue> {
-    values
-        .iter()
-        .filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == level))
-        .cloned()
-        .collect()
+    values.iter().filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == level)).cloned().collect()
 }
 
 fn put_or_remove<T: serde::Serialize>(batch: &mut Batch, key: Vec<u8>, value: Option<&T>) {
@@ -243,26 +218,18 @@ impl Store for SledStore {
     fn allocate_payload(&self) -> StoreResult<u64> {
         let id = self.db.generate_id().map_err(backend)?;
         // The marker makes a crash between chunk writes and the record sweepable.
-        self.catalog
-            .insert(keys::pending_payload(id), &[])
-            .map_err(backend)?;
+        self.catalog.insert(keys::pending_payload(id), &[]).map_err(backend)?;
         Ok(id)
     }
 
     fn write_chunk(&self, payload: u64, index: u32, bytes: &[u8]) -> StoreResult<()> {
         debug_assert!(bytes.len() <= self.chunk_size as usize);
-        self.payloads
-            .insert(keys::chunk(payload, index), bytes)
-            .map_err(backend)?;
+        self.payloads.insert(keys::chunk(payload, index), bytes).map_err(backend)?;
         Ok(())
     }
 
     fn read_chunk(&self, payload: u64, index: u32) -> StoreResult<Option<Bytes>> {
-        Ok(self
-            .payloads
-            .get(keys::chunk(payload, index))
-            .map_err(backend)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        Ok(self.payloads.get(keys::chunk(payload, index)).map_err(backend)?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     fn discard_payload(&self, payload: u64) -> StoreResult<()> {
@@ -272,9 +239,7 @@ impl Store for SledStore {
             batch.remove(key);
         }
         self.payloads.apply_batch(batch).map_err(backend)?;
-        self.catalog
-            .remove(keys::pending_payload(payload))
-            .map_err(backend)?;
+        self.catalog.remove(keys::pending_payload(payload)).map_err(backend)?;
         Ok(())
     }
 
@@ -282,18 +247,11 @@ impl Store for SledStore {
         self.chunk_size
     }
 
-    fn put_instance(
-        &self,
-        mut record: InstanceRecord,
-        policy: DuplicatePolicy,
-    ) -> StoreResult<PutOutcome> {
+    fn put_instance(&self, mut record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult<PutOutcome> {
         let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let previous: Option<InstanceRecord> =
-            self.get(&keys::instance(&record.sop_instance_uid))?;
+        let previous: Option<InstanceRecord> = self.get(&keys::instance(&record.sop_instance_uid))?;
         if let Some(previous) = &previous {
-            if previous.payload.sha256 == record.payload.sha256
-                && previous.payload.length == record.payload.length
-            {
+            if previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length {
                 return Ok(PutOutcome::AlreadyStored);
             }
             if policy == DuplicatePolicy::Reject {
@@ -302,11 +260,8 @@ impl Store for SledStore {
         }
         let seq = self.db.generate_id().map_err(backend)?;
         record.seq = seq;
-        let (study, series, sop) = (
-            record.study_uid.clone(),
-            record.series_uid.clone(),
-            record.sop_instance_uid.clone(),
-        );
+        let (study, series, sop) =
+            (record.study_uid.clone(), record.series_uid.clone(), record.sop_instance_uid.clone());
 
         let mut batch = Batch::default();
         let mut touched = vec![(study.clone(), series.clone(), sop.clone())];
@@ -319,31 +274,18 @@ impl Store for SledStore {
             let moved = old.study_uid != study || old.series_uid != series;
             if moved {
                 let old_series = self.get(&keys::series(&old.study_uid, &old.series_uid))?;
-                let updated = self.refreshed_series(
-                    old_series,
-                    &old.study_uid,
-                    &old.series_uid,
-                    None,
-                    -1,
-                    seq,
-                );
+                let updated = self.refreshed_series(old_series, &old.study_uid, &old.series_uid, None, -1, seq);
                 series_updates.push((old.study_uid.clone(), old.series_uid.clone(), updated));
                 touched.push((old.study_uid.clone(), old.series_uid.clone(), sop.clone()));
             }
         }
-        let same_place = previous
-            .as_ref()
-            .is_some_and(|o| o.study_uid == study && o.series_uid == series);
+        let same_place = previous.as_ref().is_some_and(|o| o.study_uid == study && o.series_uid == series);
         let current_series = self.get(&keys::series(&study, &series))?;
         let delta = if same_place { 0 } else { 1 };
-        let updated =
-            self.refreshed_series(current_series, &study, &series, Some(&record), delta, seq);
+        let updated = self.refreshed_series(current_series, &study, &series, Some(&record), delta, seq);
         series_updates.push((study.clone(), series.clone(), updated));
 
-        let mut studies: Vec<&str> = series_updates
-            .iter()
-            .map(|(st, _, _)| st.as_str())
-            .collect();
+        let mut studies: Vec<&str> = series_updates.iter().map(|(st, _, _)| st.as_str()).collect();
         studies.dedup();
         for study_uid in studies {
             let pending: Vec<(String, Option<SeriesRecord>)> = series_updates
@@ -356,11 +298,7 @@ impl Store for SledStore {
             put_or_remove(&mut batch, keys::study(study_uid), study_record.as_ref());
         }
         for (study_uid, series_uid, series_record) in &series_updates {
-            put_or_remove(
-                &mut batch,
-                keys::series(study_uid, series_uid),
-                series_record.as_ref(),
-            );
+            put_or_remove(&mut batch, keys::series(study_uid, series_uid), series_record.as_ref());
         }
         batch.insert(keys::hierarchy(&study, &series, &sop), &[]);
         batch.insert(keys::instance(&sop), encode(&record));
@@ -390,10 +328,7 @@ impl Store for SledStore {
 
     fn instance_uids(&self, study_uid: &str, series_uid: Option<&str>) -> StoreResult<Vec<String>> {
         let mut out = Vec::new();
-        for item in self
-            .catalog
-            .scan_prefix(keys::hierarchy_prefix(study_uid, series_uid))
-        {
+        for item in self.catalog.scan_prefix(keys::hierarchy_prefix(study_uid, series_uid)) {
             let (key, _) = item.map_err(backend)?;
             if let Some(sop) = keys::sop_from_hierarchy(&key) {
                 out.push(sop.to_string());
@@ -438,10 +373,7 @@ impl Store for SledStore {
 
     fn commit(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async move {
-            self.group_commit
-                .commit()
-                .await
-                .map_err(|message| StoreError::Backend(message.to_string().into()))
+            self.group_commit.commit().await.map_err(|message| StoreError::Backend(message.to_string().into()))
         })
     }
 
@@ -456,8 +388,6 @@ impl Store for SledStore {
         for id in &orphans {
             self.discard_payload(*id)?;
         }
-        Ok(RecoveryReport {
-            orphan_payloads: orphans.len() as u64,
-        })
+        Ok(RecoveryReport { orphan_payloads: orphans.len() as u64 })
     }
 }

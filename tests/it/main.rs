@@ -1,1 +1,17 @@
+//! Kura's integration tests: a real server on a loopback port, driven over HTTP.
 
+/// Test server, DICOM fixtures generated in code, and the `check_*`-style HTTP helpers.
+mod support;
+
+/// STOW-RS: storing, per-part failures, duplicates, preamble, limits.
+mod stow;
+
+/// QIDO-RS: search resources and matching, through the running server.
+mod qido;
+
+/// WADO-RS retrieval of stored bytes.
+mod wado;
+
+/// Durability: sled never writes blob files; kill -9 during concurrent STOW loses nothing
+/// acknowledged; `kura reindex` rebuilds the same answers.
+mod durability;

@@ -1,0 +1,148 @@
+//! HTTP helpers: one place that speaks to the server, so each test is short.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const BOUNDARY: &str = "kura-test-boundary-7d1e";
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, String> {
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).map_err(|e| e.to_string())?;
+    let response = client().request(request).await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status: parts.status, headers: parts.headers, body })
+}
+
+pub async fn get(url: &str, accept: &str) -> Reply {
+    send(Method::GET, url, &[("accept", accept)], Bytes::new()).await.expect("GET")
+}
+
+/// A multipart/related body with one application/dicom part per payload.
+pub fn multipart(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for part in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(part);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+pub fn stow_content_type() -> String {
+    format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}")
+}
+
+/// STOW-RS of `parts` to `{base}/studies[/{study}]`.
+pub async fn stow(base: &str, study: Option<&str>, parts: &[Vec<u8>]) -> Result<Reply, String> {
+    let url = match study {
+        Some(study) => format!("{base}/studies/{study}"),
+        None => format!("{base}/studies"),
+    };
+    let content_type = stow_content_type();
+    send(
+        Method::POST,
+        &url,
+        &[("content-type", content_type.as_str()), ("accept", "application/dicom+json")],
+        multipart(parts),
+    )
+    .await
+}
+
+/// QIDO-RS GET returning the JSON array.
+pub async fn qido(base: &str, path_and_query: &str) -> Vec<Value> {
+    let reply = get(&format!("{base}{path_and_query}"), "application/dicom+json").await;
+    assert_eq!(reply.status, StatusCode::OK, "{path_and_query}: {}", String::from_utf8_lossy(&reply.body));
+    reply.json().as_array().cloned().expect("array")
+}
+
+/// The first value of `tag` (8 hex digits) in a DICOM JSON object, as a string.
+pub fn value_of(object: &Value, tag: &str) -> Option<String> {
+    let value = object.get(tag)?.get("Value")?.get(0)?;
+    Some(match value {
+        Value::String(s) => s.clone(),
+        Value::Object(groups) => groups.get("Alphabetic")?.as_str()?.to_string(),
+        other => other.to_string(),
+    })
+}
+
+/// SOP Instance UIDs in a Store Instances Response's ReferencedSOPSequence.
+pub fn referenced_sops(response: &Value) -> Vec<String> {
+    items(response, "00081199").iter().filter_map(|item| value_of(item, "00081155")).collect()
+}
+
+/// (SOP Instance UID or "", FailureReason) of each FailedSOPSequence item.
+pub fn failed_sops(response: &Value) -> Vec<(String, u16)> {
+    items(response, "00081198")
+        .iter()
+        .map(|item| {
+            let reason = item["00081197"]["Value"][0].as_u64().expect("FailureReason") as u16;
+            (value_of(item, "00081155").unwrap_or_default(), reason)
+        })
+        .collect()
+}
+
+fn items(response: &Value, tag: &str) -> Vec<Value> {
+    response.get(tag).and_then(|e| e.get("Value")).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// Splits a multipart body by the boundary in its Content-Type: (part headers, part body).
+pub fn split_multipart(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary =
+        content_type.split(';').find_map(|p| p.trim().strip_prefix("boundary=")).expect("boundary").trim_matches('"');
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = body;
+    let find = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).position(|w| w == needle);
+    let start = find(rest, delimiter.as_bytes()).expect("first boundary");
+    rest = &rest[start + delimiter.len()..];
+    while !rest.starts_with(b"--") {
+        rest = rest.strip_prefix(b"\r\n").expect("CRLF after boundary");
+        let header_end = find(rest, b"\r\n\r\n").expect("end of part headers");
+        let headers = String::from_utf8_lossy(&rest[..header_end]).into_owned();
+        rest = &rest[header_end + 4..];
+        let next = find(rest, format!("\r\n{delimiter}").as_bytes()).expect("next boundary");
+        parts.push((headers, rest[..next].to_vec()));
+        rest = &rest[next + 2 + delimiter.len()..];
+    }
+    parts
+}
+
+pub fn content_type(reply: &Reply) -> String {
+    reply.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}

@@ -1,0 +1,139 @@
+//! DICOM instances generated in code with dicom-rs: deterministic UIDs and realistic sizes.
+
+use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+/// UID root for generated test data.
+pub const ROOT: &str = "1.2.826.0.1.3680043.10.543";
+
+/// What a generated instance looks like. Indices make deterministic UIDs.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub study: u32,
+    pub series: u32,
+    pub instance: u32,
+    pub patient_name: String,
+    pub patient_id: String,
+    pub study_date: String,
+    pub modality: String,
+    pub accession: String,
+    pub rows: u16,
+    pub columns: u16,
+    pub frames: u32,
+    /// Varies pixel content (and so the bytes) for the same UIDs.
+    pub seed: u8,
+}
+
+impl Spec {
+    pub fn new(study: u32, series: u32, instance: u32) -> Spec {
+        Spec {
+            study,
+            series,
+            instance,
+            patient_name: format!("Doe^Patient{study}"),
+            patient_id: format!("PID{study:05}"),
+            study_date: format!("2024{:02}{:02}", 1 + study % 12, 1 + study % 28),
+            modality: "CT".into(),
+            accession: format!("ACC{study}"),
+            rows: 16,
+            columns: 16,
+            frames: 1,
+            seed: 0,
+        }
+    }
+
+    pub fn size(mut self, rows: u16, columns: u16, frames: u32) -> Spec {
+        self.rows = rows;
+        self.columns = columns;
+        self.frames = frames;
+        self
+    }
+
+    pub fn study_uid(&self) -> String {
+        format!("{ROOT}.1.{}", self.study)
+    }
+
+    pub fn series_uid(&self) -> String {
+        format!("{ROOT}.2.{}.{}", self.study, self.series)
+    }
+
+    pub fn sop_uid(&self) -> String {
+        format!("{ROOT}.3.{}.{}.{}", self.study, self.series, self.instance)
+    }
+}
+
+fn put(object: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, value: impl Into<PrimitiveValue>) {
+    object.put(DataElement::new(tag, vr, value.into()));
+}
+
+/// The data set of `spec` without file meta, for callers that want to change it first.
+pub fn dataset(spec: &Spec) -> InMemDicomObject {
+    let mut object = InMemDicomObject::new_empty();
+    put(&mut object, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put(&mut object, tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE);
+    put(&mut object, tags::SOP_INSTANCE_UID, VR::UI, spec.sop_uid());
+    put(&mut object, tags::STUDY_DATE, VR::DA, spec.study_date.as_str());
+    put(&mut object, tags::STUDY_TIME, VR::TM, "101500");
+    put(&mut object, tags::ACCESSION_NUMBER, VR::SH, spec.accession.as_str());
+    put(&mut object, tags::MODALITY, VR::CS, spec.modality.as_str());
+    put(&mut object, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Ref^Doctor");
+    put(&mut object, tags::STUDY_DESCRIPTION, VR::LO, format!("Study {}", spec.study));
+    put(&mut object, tags::SERIES_DESCRIPTION, VR::LO, format!("Series {}", spec.series));
+    put(&mut object, tags::PATIENT_NAME, VR::PN, spec.patient_name.as_str());
+    put(&mut object, tags::PATIENT_ID, VR::LO, spec.patient_id.as_str());
+    put(&mut object, tags::PATIENT_BIRTH_DATE, VR::DA, "19700101");
+    put(&mut object, tags::PATIENT_SEX, VR::CS, "O");
+    put(&mut object, tags::STUDY_INSTANCE_UID, VR::UI, spec.study_uid());
+    put(&mut object, tags::SERIES_INSTANCE_UID, VR::UI, spec.series_uid());
+    put(&mut object, tags::STUDY_ID, VR::SH, format!("S{}", spec.study));
+    put(&mut object, tags::SERIES_NUMBER, VR::IS, spec.series.to_string());
+    put(&mut object, tags::INSTANCE_NUMBER, VR::IS, spec.instance.to_string());
+    put(&mut object, tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1]));
+    put(&mut object, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    if spec.frames > 1 {
+        put(&mut object, tags::NUMBER_OF_FRAMES, VR::IS, spec.frames.to_string());
+    }
+    put(&mut object, tags::ROWS, VR::US, dicom_value!(U16, [spec.rows]));
+    put(&mut object, tags::COLUMNS, VR::US, dicom_value!(U16, [spec.columns]));
+    put(&mut object, tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [16]));
+    put(&mut object, tags::BITS_STORED, VR::US, dicom_value!(U16, [12]));
+    put(&mut object, tags::HIGH_BIT, VR::US, dicom_value!(U16, [11]));
+    put(&mut object, tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0]));
+    let n_pixels = spec.rows as usize * spec.columns as usize * spec.frames as usize;
+    let mut state = u32::from(spec.seed) ^ spec.instance.wrapping_mul(2_654_435_761) ^ spec.study;
+    let pixels: Vec<u16> = (0..n_pixels)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((state >> 16) & 0x0FFF) as u16
+        })
+        .collect();
+    put(&mut object, tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into()));
+    object
+}
+
+/// Serialises a data set as a PS3.10 file in Explicit VR Little Endian.
+pub fn part10(object: InMemDicomObject) -> Vec<u8> {
+    let file =
+        object.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)).expect("meta");
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).expect("write");
+    bytes
+}
+
+/// A complete PS3.10 instance for `spec`.
+pub fn instance(spec: &Spec) -> Vec<u8> {
+    part10(dataset(spec))
+}
+
+/// A 512×512 16-bit CT slice (about 512 KiB).
+pub fn ct_slice(study: u32, series: u32, instance_number: u32) -> Vec<u8> {
+    instance(&Spec::new(study, series, instance_number).size(512, 512, 1))
+}
+
+/// The bytes Kura stores for `original`: the same, with the 128-byte preamble zeroed.
+pub fn as_stored(original: &[u8]) -> Vec<u8> {
+    let mut stored = original.to_vec();
+    stored[..128].fill(0);
+    stored
+}
