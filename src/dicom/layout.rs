@@ -37,7 +37,12 @@ pub struct Layout {
     /// The Transfer Syntax UID found in the File Meta group.
     pub transfer_syntax_uid: String,
     pub pixel_data: Option<PixelDataLayout>,
+    /// The raw value bytes of the requested top-level elements (tag as `group << 16 | element`).
+    pub raw_values: Vec<(u32, Vec<u8>)>,
 }
+
+/// Values longer than this are not captured (no table attribute is anywhere near it).
+const MAX_CAPTURE: u32 = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -56,6 +61,8 @@ struct Walker<'a, R> {
     explicit: bool,
     big_endian: bool,
     pixel_data: Option<PixelDataLayout>,
+    capture: &'a [u32],
+    raw_values: Vec<(u32, Vec<u8>)>,
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
@@ -141,6 +148,17 @@ impl<R: Read + Seek> Walker<'_, R> {
                         fragments: Vec::new(),
                     });
                 }
+                let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
+                if top_level && length <= MAX_CAPTURE && self.capture.contains(&number) {
+                    if self.position + u64::from(length) > self.total {
+                        return Err(LayoutError::Truncated);
+                    }
+                    let mut value = vec![0u8; length as usize];
+                    self.reader.read_exact(&mut value).map_err(|_| LayoutError::Truncated)?;
+                    self.position += u64::from(length);
+                    self.raw_values.push((number, value));
+                    continue;
+                }
                 self.skip(u64::from(length))?;
                 continue;
             }
@@ -200,11 +218,20 @@ impl<R: Read + Seek> Walker<'_, R> {
     }
 }
 
-/// Walks a PS3.10 payload of `total` bytes (preamble included).
-pub fn walk<R: Read + Seek>(reader: &mut R, total: u64) -> Result<Layout, LayoutError> {
+/// Walks a PS3.10 payload of `total` bytes (preamble included), keeping the raw values of the
+/// top-level elements whose tags are in `capture`.
+pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: &[u32]) -> Result<Layout, LayoutError> {
     reader.seek(SeekFrom::Start(HEADER_LEN as u64))?;
-    let mut walker =
-        Walker { reader, position: HEADER_LEN as u64, total, explicit: true, big_endian: false, pixel_data: None };
+    let mut walker = Walker {
+        reader,
+        position: HEADER_LEN as u64,
+        total,
+        explicit: true,
+        big_endian: false,
+        pixel_data: None,
+        capture,
+        raw_values: Vec::new(),
+    };
     // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1).
     let mut meta_has_group_length = false;
     let mut transfer_syntax_uid = String::new();
@@ -240,7 +267,13 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64) -> Result<Layout, Layout
     match transfer_syntax_uid.as_str() {
         // Deflated data sets cannot be walked without inflating; dicom-rs parses them.
         "1.2.840.10008.1.2.1.99" => {
-            return Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data: None });
+            return Ok(Layout {
+                dataset_offset,
+                meta_has_group_length,
+                transfer_syntax_uid,
+                pixel_data: None,
+                raw_values: Vec::new(),
+            });
         }
         "1.2.840.10008.1.2" => walker.explicit = false,
         "1.2.840.10008.1.2.2" => walker.big_endian = true,
@@ -248,7 +281,8 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64) -> Result<Layout, Layout
     }
     walker.dataset(None, 0, true)?;
     let pixel_data = walker.pixel_data.take();
-    Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data })
+    let raw_values = std::mem::take(&mut walker.raw_values);
+    Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data, raw_values })
 }
 
 #[cfg(test)]
@@ -284,14 +318,14 @@ mod tests {
         let mut dataset = element((0x0010, 0x0010), b"PN", b"Doe^J ");
         dataset.extend(element(PIXEL_DATA, b"OW", &[7u8; 64]));
         let bytes = file(&dataset);
-        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64).unwrap();
+        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, &[]).unwrap();
         assert!(!layout.meta_has_group_length);
         assert_eq!(layout.transfer_syntax_uid, "1.2.840.10008.1.2.1");
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.length, Some(64));
         assert_eq!(&bytes[pixels.offset as usize..][..64], &[7u8; 64]);
         let cut = &bytes[..bytes.len() - 10];
-        assert!(matches!(walk(&mut Cursor::new(cut), cut.len() as u64), Err(LayoutError::Truncated)));
+        assert!(matches!(walk(&mut Cursor::new(cut), cut.len() as u64, &[]), Err(LayoutError::Truncated)));
     }
 
     #[test]
@@ -311,7 +345,7 @@ mod tests {
         dataset.extend_from_slice(&0xE0DDu16.to_le_bytes());
         dataset.extend_from_slice(&0u32.to_le_bytes());
         let bytes = file(&dataset);
-        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64).unwrap();
+        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, &[]).unwrap();
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.fragments.iter().map(|f| f.1).collect::<Vec<_>>(), vec![0, 4, 2]);
         assert_eq!(&bytes[pixels.fragments[1].0 as usize..][..4], &[1, 2, 3, 4]);

@@ -1,6 +1,7 @@
 //! DICOM helpers over dicom-rs. Nothing here knows about HTTP.
 
 pub mod attrs;
+pub mod charset;
 pub mod layout;
 pub mod part10;
 pub mod uid;

@@ -12,7 +12,7 @@ use dicom_object::{OpenFileOptions, file::ReadPreamble};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use super::layout::{self, PixelDataLayout};
-use super::{attrs, uid};
+use super::{attrs, charset, uid};
 
 /// Bytes before the "DICM" prefix (PS3.10 §7.1).
 pub const PREAMBLE_LEN: usize = 128;
@@ -77,7 +77,13 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
     if !has_dicm_prefix(&header) {
         return Err(ParseError::NotPart10);
     }
-    let framing = layout::walk(&mut reader, total).map_err(|error| ParseError::Malformed(error.to_string()))?;
+    let text_tags: Vec<u32> = attrs::ATTRIBUTES
+        .iter()
+        .filter(|a| matches!(a.vr, VR::PN | VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC))
+        .map(|a| (u32::from(a.tag.group()) << 16) | u32::from(a.tag.element()))
+        .collect();
+    let framing =
+        layout::walk(&mut reader, total, &text_tags).map_err(|error| ParseError::Malformed(error.to_string()))?;
     reader.seek(SeekFrom::Start(HEADER_LEN as u64)).map_err(|e| ParseError::Malformed(e.to_string()))?;
     // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
     // Group Length, which some writers omit: hand it both.
@@ -109,6 +115,21 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
         let values = element.value().to_multi_str().ok()?;
         Some(values.iter().map(|v| v.trim_end_matches(['\0', ' ']).to_string()).collect())
     };
+    // dicom-rs decodes with the first value of (0008,0005) only; ISO 2022 code extensions are
+    // decoded here from the raw bytes the walk kept.
+    let character_sets = text(tags::SPECIFIC_CHARACTER_SET).unwrap_or_default();
+    let extended = charset::needs_code_extensions(&character_sets);
+    let text = |tag: Tag| -> Option<Vec<String>> {
+        let number = (u32::from(tag.group()) << 16) | u32::from(tag.element());
+        match framing.raw_values.iter().find(|(t, _)| *t == number) {
+            Some((_, raw)) if extended => {
+                let person_name = attrs::by_tag(tag).is_some_and(|a| a.vr == VR::PN);
+                let decoded = charset::decode(raw, &character_sets, person_name);
+                Some(decoded.split('\\').map(|v| v.trim_end_matches(['\0', ' ']).to_string()).collect())
+            }
+            _ => text(tag),
+        }
+    };
     let required_uid = |tag: Tag, keyword: &'static str| -> Result<String, ParseError> {
         let value = text(tag)
             .and_then(|values| values.into_iter().next())
@@ -135,7 +156,7 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
                 })
             })
             .collect(),
-        pixel_data: framing.pixel_data,
+        pixel_data: framing.pixel_data.clone(),
     };
     Ok(parsed)
 }
