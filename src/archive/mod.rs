@@ -50,6 +50,8 @@ pub struct Archive {
     /// One index refresh at a time: each one reads the store after the previous one applied,
     /// so an older view can never overwrite a newer one in the index.
     index_sync: tokio::sync::Mutex<()>,
+    /// Changes applied to the index but not yet durable there (kept in the store's log).
+    applied: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl Archive {
@@ -70,6 +72,7 @@ impl Archive {
             index,
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             index_sync: tokio::sync::Mutex::new(()),
+            applied: Default::default(),
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -99,23 +102,53 @@ impl Archive {
 
     /// Makes every instance stored so far durable (group commit), then visible to searches.
     pub async fn make_durable_and_visible(&self) -> Result<(), Error> {
+        let started = std::time::Instant::now();
         self.store.commit().await?;
+        let durable = started.elapsed();
         self.sync_index().await?;
+        tracing::debug!(
+            store_commit_us = durable.as_micros() as u64,
+            index_us = (started.elapsed() - durable).as_micros() as u64,
+            "durable and visible"
+        );
         Ok(())
     }
 
-    /// Applies the store's pending changes to the index. Returns how many it applied.
+    /// Applies the store's pending changes to the index, and drops from the store's change log
+    /// those the index has made durable. Returns how many changes it applied.
     async fn sync_index(&self) -> Result<usize, Error> {
         let _guard = self.index_sync.lock().await;
-        let changes = self.store.pending_changes()?;
+        self.forget_durable_changes()?;
+        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let changes: Vec<_> =
+            self.store.pending_changes()?.into_iter().filter(|change| !applied.contains(&change.seq)).collect();
         if changes.is_empty() {
             return Ok(0);
         }
         let ops = indexing::ops_for_changes(self.store.as_ref(), &changes)?;
-        self.index.apply(ops).await?;
         let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
-        self.store.forget_changes(&seqs)?;
+        self.index.apply(ops, seqs.clone()).await?;
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).extend(seqs);
         Ok(changes.len())
+    }
+
+    fn forget_durable_changes(&self) -> Result<(), Error> {
+        let durable = self.index.take_durable();
+        if !durable.is_empty() {
+            self.store.forget_changes(&durable)?;
+            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            for seq in &durable {
+                applied.remove(seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the index durable up to everything applied (at shutdown).
+    pub async fn checkpoint_index(&self) -> Result<(), Error> {
+        let _guard = self.index_sync.lock().await;
+        self.index.checkpoint().await?;
+        self.forget_durable_changes()
     }
 
     /// Searches the index. Results are filtered to what `principal` may see.
@@ -194,6 +227,7 @@ impl Archive {
         let marker = self.data_dir.join(REBUILD_MARKER);
         std::fs::write(&marker, b"").map_err(Error::internal)?;
         let n = reindex::rebuild(self.store.as_ref(), self.index.as_ref()).await?;
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).clear();
         std::fs::remove_file(&marker).map_err(Error::internal)?;
         Ok(n)
     }

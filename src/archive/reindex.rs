@@ -20,8 +20,10 @@ pub async fn rebuild(store: &dyn Store, index: &dyn Index) -> Result<u64, Error>
             ops.extend(study_ops);
             n_instances += n;
         }
-        index.apply(ops).await?;
+        index.apply(ops, Vec::new()).await?;
     }
+    index.checkpoint().await?;
+    index.take_durable();
     store.forget_changes(&pending)?;
     Ok(n_instances)
 }

@@ -2,10 +2,11 @@
 //! It may be deleted at any time and rebuilt with `kura reindex`.
 //!
 //! # Durability contract
-//! [`Index::apply`] returns once the operations are committed **and visible to searches**
-//! (read-your-writes for STOW-RS). A crash may lose committed operations only if the store
-//! still holds them in its change log: the archive replays that log at start-up, and every
-//! operation is an idempotent upsert or delete by document key.
+//! [`Index::apply`] returns once the operations are **visible to searches** (read-your-writes
+//! for STOW-RS); they become durable later, at a checkpoint. [`Index::take_durable`] reports
+//! the change sequence numbers whose operations are durable; until then the archive keeps them
+//! in the store's change log and replays them after a crash. Every operation is an idempotent
+//! upsert or delete by document key, so a replay is harmless.
 
 mod schema;
 pub mod search;
@@ -66,9 +67,13 @@ pub enum IndexOp {
 
 /// A searchable index of the archive's entities.
 pub trait Index: Send + Sync + 'static {
-    /// Applies the operations, commits, and makes them visible. Concurrent callers share one
-    /// commit (group commit).
-    fn apply(&self, ops: Vec<IndexOp>) -> BoxFuture<'_, IndexResult<()>>;
+    /// Applies the operations of the store changes `seqs` and makes them visible. Concurrent
+    /// callers share one commit (group commit).
+    fn apply(&self, ops: Vec<IndexOp>, seqs: Vec<u64>) -> BoxFuture<'_, IndexResult<()>>;
+    /// Makes everything applied so far durable.
+    fn checkpoint(&self) -> BoxFuture<'_, IndexResult<()>>;
+    /// The change sequence numbers made durable since the last call.
+    fn take_durable(&self) -> Vec<u64>;
     /// Runs a search against the latest committed state.
     fn search(&self, query: &SearchQuery) -> IndexResult<SearchHits>;
     /// Removes every document (before a rebuild).
