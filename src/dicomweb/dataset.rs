@@ -137,7 +137,7 @@ impl Dataset {
                 out,
                 "<DicomAttribute tag=\"{}\" vr=\"{}\" keyword=\"{keyword}\">",
                 tag_hex(*tag),
-                vr.to_string()
+                vr
             );
             match values {
                 Values::Empty => {}

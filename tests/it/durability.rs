@@ -40,7 +40,7 @@ async fn store_never_writes_blob_files() {
     assert_eq!(reply.body.as_ref(), as_stored(&instance(&spec)).as_slice());
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Ledger {
     /// Everything ever sent: SOP Instance UID → SHA-256 of the bytes as stored.
     attempted: HashMap<String, String>,
@@ -125,7 +125,8 @@ async fn kill_during_concurrent_stow_loses_nothing_acknowledged() {
             client.await.unwrap();
         }
         let restarted = ChildServer::start(data.path());
-        verify(&restarted.base, &ledger.lock().unwrap()).await;
+        let snapshot = ledger.lock().unwrap().clone();
+        verify(&restarted.base, &snapshot).await;
         restarted.kill();
     }
     let ledger = ledger.lock().unwrap();

@@ -166,7 +166,7 @@ async fn unsupported_media_types_are_415_and_malformed_requests_400() {
         (format!("multipart/related; type=\"application/dicom\"; boundary=wrong-{BOUNDARY}"), StatusCode::BAD_REQUEST),
     ];
     for (content_type, expected) in cases {
-        let reply = send(Method::POST, &url, &[("content-type", content_type.as_str())], multipart(&[part.clone()]))
+        let reply = send(Method::POST, &url, &[("content-type", content_type.as_str())], multipart(std::slice::from_ref(&part)))
             .await
             .unwrap();
         assert_eq!(reply.status, expected, "{content_type}");

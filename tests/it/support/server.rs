@@ -15,8 +15,8 @@ pub struct TestServer {
     pub base: String,
     pub archive: Arc<Archive>,
     pub dir: TempDir,
-    shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Dropping it shuts the server down, so it lives as long as the test server.
+    _shutdown: oneshot::Sender<()>,
 }
 
 impl TestServer {
@@ -35,27 +35,14 @@ impl TestServer {
         let base = format!("http://{address}{}", config.base_path);
         let app = App::new(archive.clone(), Arc::new(config));
         let (shutdown, signal) = oneshot::channel::<()>();
-        let handle = tokio::spawn(kura::server::serve(listener, app, async move {
+        tokio::spawn(kura::server::serve(listener, app, async move {
             let _ = signal.await;
         }));
-        TestServer { base, archive, dir, shutdown: Some(shutdown), handle: Some(handle) }
+        TestServer { base, archive, dir, _shutdown: shutdown }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
-    }
-
-    /// Stops the server gracefully, waits for it, and hands back the data directory.
-    pub async fn stop(mut self) -> TempDir {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("server task").expect("server ran");
-        }
-        let TestServer { dir, archive, .. } = self;
-        drop(archive);
-        dir
     }
 }
 
