@@ -133,12 +133,7 @@ impl Dataset {
     fn write_xml_elements(&self, out: &mut String) {
         for (tag, (vr, values)) in &self.elements {
             let keyword = keyword_of(*tag);
-            let _ = write!(
-                out,
-                "<DicomAttribute tag=\"{}\" vr=\"{}\" keyword=\"{keyword}\">",
-                tag_hex(*tag),
-                vr
-            );
+            let _ = write!(out, "<DicomAttribute tag=\"{}\" vr=\"{}\" keyword=\"{keyword}\">", tag_hex(*tag), vr);
             match values {
                 Values::Empty => {}
                 Values::Strings(values) => {

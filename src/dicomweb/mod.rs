@@ -86,18 +86,33 @@ where
     }
 }
 
-/// The media types an `Accept` header lists, lower-cased, in order, without q=0 entries.
-pub fn accepted_types(headers: &HeaderMap) -> Vec<crate::media::mime::MediaType> {
-    let mut out = Vec::new();
+/// The media ranges of the `Accept` header in preference order (q-value, then header order;
+/// PS3.18 §8.7.5), without those with q=0. `None` when the request has no Accept header, which
+/// Kura treats as `*/*` (a choice recorded in conformance/STATEMENT.md).
+pub fn accepted_types(headers: &HeaderMap) -> Option<Vec<crate::media::mime::MediaType>> {
+    let mut ranked = Vec::new();
+    let mut present = false;
     for value in headers.get_all(http::header::ACCEPT) {
         let Ok(text) = value.to_str() else { continue };
         for item in crate::media::mime::split_outside_quotes(text, ',') {
-            if let Some(media) = crate::media::mime::MediaType::parse(item.trim())
-                && media.param("q").is_none_or(|q| q.parse::<f32>().map_or(true, |q| q > 0.0))
-            {
-                out.push(media);
+            if item.trim().is_empty() {
+                continue;
+            }
+            present = true;
+            // Invalid ranges are ignored (§8.7.7).
+            let Some(media) = crate::media::mime::MediaType::parse(item.trim()) else { continue };
+            let quality =
+                media.param("q").map_or(Some(1.0), |q| q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
+            match quality {
+                Some(q) if q > 0.0 => ranked.push((q, media)),
+                _ => {}
             }
         }
     }
-    out
+    if !present {
+        return None;
+    }
+    // A stable sort keeps header order among equal q-values.
+    ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    Some(ranked.into_iter().map(|(_, media)| media).collect())
 }

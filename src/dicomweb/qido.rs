@@ -30,10 +30,7 @@ enum Representation {
 
 /// Chooses JSON or XML from Accept (PS3.18 §10.6.1: JSON is the default, XML is required).
 fn representation(headers: &HeaderMap) -> Result<Representation, Error> {
-    let accepted = accepted_types(headers);
-    if accepted.is_empty() {
-        return Ok(Representation::Json);
-    }
+    let Some(accepted) = accepted_types(headers) else { return Ok(Representation::Json) };
     for media in &accepted {
         let essence = media.essence.as_str();
         if [APPLICATION_DICOM_JSON, APPLICATION_JSON, "*/*", "application/*"].contains(&essence) {
@@ -124,6 +121,11 @@ pub fn search(
     let mut warnings = Vec::new();
     if remaining > 0 {
         warnings.push(format!("There are {remaining} additional results that can be requested"));
+    }
+    if search.empty_value_matching_requested {
+        warnings.push(
+            "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed.".into(),
+        );
     }
     if search.fuzzy_requested {
         warnings.push("The fuzzymatching parameter is not supported. Only literal matching has been performed.".into());

@@ -39,8 +39,10 @@ pub struct Search {
     pub include: IncludeFields,
     /// Attributes named by a match key: returned whatever their return rule (§10.6.3.3).
     pub matched: Vec<Tag>,
-    /// Whether the client asked for a limit at all (otherwise the maximum applies).
+    /// `fuzzymatching=true` was asked for.
     pub fuzzy_requested: bool,
+    /// `emptyvaluematching=true` was asked for (PS3.18 §8.3.4.5).
+    pub empty_value_matching_requested: bool,
     /// Parameters that are valid DICOM attributes but not supported as match keys; ignored
     /// as §8.3 requires, and named in a Warning.
     pub ignored: Vec<String>,
@@ -146,6 +148,7 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
         include: IncludeFields::Defaults,
         matched: Vec::new(),
         fuzzy_requested: false,
+        empty_value_matching_requested: false,
         ignored: Vec::new(),
     };
     let mut seen = Vec::new();
@@ -176,8 +179,15 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                     }
                 }
             }
-            // Parameters of other transactions or of the HTTP layer, not match keys.
-            "accept" | "charset" | "emptyvaluematching" => {}
+            "emptyvaluematching" => {
+                search.empty_value_matching_requested = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(Error::bad_request("emptyvaluematching must be true or false")),
+                }
+            }
+            // Parameters of the HTTP layer, not match keys.
+            "accept" | "charset" => {}
             _ => {
                 let attribute = match attrs::lookup(&name) {
                     Some(attribute) => attribute,

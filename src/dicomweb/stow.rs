@@ -62,8 +62,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display + Send + Sync,
 {
-    let want_xml = accepted_types(request.headers()).iter().any(|m| m.is(APPLICATION_DICOM_XML))
-        && !accepted_types(request.headers()).iter().any(|m| m.is(super::query::APPLICATION_DICOM_JSON));
+    let want_xml = wants_xml(request.headers());
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -207,6 +206,27 @@ where
     outcome
 }
 
+/// Whether the response should be XML: the first acceptable of the two representations
+/// (PS3.18 §10.5.3.3: JSON is the default).
+fn wants_xml(headers: &HeaderMap) -> bool {
+    let Some(accepted) = accepted_types(headers) else { return false };
+    for media in accepted {
+        if media.is(APPLICATION_DICOM_XML)
+            || (media.is(MULTIPART_RELATED)
+                && media.param("type").is_some_and(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM_XML)))
+        {
+            return true;
+        }
+        if media.is(super::query::APPLICATION_DICOM_JSON)
+            || media.is("application/json")
+            || media.essence.ends_with("/*")
+        {
+            return false;
+        }
+    }
+    false
+}
+
 /// The Store Instances Response Module (Annex I, Table I.1-1), with the status of
 /// Table 10.5.3-1: 200 all stored, 202 some failed, 409 none stored.
 fn render(
@@ -300,7 +320,10 @@ fn render(
     if let Some(uid) = study_url
         && !outcome.stored.is_empty()
     {
-        builder = builder.header(header::CONTENT_LOCATION, context.study_url(uid));
+        // Table 10.5.3-2: Content-Location and Location name the study the instances went to.
+        builder = builder
+            .header(header::CONTENT_LOCATION, context.study_url(uid))
+            .header(header::LOCATION, context.study_url(uid));
     }
     let mut response = builder.body(full_body(Bytes::from(body))).expect("valid response");
     add_warnings(response.headers_mut(), context, &outcome);

@@ -37,11 +37,8 @@ fn accepts_stored(media: &MediaType, stored_ts: &str) -> bool {
 
 /// Picks the framing; 406 when no acceptable representation exists (§8.7.8.1 step 5).
 fn negotiate(headers: &HeaderMap, single_instance: bool, records: &[InstanceRecord]) -> Result<Framing, Error> {
-    let accepted = accepted_types(headers);
     let all_acceptable = |media: &MediaType| records.iter().all(|r| accepts_stored(media, &r.transfer_syntax_uid));
-    if accepted.is_empty() {
-        return Ok(Framing::Multipart);
-    }
+    let Some(accepted) = accepted_types(headers) else { return Ok(Framing::Multipart) };
     for media in &accepted {
         let essence = media.essence.as_str();
         let related_dicom = essence == MULTIPART_RELATED

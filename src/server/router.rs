@@ -77,9 +77,11 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
             series: Some(checked_uid(series, "SeriesInstanceUID")?),
             instance: Some(checked_uid(instance, "SOPInstanceUID")?),
         },
-        ["series" | "instances"] | ["studies", _, "series" | "instances", ..] => {
-            return Err(method_not_allowed("GET, HEAD"));
-        }
+        ["series" | "instances"]
+        | ["studies", _, "series" | "instances"]
+        | ["studies", _, "series", _]
+        | ["studies", _, "series", _, "instances"]
+        | ["studies", _, "series", _, "instances", _] => return Err(method_not_allowed("GET, HEAD")),
         _ => return Err(Error::not_found("no such DICOMweb resource")),
     };
     Ok(endpoint)
@@ -116,5 +118,7 @@ mod tests {
         assert_eq!(get("/studies/1.2.abc").unwrap_err().kind, ErrorKind::BadRequest);
         assert_eq!(get("/nothing").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route(&Method::DELETE, "/studies").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(get("/studies/1.2/series/1.3/metadata").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(get("/studies/1.2/series/1.3/instances/1.4/frames/1").unwrap_err().kind, ErrorKind::NotFound);
     }
 }

@@ -166,9 +166,14 @@ async fn unsupported_media_types_are_415_and_malformed_requests_400() {
         (format!("multipart/related; type=\"application/dicom\"; boundary=wrong-{BOUNDARY}"), StatusCode::BAD_REQUEST),
     ];
     for (content_type, expected) in cases {
-        let reply = send(Method::POST, &url, &[("content-type", content_type.as_str())], multipart(std::slice::from_ref(&part)))
-            .await
-            .unwrap();
+        let reply = send(
+            Method::POST,
+            &url,
+            &[("content-type", content_type.as_str())],
+            multipart(std::slice::from_ref(&part)),
+        )
+        .await
+        .unwrap();
         assert_eq!(reply.status, expected, "{content_type}");
         assert!(reply.json()["message"].as_str().is_some_and(|m| !m.is_empty()), "a message a human can act on");
     }

@@ -1,0 +1,153 @@
+//! What Kura does not serve (WADO-URI, Retrieve Capabilities, UPS-RS), the HTTP aspects common
+//! to every transaction (PS3.18 §8.4, §8.5), and security (§8.11).
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use kura::config::{Cli, Command, Config, ServeArgs};
+use kura::error::{Error, ErrorKind};
+
+use crate::support::*;
+
+fn origin(server: &Server) -> String {
+    server.base.trim_end_matches("/dicomweb").to_string()
+}
+
+/// PS3.18 Chapter 9, URI service (WADO-URI). Not implemented: the request is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_001_wado_uri_is_not_available() {
+    let spec = Spec::new(501, 1, 1);
+    let server = Server::with(&[instance(&spec)]).await;
+    let query = format!(
+        "?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}&contentType=application%2Fdicom",
+        spec.study_uid(),
+        spec.series_uid(),
+        spec.sop_uid()
+    );
+    for url in
+        [format!("{}{query}", server.base), format!("{}/{query}", server.base), format!("{}/{query}", origin(&server))]
+    {
+        assert_eq!(get(&url, "application/dicom").await.status, StatusCode::NOT_FOUND, "{url}");
+    }
+}
+
+/// PS3.18 §8.9: Retrieve Capabilities, `OPTIONS` on the base URI, required of every RESTful
+/// service (§10.2). Not implemented: 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_001_retrieve_capabilities_is_not_available() {
+    let server = Server::start().await;
+    for url in [server.base.clone(), format!("{}/", server.base)] {
+        let reply = send(Method::OPTIONS, &url, &[("accept", "application/json")], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{url}");
+    }
+}
+
+/// PS3.18 Chapter 11, Worklist service (UPS-RS). Not implemented: 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ups_001_worklist_service_is_not_available() {
+    let server = Server::start().await;
+    let url = format!("{}/workitems", server.base);
+    assert_eq!(get(&url, "application/dicom+json").await.status, StatusCode::NOT_FOUND);
+    let created = send(Method::POST, &url, &[("content-type", "application/dicom+json")], "[{}]").await;
+    assert_eq!(created.status, StatusCode::NOT_FOUND);
+}
+
+/// PS3.18 §8.5: 4xx and 5xx responses carry a payload that explains the error: Kura's is
+/// `application/json` `{"status": <code>, "message": <text>}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gen_001_errors_carry_a_json_status_report() {
+    let server = Server::start().await;
+    let reply = get(&format!("{}/nothing/here", server.base), "application/dicom+json").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.content_type(), "application/json");
+    assert_eq!(reply.json(), serde_json::json!({"status": 404, "message": "no such DICOMweb resource"}));
+    let outside = get(&format!("{}/studies", origin(&server)), "application/dicom+json").await;
+    assert_eq!(outside.status, StatusCode::NOT_FOUND);
+    assert!(outside.json()["message"].as_str().unwrap().contains("/dicomweb/"), "says where the services are");
+    let bad = get(&format!("{}/studies/1.2.x", server.base), "").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json()["status"], 400);
+}
+
+/// PS3.18 §8.5: 405 Method Not Allowed carries an Allow header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gen_002_method_not_allowed_lists_the_allowed_methods() {
+    let server = Server::start().await;
+    for (method, path, allowed) in
+        [(Method::DELETE, "/studies", "GET, HEAD, POST"), (Method::PUT, "/series", "GET, HEAD")]
+    {
+        let reply = send(method.clone(), &format!("{}{path}", server.base), &[], Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(reply.header("allow"), Some(allowed), "{method} {path}");
+        assert_eq!(reply.json()["status"], 405);
+    }
+}
+
+fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec!["kura", "serve", "--data", "/nonexistent/kura-conformance"];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("command line").command {
+        Command::Serve(args) => args,
+        Command::Reindex(_) => unreachable!("serve"),
+    }
+}
+
+/// PS3.18 §8.11 leaves security to the implementation. With no authentication, Kura listens on
+/// 127.0.0.1 by default and refuses a non-loopback address unless told
+/// `--allow-remote-without-auth` (for use behind an authenticating, TLS-terminating proxy).
+#[test]
+fn sec_001_listens_on_loopback_unless_told_otherwise() {
+    if std::env::var_os("KURA_LISTEN").is_none() {
+        let config = Config::from_args(serve_args(&[])).expect("defaults");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+    for address in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:80"] {
+        let refused = Config::from_args(serve_args(&["--listen", address])).expect_err(address);
+        assert!(refused.contains("--allow-remote-without-auth"), "{refused}");
+        let allowed = Config::from_args(serve_args(&["--listen", address, "--allow-remote-without-auth"]));
+        assert!(allowed.is_ok(), "{address}");
+    }
+    assert!(Config::from_args(serve_args(&["--listen", "[::1]:8080"])).is_ok(), "IPv6 loopback");
+}
+
+/// Every response carries `X-Content-Type-Options: nosniff`; a single-part instance is sent
+/// with `Content-Disposition: attachment`, so a browser never renders stored bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sec_002_responses_are_not_sniffed_or_rendered_by_browsers() {
+    let spec = Spec::new(502, 1, 1);
+    let server = Server::with(&[instance(&spec)]).await;
+    let replies = [
+        get(&format!("{}/studies", server.base), "").await,
+        get(&spec.study_url(&server.base), DICOM_ANY_TS).await,
+        get(&format!("{}/nothing", server.base), "").await,
+        send(Method::DELETE, &format!("{}/studies", server.base), &[], Bytes::new()).await,
+        stow(&server.base, None, &[instance(&spec)]).await,
+    ];
+    for reply in &replies {
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"), "status {}", reply.status);
+    }
+    let single = get(&spec.instance_url(&server.base), "application/dicom").await;
+    assert_eq!(single.header("content-disposition"), Some("attachment"));
+}
+
+/// PS3.18 §8.5 asks for an explanation with every error; for server-side failures Kura's says
+/// nothing internal (no paths, no library messages), which are logged instead.
+#[tokio::test]
+async fn sec_004_server_errors_reveal_nothing_internal() {
+    let cause = std::io::Error::other("sled: cannot write /srv/kura/secret-dir/db");
+    for (error, status) in [
+        (Error::internal(cause), StatusCode::INTERNAL_SERVER_ERROR),
+        (Error::new(ErrorKind::Unavailable, "queue /srv/kura/secret-dir full"), StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let response = kura::server::service::render_error(&error);
+        assert_eq!(response.status(), status);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("secret") && !text.contains("sled"), "{text}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["status"], status.as_u16());
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+}
