@@ -11,6 +11,7 @@
 //! that the day the behaviour changes the test, the TOML and the statement change together.
 
 /// In-process server, generated DICOM instances, HTTP helpers.
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 /// STOW-RS, PS3.18 §10.5 and Annex I.

@@ -16,14 +16,14 @@ fn sha256(bytes: &[u8]) -> String {
 /// store/sled_store.rs): ingest more than 100 MB and look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_never_writes_blob_files() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let mut clients = Vec::new();
     for client in 0..4u32 {
         let base = server.base.clone();
         clients.push(tokio::spawn(async move {
             for batch in 0..5u32 {
                 let parts: Vec<Vec<u8>> = (0..10).map(|i| ct_slice(40 + client, 1, batch * 10 + i + 1)).collect();
-                let reply = stow(&base, None, &parts).await.unwrap();
+                let reply = stow(&base, None, &parts).await;
                 assert_eq!(reply.status, StatusCode::OK);
             }
         }));
@@ -36,7 +36,7 @@ async fn store_never_writes_blob_files() {
     let n_blobs = std::fs::read_dir(&blobs).map(|entries| entries.count()).unwrap_or(0);
     assert_eq!(n_blobs, 0, "sled wrote {n_blobs} blob file(s) that it would never fsync");
     let spec = Spec::new(41, 1, 17).size(512, 512, 1);
-    let reply = get(&crate::stow::instance_url(&server.base, &spec), "application/dicom").await;
+    let reply = get(&spec.instance_url(&server.base), "application/dicom").await;
     assert_eq!(reply.body.as_ref(), as_stored(&instance(&spec)).as_slice());
 }
 
@@ -67,7 +67,7 @@ async fn verify(base: &str, ledger: &Ledger) {
     for sop in &visible_sops {
         let expected = ledger.attempted.get(sop).unwrap_or_else(|| panic!("QIDO shows {sop}, which nobody sent"));
         let spec = &ledger.specs[sop];
-        let reply = get(&crate::stow::instance_url(base, spec), "application/dicom").await;
+        let reply = get(&spec.instance_url(base), "application/dicom").await;
         assert_eq!(reply.status, StatusCode::OK, "{sop} is searchable but not retrievable");
         assert_eq!(&sha256(&reply.body), expected, "{sop} is not byte-exact after the crash");
     }
@@ -108,7 +108,7 @@ async fn kill_during_concurrent_stow_loses_nothing_acknowledged() {
                         ledger.specs.insert(spec.sop_uid(), spec);
                         parts.push(bytes);
                     }
-                    match stow(&base, None, &parts).await {
+                    match try_stow(&base, None, &parts).await {
                         Ok(reply) if reply.status == StatusCode::OK => {
                             let mut ledger = ledger.lock().unwrap();
                             ledger.acknowledged.extend(referenced_sops(&reply.json()));
@@ -150,7 +150,7 @@ async fn reindex_gives_the_same_answers() {
             instance(&spec)
         })
         .collect();
-    assert_eq!(stow(&server.base, None, &parts).await.unwrap().status, StatusCode::OK);
+    assert_eq!(stow(&server.base, None, &parts).await.status, StatusCode::OK);
     let queries = [
         "/studies",
         "/studies?PatientName=doe*",

@@ -1,6 +1,7 @@
 //! Kura's integration tests: a real server on a loopback port, driven over HTTP.
 
 /// Test server, DICOM fixtures generated in code, and the `check_*`-style HTTP helpers.
+#[path = "../support/mod.rs"]
 mod support;
 
 /// STOW-RS: storing, per-part failures, duplicates, preamble, limits.

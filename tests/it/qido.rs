@@ -2,8 +2,8 @@ use http::StatusCode;
 
 use crate::support::*;
 
-async fn archive_with_three_studies() -> TestServer {
-    let server = TestServer::start().await;
+async fn archive_with_three_studies() -> Server {
+    let server = Server::start().await;
     let mut parts = Vec::new();
     for (study, name, date, modality) in [
         (21, "Smith^John", "20240105", "CT"),
@@ -20,7 +20,7 @@ async fn archive_with_three_studies() -> TestServer {
             }
         }
     }
-    assert_eq!(stow(&server.base, None, &parts).await.unwrap().status, StatusCode::OK);
+    assert_eq!(stow(&server.base, None, &parts).await.status, StatusCode::OK);
     server
 }
 
@@ -93,7 +93,7 @@ async fn paging_is_stable_and_warns_about_remaining_results() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_parameters_are_400_naming_the_parameter() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     for (query, needle) in [
         ("/studies?NoSuchAttribute=1", "NoSuchAttribute"),
         ("/studies?StudyDate=2024", "StudyDate"),

@@ -4,10 +4,10 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn study_series_and_instance_retrieval_return_the_stored_bytes() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let specs: Vec<Spec> = (1..=4).map(|i| Spec::new(31, 1 + i % 2, i).size(128, 128, 1)).collect();
     let originals: Vec<Vec<u8>> = specs.iter().map(instance).collect();
-    stow(&server.base, None, &originals).await.unwrap();
+    stow(&server.base, None, &originals).await;
 
     let study = get(
         &format!("{}/studies/{}", server.base, specs[0].study_uid()),
@@ -15,28 +15,25 @@ async fn study_series_and_instance_retrieval_return_the_stored_bytes() {
     )
     .await;
     assert_eq!(study.status, StatusCode::OK);
-    let parts = split_multipart(&content_type(&study), &study.body);
+    let parts = split_multipart(study.content_type(), &study.body);
     assert_eq!(parts.len(), 4);
     for (headers, body) in &parts {
         assert!(headers.contains("Content-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1"));
         let position = originals.iter().position(|o| as_stored(o) == *body).expect("a stored instance, byte-exact");
-        assert!(
-            headers
-                .contains(&format!("Content-Location: {}", crate::stow::instance_url(&server.base, &specs[position])))
-        );
+        assert!(headers.contains(&format!("Content-Location: {}", specs[position].instance_url(&server.base))));
     }
     let series_url = format!("{}/studies/{}/series/{}", server.base, specs[0].study_uid(), specs[1].series_uid());
     let series = get(&series_url, "multipart/related; type=\"application/dicom\"; transfer-syntax=*").await;
-    assert_eq!(split_multipart(&content_type(&series), &series.body).len(), 2);
-    let single = get(&crate::stow::instance_url(&server.base, &specs[2]), "application/dicom").await;
+    assert_eq!(split_multipart(series.content_type(), &series.body).len(), 2);
+    let single = get(&specs[2].instance_url(&server.base), "application/dicom").await;
     assert_eq!(single.body.as_ref(), as_stored(&originals[2]).as_slice());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_uids_are_404_and_malformed_400() {
-    let server = TestServer::start().await;
+    let server = Server::start().await;
     let spec = Spec::new(32, 1, 1);
-    stow(&server.base, None, &[instance(&spec)]).await.unwrap();
+    stow(&server.base, None, &[instance(&spec)]).await;
     let accept = "multipart/related; type=\"application/dicom\"";
     assert_eq!(get(&format!("{}/studies/1.2.3", server.base), accept).await.status, StatusCode::NOT_FOUND);
     let wrong_series =

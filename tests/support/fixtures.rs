@@ -1,13 +1,13 @@
-//! DICOM instances generated in code with dicom-rs: deterministic UIDs and realistic sizes.
+//! DICOM instances generated in code with dicom-rs: deterministic UIDs, realistic sizes.
 
 use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
-/// UID root for generated test data.
-pub const ROOT: &str = "1.2.826.0.1.3680043.10.543";
+/// UID root of generated test data.
+pub const ROOT: &str = "1.2.826.0.1.3680043.10.543.77";
 
-/// What a generated instance looks like. Indices make deterministic UIDs.
+/// What a generated instance looks like; indices make deterministic UIDs.
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub study: u32,
@@ -16,6 +16,7 @@ pub struct Spec {
     pub patient_name: String,
     pub patient_id: String,
     pub study_date: String,
+    pub study_time: String,
     pub modality: String,
     pub accession: String,
     pub rows: u16,
@@ -33,7 +34,8 @@ impl Spec {
             instance,
             patient_name: format!("Doe^Patient{study}"),
             patient_id: format!("PID{study:05}"),
-            study_date: format!("2024{:02}{:02}", 1 + study % 12, 1 + study % 28),
+            study_date: "20240105".into(),
+            study_time: "101500".into(),
             modality: "CT".into(),
             accession: format!("ACC{study}"),
             rows: 16,
@@ -61,20 +63,32 @@ impl Spec {
     pub fn sop_uid(&self) -> String {
         format!("{ROOT}.3.{}.{}.{}", self.study, self.series, self.instance)
     }
+
+    pub fn study_url(&self, base: &str) -> String {
+        format!("{base}/studies/{}", self.study_uid())
+    }
+
+    pub fn series_url(&self, base: &str) -> String {
+        format!("{base}/studies/{}/series/{}", self.study_uid(), self.series_uid())
+    }
+
+    pub fn instance_url(&self, base: &str) -> String {
+        format!("{}/instances/{}", self.series_url(base), self.sop_uid())
+    }
 }
 
-fn put(object: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, value: impl Into<PrimitiveValue>) {
+pub fn put(object: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, value: impl Into<PrimitiveValue>) {
     object.put(DataElement::new(tag, vr, value.into()));
 }
 
-/// The data set of `spec` without file meta, for callers that want to change it first.
+/// The data set of `spec` (UTF-8, 16-bit CT, 16×16 unless sized), without file meta.
 pub fn dataset(spec: &Spec) -> InMemDicomObject {
     let mut object = InMemDicomObject::new_empty();
     put(&mut object, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
     put(&mut object, tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE);
     put(&mut object, tags::SOP_INSTANCE_UID, VR::UI, spec.sop_uid());
     put(&mut object, tags::STUDY_DATE, VR::DA, spec.study_date.as_str());
-    put(&mut object, tags::STUDY_TIME, VR::TM, "101500");
+    put(&mut object, tags::STUDY_TIME, VR::TM, spec.study_time.as_str());
     put(&mut object, tags::ACCESSION_NUMBER, VR::SH, spec.accession.as_str());
     put(&mut object, tags::MODALITY, VR::CS, spec.modality.as_str());
     put(&mut object, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Ref^Doctor");
@@ -100,8 +114,8 @@ pub fn dataset(spec: &Spec) -> InMemDicomObject {
     put(&mut object, tags::BITS_STORED, VR::US, dicom_value!(U16, [12]));
     put(&mut object, tags::HIGH_BIT, VR::US, dicom_value!(U16, [11]));
     put(&mut object, tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0]));
-    let n_pixels = spec.rows as usize * spec.columns as usize * spec.frames as usize;
     let mut state = u32::from(spec.seed) ^ spec.instance.wrapping_mul(2_654_435_761) ^ spec.study;
+    let n_pixels = spec.rows as usize * spec.columns as usize * spec.frames as usize;
     let pixels: Vec<u16> = (0..n_pixels)
         .map(|_| {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -112,16 +126,20 @@ pub fn dataset(spec: &Spec) -> InMemDicomObject {
     object
 }
 
-/// Serialises a data set as a PS3.10 file in Explicit VR Little Endian.
-pub fn part10(object: InMemDicomObject) -> Vec<u8> {
-    let file =
-        object.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)).expect("meta");
+/// Serialises a data set as a PS3.10 file in the given transfer syntax.
+pub fn part10_in(object: InMemDicomObject, transfer_syntax: &str) -> Vec<u8> {
+    let file = object.with_meta(FileMetaTableBuilder::new().transfer_syntax(transfer_syntax)).expect("meta");
     let mut bytes = Vec::new();
     file.write_all(&mut bytes).expect("write");
     bytes
 }
 
-/// A complete PS3.10 instance for `spec`.
+/// Serialises a data set as a PS3.10 file in Explicit VR Little Endian.
+pub fn part10(object: InMemDicomObject) -> Vec<u8> {
+    part10_in(object, uids::EXPLICIT_VR_LITTLE_ENDIAN)
+}
+
+/// A complete Explicit VR Little Endian instance for `spec`.
 pub fn instance(spec: &Spec) -> Vec<u8> {
     part10(dataset(spec))
 }
@@ -136,4 +154,30 @@ pub fn as_stored(original: &[u8]) -> Vec<u8> {
     let mut stored = original.to_vec();
     stored[..128].fill(0);
     stored
+}
+
+/// Replaces the value of a top-level short-VR element (tag, explicit VR, 16-bit length) in an
+/// Explicit VR Little Endian file, e.g. to put bytes in a character set dicom-rs would not
+/// write. Top-level elements carry their own lengths only, so the value may change size.
+pub fn splice_element(file: &[u8], tag: dicom_core::Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&tag.group().to_le_bytes());
+    header.extend_from_slice(&tag.element().to_le_bytes());
+    header.extend_from_slice(vr);
+    let start = 132
+        + file[132..]
+            .windows(header.len())
+            .position(|w| w == header.as_slice())
+            .unwrap_or_else(|| panic!("{tag} not found"));
+    let length = u16::from_le_bytes([file[start + 6], file[start + 7]]) as usize;
+    let mut value = value.to_vec();
+    if value.len() % 2 == 1 {
+        value.push(if vr == b"UI" { 0 } else { b' ' });
+    }
+    let mut out = file[..start].to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+    out.extend_from_slice(&value);
+    out.extend_from_slice(&file[start + 8 + length..]);
+    out
 }

@@ -1,5 +1,5 @@
-//! A Kura server for one test: a fresh data directory, the real `App`, a real TCP listener on
-//! 127.0.0.1:0. Also a child-process server for tests that kill it.
+//! Kura servers for tests: in-process on 127.0.0.1:0 (the real `App` over a fresh data
+//! directory), or `kura serve` as a child process for tests that kill or restart it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,25 +7,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::StatusCode;
 use kura::{App, Archive, Config};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
-pub struct TestServer {
+use super::client::stow;
+
+/// A Kura server for one test: a fresh data directory, the real `App`, 127.0.0.1:0.
+pub struct Server {
     pub base: String,
     pub archive: Arc<Archive>,
     pub dir: TempDir,
-    /// Dropping it shuts the server down, so it lives as long as the test server.
     _shutdown: oneshot::Sender<()>,
 }
 
-impl TestServer {
-    pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
+impl Server {
+    pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
     }
 
     /// Starts a server after `adjust` has changed its configuration.
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config::with_data_dir(dir.path().join("data"));
         adjust(&mut config);
@@ -38,11 +41,19 @@ impl TestServer {
         tokio::spawn(kura::server::serve(listener, app, async move {
             let _ = signal.await;
         }));
-        TestServer { base, archive, dir, _shutdown: shutdown }
+        Server { base, archive, dir, _shutdown: shutdown }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// A server holding `parts`, stored with one STOW-RS request that must succeed.
+    pub async fn with(parts: &[Vec<u8>]) -> Server {
+        let server = Server::start().await;
+        let reply = stow(&server.base, None, parts).await;
+        assert_eq!(reply.status, StatusCode::OK, "setup STOW: {}", reply.text());
+        server
     }
 }
 
