@@ -376,23 +376,34 @@ async fn qido_027_unsupported_keys_are_ignored_with_a_warning() {
     }
 }
 
-/// PS3.18 §8.3.4.2: fuzzymatching=true is accepted; matching stays literal and the standard
-/// Warning says so. Any value but true or false is 400.
+/// PS3.18 §8.3.4.2: fuzzymatching=true is accepted and applies Kura's documented fuzzy
+/// person-name matching (so no "not supported" Warning); any value but true or false is 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qido_029_fuzzymatching_is_literal_with_the_standard_warning() {
+async fn qido_029_fuzzymatching_is_applied_without_a_warning() {
     let server = archive().await;
-    let reply = get(&format!("{}/studies?PatientName=smith*&fuzzymatching=true", server.base), "").await;
-    assert_eq!(study_ids(reply.json().as_array().unwrap()), ["S201"]);
-    assert_eq!(
-        reply.warnings(),
-        format!(
-            "299 {}: The fuzzymatching parameter is not supported. Only literal matching has been performed.",
-            server.base
-        )
-    );
-    let reply = get(&format!("{}/studies?fuzzymatching=false", server.base), "").await;
+    let reply = get(&format!("{}/studies?PatientName=smiht&fuzzymatching=true", server.base), "").await;
+    assert_eq!(study_ids(reply.json().as_array().unwrap()), ["S201"], "one transposition away");
     assert_eq!(reply.warnings(), "");
+    let literal = get(&format!("{}/studies?PatientName=smiht&fuzzymatching=false", server.base), "").await;
+    assert!(literal.json().as_array().unwrap().is_empty(), "literal matching finds nothing");
     assert_eq!(status(&server, "/studies?fuzzymatching=yes").await, StatusCode::BAD_REQUEST);
+}
+
+/// PS3.18 §8.3.4.2, PS3.4 C.2.2.2.1.1: Kura's fuzzy person-name matching. Every word of the
+/// value must match a name component of any component group by prefix, or within one edit
+/// (words of 4–7 characters) or two (8 or more), after NFKC width folding, lower-casing and
+/// katakana→hiragana folding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_034_fuzzy_names_fold_width_case_and_kana() {
+    let server = archive().await;
+    for value in ["yamda", "YAMA", "ﾔﾏﾀﾞ", "ヤマダ", "やまだ^たろ", "山田", "Tarou Yamada", "ＹＡＭＡＤＡ"]
+    {
+        let url = format!("{}/studies?PatientName={}&fuzzymatching=true", server.base, encode(value));
+        let reply = get(&url, "").await;
+        assert_eq!(study_ids(reply.json().as_array().unwrap()), ["S202"], "{value}");
+    }
+    let url = format!("{}/studies?PatientName={}&fuzzymatching=true", server.base, encode("yamamoto"));
+    assert!(get(&url, "").await.json().as_array().unwrap().is_empty(), "too far from every name");
 }
 
 /// PS3.18 §8.3.4.5 (newer editions): emptyvaluematching=true, when not supported, must be

@@ -127,9 +127,6 @@ pub fn search(
             "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed.".into(),
         );
     }
-    if search.fuzzy_requested {
-        warnings.push("The fuzzymatching parameter is not supported. Only literal matching has been performed.".into());
-    }
     if !search.ignored.is_empty() {
         warnings.push(format!(
             "The following attributes are not supported as match keys and were ignored: {}",

@@ -222,5 +222,13 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
             }
         }
     }
+    // fuzzymatching applies to person names (PS3.4 C.2.2.2.1.1), wherever it appeared.
+    if search.fuzzy_requested {
+        for filter in &mut search.query.filters {
+            if let Criterion::PersonName(value) = &filter.criterion {
+                filter.criterion = Criterion::FuzzyPersonName(value.clone());
+            }
+        }
+    }
     Ok(search)
 }

@@ -10,7 +10,7 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use crate::dicom::attrs::{ATTRIBUTES, Attribute, Matching};
 
 /// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Tokenizer of person-name fields: the whole value, lower-cased.
 pub const PN_TOKENIZER: &str = "kura_pn";
 
@@ -25,6 +25,8 @@ pub struct Fields {
     /// Keywords of table attributes that are absent or empty in the document.
     pub empty: Field,
     by_keyword: HashMap<&'static str, Field>,
+    /// Person-name attributes: their name components, normalised for fuzzy matching.
+    name_words: HashMap<&'static str, Field>,
 }
 
 impl Fields {
@@ -41,6 +43,7 @@ impl Fields {
             TextFieldIndexing::default().set_tokenizer(PN_TOKENIZER).set_index_option(IndexRecordOption::Basic),
         );
         let mut by_keyword = HashMap::new();
+        let mut name_words = HashMap::new();
         for attribute in ATTRIBUTES {
             let field = match attribute.matching {
                 Matching::Uid | Matching::Text => builder.add_text_field(attribute.keyword, STRING),
@@ -49,12 +52,32 @@ impl Fields {
                 Matching::Number => builder.add_i64_field(attribute.keyword, INDEXED),
             };
             by_keyword.insert(attribute.keyword, field);
+            if attribute.matching == Matching::PersonName {
+                let words = builder.add_text_field(&format!("{}.words", attribute.keyword), STRING);
+                name_words.insert(attribute.keyword, words);
+            }
         }
-        Fields { schema: builder.build(), key, level, study_uid, series_uid, sop_uid, created, empty, by_keyword }
+        Fields {
+            schema: builder.build(),
+            key,
+            level,
+            study_uid,
+            series_uid,
+            sop_uid,
+            created,
+            empty,
+            by_keyword,
+            name_words,
+        }
     }
 
     pub fn of(&self, attribute: &Attribute) -> Field {
         self.by_keyword[attribute.keyword]
+    }
+
+    /// The fuzzy-matching field of a person-name attribute.
+    pub fn words_of(&self, attribute: &Attribute) -> Option<Field> {
+        self.name_words.get(attribute.keyword).copied()
     }
 }
 

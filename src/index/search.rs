@@ -2,8 +2,11 @@
 //! (PS3.4 C.2.2.2 matching: single value, UID list, wildcard, range).
 
 use tantivy::Term;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, FuzzyTermQuery, Occur, Query, RangeQuery, RegexQuery, TermQuery, TermSetQuery,
+};
 use tantivy::schema::IndexRecordOption;
+use unicode_normalization::UnicodeNormalization;
 
 use super::schema::Fields;
 use super::{DocKey, IndexError, IndexResult};
@@ -18,6 +21,9 @@ pub enum Criterion {
     Text(String),
     /// Person name, case-insensitive, matched against the whole name and each component group.
     PersonName(String),
+    /// Person name with `fuzzymatching=true`: every word of the value must match some name
+    /// component by prefix or within a small edit distance, after width and kana folding.
+    FuzzyPersonName(String),
     /// Inclusive range over a date (YYYYMMDD) or time (microseconds since midnight); either
     /// bound may be open (C.2.2.2.5).
     Range {
@@ -86,6 +92,32 @@ pub fn normalise_person_name(name: &str) -> String {
     name.to_lowercase().trim_end_matches(['^', '=', ' ']).to_string()
 }
 
+/// Folds a name component for fuzzy matching: NFKC (half-width katakana and full-width Latin
+/// become their ordinary forms), lower case, katakana to hiragana.
+pub fn fold_name(text: &str) -> String {
+    text.nfkc()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            '\u{30A1}'..='\u{30F6}' => char::from_u32(c as u32 - 0x60).unwrap_or(c),
+            c => c,
+        })
+        .collect()
+}
+
+/// The folded words of a person name: its components across all component groups.
+pub fn name_words(name: &str) -> Vec<String> {
+    name.split(['=', '^', ' ', ',']).filter(|w| !w.is_empty()).map(fold_name).collect()
+}
+
+/// Edits allowed for a fuzzy word: none for short words, then one, then two.
+fn edit_distance(word: &str) -> u8 {
+    match word.chars().count() {
+        0..=3 => 0,
+        4..=7 => 1,
+        _ => 2,
+    }
+}
+
 fn term_query(term: Term) -> Box<dyn Query> {
     Box::new(TermQuery::new(term, IndexRecordOption::Basic))
 }
@@ -126,6 +158,30 @@ fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Quer
             } else {
                 term_query(Term::from_field_text(field, &value))
             }
+        }
+        Criterion::FuzzyPersonName(value) => {
+            let words_field = fields.words_of(filter.attribute).ok_or_else(|| {
+                IndexError::InvalidQuery(format!("{} has no fuzzy matching", filter.attribute.keyword))
+            })?;
+            let mut words: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+            for word in name_words(value) {
+                let word = word.replace(['*', '?'], "");
+                if word.is_empty() {
+                    continue;
+                }
+                let prefix = RegexQuery::from_pattern(&format!("{}.*", wildcard_to_regex(&word)), words_field)
+                    .map_err(invalid)?;
+                let term = Term::from_field_text(words_field, &word);
+                let either: Vec<(Occur, Box<dyn Query>)> = vec![
+                    (Occur::Should, Box::new(prefix)),
+                    (Occur::Should, Box::new(FuzzyTermQuery::new(term, edit_distance(&word), true))),
+                ];
+                words.push((Occur::Must, Box::new(BooleanQuery::new(either))));
+            }
+            if words.is_empty() {
+                return Ok(Box::new(AllQuery));
+            }
+            Box::new(BooleanQuery::new(words))
         }
         Criterion::Range { from, to } => {
             use std::ops::Bound::*;
@@ -181,6 +237,16 @@ mod tests {
         assert_eq!(wildcard_to_regex("a?c"), "a.c");
         assert_eq!(wildcard_to_regex("doe^j*"), "doe\\^j.*");
         assert_eq!(wildcard_to_regex("1.2"), "1\\.2");
+    }
+
+    #[test]
+    fn name_words_fold_width_case_and_kana() {
+        assert_eq!(
+            name_words("Yamada^Tarou=山田^太郎=ﾔﾏﾀﾞ^ﾀﾛｳ"),
+            ["yamada", "tarou", "山田", "太郎", "やまだ", "たろう"]
+        );
+        assert_eq!(fold_name("ＹＡＭＡＤＡ"), "yamada");
+        assert_eq!(fold_name("ヤマダ"), "やまだ");
     }
 
     #[test]

@@ -328,6 +328,11 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
                     for group in value.split('=').filter(|g| !g.is_empty()) {
                         out.add_text(field, normalise_person_name(group));
                     }
+                    if let Some(words) = fields.words_of(attribute) {
+                        for word in search::name_words(value) {
+                            out.add_text(words, word);
+                        }
+                    }
                 }
                 Matching::Date => {
                     if let Some(date) = parse_date(value) {
