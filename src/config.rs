@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Page cache of the store, in MiB.
     #[arg(long, env = "KURA_CACHE_MIB", default_value_t = default_cache_mib())]
     pub cache_mib: u64,
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `http://localhost:3000`; `*` allows any origin. None by default.
+    #[arg(long, env = "KURA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Allow listening on a non-loopback address although no authentication is configured.
     #[arg(long, env = "KURA_ALLOW_REMOTE_WITHOUT_AUTH", default_value_t = false)]
     pub allow_remote_without_auth: bool,
@@ -120,6 +124,8 @@ pub struct Config {
     pub max_parts: usize,
     pub max_part_header_bytes: u64,
     pub qido_max_results: usize,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
     pub archive: ArchiveOptions,
 }
 
@@ -154,6 +160,7 @@ impl Config {
             max_parts: args.max_parts,
             max_part_header_bytes: args.max_part_header_bytes,
             qido_max_results: args.qido_max_results,
+            cors_origins: args.cors_origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).collect(),
             archive: ArchiveOptions {
                 duplicate_policy: match args.duplicates {
                     DuplicateArg::Reject => DuplicatePolicy::Reject,

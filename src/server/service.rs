@@ -40,6 +40,13 @@ impl App {
     {
         let started = Instant::now();
         let method = request.method().clone();
+        let origin = self.allowed_origin(&request);
+        if let Some(origin) = &origin
+            && method == http::Method::OPTIONS
+            && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return preflight(origin);
+        }
         let route = self.route(&request);
         let endpoint_name = route.as_ref().map_or("none", |e| e.name());
         let span = tracing::info_span!("request", %method, endpoint = endpoint_name);
@@ -54,6 +61,9 @@ impl App {
         .unwrap_or_else(|error| render_error(&error));
         let headers = response.headers_mut();
         headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        if let Some(origin) = origin {
+            add_cors_headers(headers, &origin);
+        }
         if head_only {
             *response.body_mut() = dicomweb::empty_body();
         }
@@ -65,6 +75,15 @@ impl App {
             )
         });
         response
+    }
+
+    /// The request's Origin when CORS allows it (browser viewers such as OHIF need this; PS3.18
+    /// is silent on CORS).
+    fn allowed_origin<B>(&self, request: &Request<B>) -> Option<HeaderValue> {
+        let origin = request.headers().get(header::ORIGIN)?;
+        let text = origin.to_str().ok()?;
+        let allowed = &self.config.cors_origins;
+        (allowed.iter().any(|o| o == "*" || o == text)).then(|| origin.clone())
     }
 
     fn route<B>(&self, request: &Request<B>) -> Result<Endpoint, Error> {
@@ -94,6 +113,29 @@ impl App {
         };
         RequestContext { base_url, principal: Principal::local() }
     }
+}
+
+/// Response headers browsers may read (the ones DICOMweb clients use).
+const EXPOSED_HEADERS: &str = "Content-Type, Content-Length, Content-Location, Location, Warning, ETag";
+
+fn add_cors_headers(headers: &mut http::HeaderMap, origin: &HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSED_HEADERS));
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+}
+
+/// The answer to a CORS preflight (an OPTIONS with Access-Control-Request-Method). Any other
+/// OPTIONS is left to the Retrieve Capabilities transaction (PS3.18 §8.9).
+fn preflight(origin: &HeaderValue) -> Response<ResponseBody> {
+    let mut response = Response::builder()
+        .status(http::StatusCode::NO_CONTENT)
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, POST, OPTIONS")
+        .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "Accept, Content-Type, Authorization, If-None-Match, Range")
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+        .body(dicomweb::empty_body())
+        .expect("valid response");
+    add_cors_headers(response.headers_mut(), origin);
+    response
 }
 
 /// Renders an error as a JSON Status Report (PS3.18 §8.6.3). Logged once, here.

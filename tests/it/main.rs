@@ -10,6 +10,9 @@ mod stow;
 /// QIDO-RS: search resources and matching, through the running server.
 mod qido;
 
+/// CORS for browser viewers: preflight, allowed origins, headers on errors.
+mod cors;
+
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 
