@@ -17,6 +17,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// Request larger than the configured limits (413).
     PayloadTooLarge,
+    /// A Range outside the value (416).
+    RangeNotSatisfiable,
     /// Server-side failure; the body reveals nothing internal.
     Internal,
     /// Shutting down or overloaded (503).
@@ -32,6 +34,7 @@ impl ErrorKind {
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }

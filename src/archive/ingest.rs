@@ -205,11 +205,13 @@ async fn finish(
         attributes: parsed.attributes.clone(),
         seq: 0,
         pixel_data: parsed.pixel_data.clone(),
+        large_values: parsed.large_values.clone(),
     };
-    let outcome = tokio::task::block_in_place(|| store.put_instance(record, limits.policy)).map_err(|e| {
-        tracing::warn!(error = %e, "catalog update failed");
-        InstanceFailure::of(&parsed, FailureReason::ProcessingFailure, "the archive could not store the instance")
-    })?;
+    let outcome =
+        tokio::task::block_in_place(|| store.put_instance(record, &parsed.metadata, limits.policy)).map_err(|e| {
+            tracing::warn!(error = %e, "catalog update failed");
+            InstanceFailure::of(&parsed, FailureReason::ProcessingFailure, "the archive could not store the instance")
+        })?;
     let (already_stored, replaced) = match outcome {
         PutOutcome::Stored { replaced } => (false, replaced),
         PutOutcome::AlreadyStored => (true, false),

@@ -207,6 +207,46 @@ impl Archive {
         Ok(records)
     }
 
+    /// The instance `sop_uid` if it belongs to that study and series; `NotFound` otherwise.
+    pub fn instance_in(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        series_uid: &str,
+        sop_uid: &str,
+    ) -> Result<InstanceRecord, Error> {
+        self.instance(principal, sop_uid)?
+            .filter(|record| record.study_uid == study_uid && record.series_uid == series_uid)
+            .ok_or_else(|| Error::not_found("no such instance"))
+    }
+
+    /// The DICOM JSON metadata computed when the instance was stored.
+    pub fn instance_metadata(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
+        self.store
+            .instance_metadata(&record.sop_instance_uid)?
+            .ok_or_else(|| Error::internal(StoreError::Corrupt("instance has no metadata".into())))
+    }
+
+    /// `length` stored bytes of an instance from `offset`, as a stream of chunks.
+    pub fn payload_range(
+        &self,
+        record: &InstanceRecord,
+        offset: u64,
+        length: u64,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
+        crate::store::payload::stream_range(self.store.clone(), record.payload.clone(), offset, length)
+    }
+
+    /// A few stored bytes of an instance (offset tables, markers); at most `length` bytes.
+    pub fn read_bytes(&self, record: &InstanceRecord, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        reader.seek(SeekFrom::Start(offset)).map_err(Error::internal)?;
+        let mut bytes = Vec::with_capacity(length);
+        reader.take(length as u64).read_to_end(&mut bytes).map_err(Error::internal)?;
+        Ok(bytes)
+    }
+
     /// The stored bytes of an instance, as a stream of chunks.
     pub fn payload(
         &self,

@@ -103,6 +103,7 @@ pub static ATTRIBUTES: &[Attribute] = &[
     attr(tags::SOP_CLASS_UID, "SOPClassUID", Instance, VR::UI, Uid, Always),
     attr(tags::SOP_INSTANCE_UID, "SOPInstanceUID", Instance, VR::UI, Uid, Always),
     attr(tags::INSTANCE_NUMBER, "InstanceNumber", Instance, VR::IS, Number, Always),
+    attr(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel", Instance, VR::US, Number, OnRequest),
     attr(tags::NUMBER_OF_FRAMES, "NumberOfFrames", Instance, VR::IS, Number, IfPresent),
     attr(tags::ROWS, "Rows", Instance, VR::US, Number, IfPresent),
     attr(tags::COLUMNS, "Columns", Instance, VR::US, Number, IfPresent),

@@ -37,12 +37,24 @@ pub struct Layout {
     /// The Transfer Syntax UID found in the File Meta group.
     pub transfer_syntax_uid: String,
     pub pixel_data: Option<PixelDataLayout>,
-    /// The raw value bytes of the requested top-level elements (tag as `group << 16 | element`).
+    /// The raw value bytes of the top-level elements of at most [`MAX_CAPTURE`] bytes (tag as
+    /// `group << 16 | element`), for decoding text that dicom-rs cannot.
     pub raw_values: Vec<(u32, Vec<u8>)>,
+    /// The top-level elements larger than that, by place: the bulk data a metadata response
+    /// refers to by BulkDataURI.
+    pub large_values: Vec<LargeValue>,
 }
 
-/// Values longer than this are not captured (no table attribute is anywhere near it).
+/// Values longer than this are not captured.
 const MAX_CAPTURE: u32 = 16 * 1024;
+
+/// Where a large top-level value sits in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LargeValue {
+    pub tag: u32,
+    pub offset: u64,
+    pub length: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -61,8 +73,9 @@ struct Walker<'a, R> {
     explicit: bool,
     big_endian: bool,
     pixel_data: Option<PixelDataLayout>,
-    capture: &'a [u32],
+    capture_all: bool,
     raw_values: Vec<(u32, Vec<u8>)>,
+    large_values: Vec<LargeValue>,
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
@@ -149,7 +162,14 @@ impl<R: Read + Seek> Walker<'_, R> {
                     });
                 }
                 let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
-                if top_level && length <= MAX_CAPTURE && self.capture.contains(&number) {
+                if top_level && length > MAX_CAPTURE {
+                    self.large_values.push(LargeValue {
+                        tag: number,
+                        offset: self.position,
+                        length: u64::from(length),
+                    });
+                }
+                if top_level && length <= MAX_CAPTURE && self.capture_all {
                     if self.position + u64::from(length) > self.total {
                         return Err(LayoutError::Truncated);
                     }
@@ -219,8 +239,8 @@ impl<R: Read + Seek> Walker<'_, R> {
 }
 
 /// Walks a PS3.10 payload of `total` bytes (preamble included), keeping the raw values of the
-/// top-level elements whose tags are in `capture`.
-pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: &[u32]) -> Result<Layout, LayoutError> {
+/// top-level elements up to [`MAX_CAPTURE`] bytes when `capture` is set.
+pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result<Layout, LayoutError> {
     reader.seek(SeekFrom::Start(HEADER_LEN as u64))?;
     let mut walker = Walker {
         reader,
@@ -229,8 +249,9 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: &[u32]) -> Resu
         explicit: true,
         big_endian: false,
         pixel_data: None,
-        capture,
+        capture_all: capture,
         raw_values: Vec::new(),
+        large_values: Vec::new(),
     };
     // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1).
     let mut meta_has_group_length = false;
@@ -273,6 +294,7 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: &[u32]) -> Resu
                 transfer_syntax_uid,
                 pixel_data: None,
                 raw_values: Vec::new(),
+                large_values: Vec::new(),
             });
         }
         "1.2.840.10008.1.2" => walker.explicit = false,
@@ -282,7 +304,8 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: &[u32]) -> Resu
     walker.dataset(None, 0, true)?;
     let pixel_data = walker.pixel_data.take();
     let raw_values = std::mem::take(&mut walker.raw_values);
-    Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data, raw_values })
+    let large_values = std::mem::take(&mut walker.large_values);
+    Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data, raw_values, large_values })
 }
 
 #[cfg(test)]
@@ -318,14 +341,14 @@ mod tests {
         let mut dataset = element((0x0010, 0x0010), b"PN", b"Doe^J ");
         dataset.extend(element(PIXEL_DATA, b"OW", &[7u8; 64]));
         let bytes = file(&dataset);
-        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, &[]).unwrap();
+        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, false).unwrap();
         assert!(!layout.meta_has_group_length);
         assert_eq!(layout.transfer_syntax_uid, "1.2.840.10008.1.2.1");
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.length, Some(64));
         assert_eq!(&bytes[pixels.offset as usize..][..64], &[7u8; 64]);
         let cut = &bytes[..bytes.len() - 10];
-        assert!(matches!(walk(&mut Cursor::new(cut), cut.len() as u64, &[]), Err(LayoutError::Truncated)));
+        assert!(matches!(walk(&mut Cursor::new(cut), cut.len() as u64, false), Err(LayoutError::Truncated)));
     }
 
     #[test]
@@ -345,7 +368,7 @@ mod tests {
         dataset.extend_from_slice(&0xE0DDu16.to_le_bytes());
         dataset.extend_from_slice(&0u32.to_le_bytes());
         let bytes = file(&dataset);
-        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, &[]).unwrap();
+        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, false).unwrap();
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.fragments.iter().map(|f| f.1).collect::<Vec<_>>(), vec![0, 4, 2]);
         assert_eq!(&bytes[pixels.fragments[1].0 as usize..][..4], &[1, 2, 3, 4]);

@@ -2,6 +2,8 @@
 
 pub mod attrs;
 pub mod charset;
+pub mod frames;
+pub mod json;
 pub mod layout;
 pub mod part10;
 pub mod uid;

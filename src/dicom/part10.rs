@@ -11,8 +11,8 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{OpenFileOptions, file::ReadPreamble};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use super::layout::{self, PixelDataLayout};
-use super::{attrs, charset, uid};
+use super::layout::{self, LargeValue, PixelDataLayout};
+use super::{attrs, charset, json, uid};
 
 /// Bytes before the "DICM" prefix (PS3.10 §7.1).
 pub const PREAMBLE_LEN: usize = 128;
@@ -50,6 +50,11 @@ pub struct ParsedInstance {
     pub attributes: Vec<AttributeValue>,
     /// Where Pixel Data sits in the file, for frame retrieval.
     pub pixel_data: Option<PixelDataLayout>,
+    /// Where the large top-level values are, for bulk data retrieval.
+    pub large_values: Vec<LargeValue>,
+    /// The instance's DICOM JSON (PS3.18 Annex F), with [`json::BASE_PLACEHOLDER`] for the
+    /// base URL in BulkDataURIs.
+    pub metadata: Vec<u8>,
 }
 
 /// Why a payload could not be accepted as an instance.
@@ -77,13 +82,7 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
     if !has_dicm_prefix(&header) {
         return Err(ParseError::NotPart10);
     }
-    let text_tags: Vec<u32> = attrs::ATTRIBUTES
-        .iter()
-        .filter(|a| matches!(a.vr, VR::PN | VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC))
-        .map(|a| (u32::from(a.tag.group()) << 16) | u32::from(a.tag.element()))
-        .collect();
-    let framing =
-        layout::walk(&mut reader, total, &text_tags).map_err(|error| ParseError::Malformed(error.to_string()))?;
+    let framing = layout::walk(&mut reader, total, true).map_err(|error| ParseError::Malformed(error.to_string()))?;
     reader.seek(SeekFrom::Start(HEADER_LEN as u64)).map_err(|e| ParseError::Malformed(e.to_string()))?;
     // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
     // Group Length, which some writers omit: hand it both.
@@ -157,8 +156,27 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
             })
             .collect(),
         pixel_data: framing.pixel_data.clone(),
+        large_values: framing.large_values.clone(),
+        metadata: Vec::new(),
     };
-    Ok(parsed)
+    let instance_path = format!(
+        "{}/studies/{}/series/{}/instances/{}",
+        json::BASE_PLACEHOLDER,
+        parsed.study_uid,
+        parsed.series_uid,
+        parsed.sop_instance_uid
+    );
+    let bits_allocated = text(tags::BITS_ALLOCATED).and_then(|v| v.first()?.parse().ok());
+    let context = json::Context {
+        instance_path: &instance_path,
+        transfer_syntax_uid: &parsed.transfer_syntax_uid,
+        character_sets: &character_sets,
+        raw_values: &framing.raw_values,
+        pixel_data: framing.pixel_data.as_ref(),
+        bits_allocated,
+    };
+    let metadata = serde_json::to_vec(&json::instance_json(&context, &object)).expect("json");
+    Ok(ParsedInstance { metadata, ..parsed })
 }
 
 /// Decodes the bytes of a UN element whose dictionary VR is `vr` (little endian).

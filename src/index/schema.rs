@@ -10,7 +10,7 @@ use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 use crate::dicom::attrs::{ATTRIBUTES, Attribute, Matching};
 
 /// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// Tokenizer of person-name fields: the whole value, lower-cased.
 pub const PN_TOKENIZER: &str = "kura_pn";
 

@@ -52,9 +52,13 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let app = app.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            if let Some(local) = local {
+                request.extensions_mut().insert(service::LocalAddr(local));
+            }
             async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

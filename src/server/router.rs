@@ -19,6 +19,13 @@ pub enum Endpoint {
     SearchInstances { study: Option<String>, series: Option<String> },
     /// WADO-RS, PS3.18 §10.4: `/studies/{study}[/series/{series}[/instances/{instance}]]`.
     Retrieve { study: String, series: Option<String>, instance: Option<String> },
+    /// WADO-RS metadata, §10.4.1.1.2: `…/metadata` at study, series and instance level.
+    Metadata { study: String, series: Option<String>, instance: Option<String> },
+    /// WADO-RS frames, §10.4.1.1.5: `…/instances/{instance}/frames/{frames}`.
+    Frames { study: String, series: String, instance: String, frames: String },
+    /// WADO-RS bulk data, §10.4.1.1.4: `…/instances/{instance}/bulkdata/{tag}` (the form of the
+    /// BulkDataURIs Kura mints).
+    Bulkdata { study: String, series: String, instance: String, tag: String },
 }
 
 impl Endpoint {
@@ -28,6 +35,9 @@ impl Endpoint {
             Endpoint::Store { .. } => "stow",
             Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => "qido",
             Endpoint::Retrieve { .. } => "wado",
+            Endpoint::Metadata { .. } => "wado-metadata",
+            Endpoint::Frames { .. } => "wado-frames",
+            Endpoint::Bulkdata { .. } => "wado-bulkdata",
         }
     }
 }
@@ -77,6 +87,31 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
             series: Some(checked_uid(series, "SeriesInstanceUID")?),
             instance: Some(checked_uid(instance, "SOPInstanceUID")?),
         },
+        ["studies", study, "metadata"] if get => {
+            Endpoint::Metadata { study: checked_uid(study, "StudyInstanceUID")?, series: None, instance: None }
+        }
+        ["studies", study, "series", series, "metadata"] if get => Endpoint::Metadata {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: None,
+        },
+        ["studies", study, "series", series, "instances", instance, "metadata"] if get => Endpoint::Metadata {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: Some(checked_uid(instance, "SOPInstanceUID")?),
+        },
+        ["studies", study, "series", series, "instances", instance, "frames", frames] if get => Endpoint::Frames {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: checked_uid(series, "SeriesInstanceUID")?,
+            instance: checked_uid(instance, "SOPInstanceUID")?,
+            frames: frames.to_string(),
+        },
+        ["studies", study, "series", series, "instances", instance, "bulkdata", tag] if get => Endpoint::Bulkdata {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: checked_uid(series, "SeriesInstanceUID")?,
+            instance: checked_uid(instance, "SOPInstanceUID")?,
+            tag: tag.to_string(),
+        },
         ["series" | "instances"]
         | ["studies", _, "series" | "instances"]
         | ["studies", _, "series", _]
@@ -118,7 +153,19 @@ mod tests {
         assert_eq!(get("/studies/1.2.abc").unwrap_err().kind, ErrorKind::BadRequest);
         assert_eq!(get("/nothing").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route(&Method::DELETE, "/studies").unwrap_err().kind, ErrorKind::MethodNotAllowed);
-        assert_eq!(get("/studies/1.2/series/1.3/metadata").unwrap_err().kind, ErrorKind::NotFound);
-        assert_eq!(get("/studies/1.2/series/1.3/instances/1.4/frames/1").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(get("/studies/1.2/series/1.3/rendered").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            get("/studies/1.2/series/1.3/instances/1.4/frames/1,3").unwrap(),
+            Endpoint::Frames {
+                study: "1.2".into(),
+                series: "1.3".into(),
+                instance: "1.4".into(),
+                frames: "1,3".into()
+            }
+        );
+        assert_eq!(
+            get("/studies/1.2/series/1.3/metadata").unwrap(),
+            Endpoint::Metadata { study: "1.2".into(), series: Some("1.3".into()), instance: None }
+        );
     }
 }

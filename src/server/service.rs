@@ -16,6 +16,10 @@ use crate::config::Config;
 use crate::dicomweb::{self, RequestContext, ResponseBody};
 use crate::error::{Error, ErrorKind};
 
+/// The local address a request arrived on (inserted by the accept loop).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
 /// The application: configuration plus the archive, shared by every connection.
 #[derive(Clone)]
 pub struct App {
@@ -108,6 +112,13 @@ impl App {
                     .map(str::to_string)
                     .or_else(|| request.uri().authority().map(|a| a.to_string()))
                     .unwrap_or_else(|| self.config.listen.to_string());
+                // Some clients (dicomweb-client among them) send a Host without the port.
+                let local_port = request.extensions().get::<LocalAddr>().map(|a| a.0.port());
+                let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
+                let host = match local_port {
+                    Some(port) if !has_port && port != 80 => format!("{host}:{port}"),
+                    _ => host,
+                };
                 format!("http://{host}{}", self.config.base_path)
             }
         };

@@ -10,6 +10,7 @@ pub const STUDY: u8 = b's';
 pub const CHANGE: u8 = b'c';
 pub const PENDING_PAYLOAD: u8 = b'p';
 pub const META: u8 = b'm';
+pub const METADATA: u8 = b'j';
 
 /// The catalog's on-disk format; a store with another value is refused at open.
 pub const FORMAT_VERSION: &[u8] = b"kura-catalog-1";
@@ -28,6 +29,10 @@ fn with_prefix(prefix: u8, parts: &[&str]) -> Vec<u8> {
 
 pub fn instance(sop_uid: &str) -> Vec<u8> {
     with_prefix(INSTANCE, &[sop_uid])
+}
+
+pub fn metadata(sop_uid: &str) -> Vec<u8> {
+    with_prefix(METADATA, &[sop_uid])
 }
 
 pub fn hierarchy(study: &str, series: &str, sop: &str) -> Vec<u8> {

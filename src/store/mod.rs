@@ -59,6 +59,9 @@ pub enum PutOutcome {
     Conflict,
 }
 
+/// The largest metadata document stored with an instance (far below sled's blob threshold).
+pub const MAX_METADATA_BYTES: usize = 512 * 1024;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The archive's persistent state. See the module docs for the durability contract.
@@ -73,8 +76,12 @@ pub trait Store: Send + Sync + 'static {
     /// The chunk size this store writes payloads with.
     fn chunk_size(&self) -> u32;
 
-    /// Atomically records an instance, updates its series and study, and logs a change.
-    fn put_instance(&self, record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult<PutOutcome>;
+    /// Atomically records an instance with its DICOM JSON metadata, updates its series and
+    /// study, and logs a change. `metadata` must be at most [`MAX_METADATA_BYTES`].
+    fn put_instance(&self, record: InstanceRecord, metadata: &[u8], policy: DuplicatePolicy)
+    -> StoreResult<PutOutcome>;
+    /// The DICOM JSON metadata stored with an instance.
+    fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>>;
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>>;

@@ -70,28 +70,49 @@ const CHUNKS_PER_READ: u32 = 16;
 /// Streams a payload's bytes, a few chunks per blocking read. A missing chunk is an error:
 /// the record promised `payload.length` bytes.
 pub fn stream(store: Arc<dyn Store>, payload: PayloadRef) -> impl Stream<Item = Result<Bytes, StoreError>> + Send {
-    let n_chunks = payload.n_chunks();
-    futures_util::stream::try_unfold(0u32, move |next| {
+    let length = payload.length;
+    stream_range(store, payload, 0, length)
+}
+
+/// Streams `length` bytes of a payload from `offset` (clamped to the payload's end).
+pub fn stream_range(
+    store: Arc<dyn Store>,
+    payload: PayloadRef,
+    offset: u64,
+    length: u64,
+) -> impl Stream<Item = Result<Bytes, StoreError>> + Send {
+    let end = offset.saturating_add(length).min(payload.length);
+    let chunk_size = u64::from(payload.chunk_size);
+    futures_util::stream::try_unfold(offset, move |position| {
         let store = store.clone();
         async move {
-            if next >= n_chunks {
+            if position >= end {
                 return Ok(None);
             }
-            let end = (next + CHUNKS_PER_READ).min(n_chunks);
+            let first = (position / chunk_size) as u32;
+            let last = ((end - 1) / chunk_size) as u32;
+            let until = last.min(first + CHUNKS_PER_READ - 1);
             let id = payload.id;
             let bytes = tokio::task::spawn_blocking(move || -> Result<Bytes, StoreError> {
                 let mut out = Vec::new();
-                for index in next..end {
+                for index in first..=until {
                     let chunk = store
                         .read_chunk(id, index)?
                         .ok_or_else(|| StoreError::Corrupt(format!("payload {id} lacks chunk {index}")))?;
-                    out.extend_from_slice(&chunk);
+                    let chunk_start = u64::from(index) * chunk_size;
+                    let from = position.saturating_sub(chunk_start).min(chunk.len() as u64) as usize;
+                    let to = (end - chunk_start).min(chunk.len() as u64) as usize;
+                    out.extend_from_slice(&chunk[from..to]);
                 }
                 Ok(Bytes::from(out))
             })
             .await
             .map_err(|e| StoreError::Backend(Box::new(e)))??;
-            Ok(Some((bytes, end)))
+            if bytes.is_empty() {
+                return Err(StoreError::Corrupt(format!("payload {id} is shorter than its record")));
+            }
+            let next = position + bytes.len() as u64;
+            Ok(Some((bytes, next)))
         }
     })
 }

@@ -43,6 +43,9 @@ pub struct InstanceRecord {
     /// deflated data sets).
     #[serde(default)]
     pub pixel_data: Option<crate::dicom::layout::PixelDataLayout>,
+    /// Where the large top-level values sit in the stored bytes (bulk data).
+    #[serde(default)]
+    pub large_values: Vec<crate::dicom::layout::LargeValue>,
 }
 
 /// A series, with values kept up to date as instances arrive.

@@ -247,7 +247,15 @@ impl Store for SledStore {
         self.chunk_size
     }
 
-    fn put_instance(&self, mut record: InstanceRecord, policy: DuplicatePolicy) -> StoreResult<PutOutcome> {
+    fn put_instance(
+        &self,
+        mut record: InstanceRecord,
+        metadata: &[u8],
+        policy: DuplicatePolicy,
+    ) -> StoreResult<PutOutcome> {
+        if metadata.len() > MAX_METADATA_BYTES {
+            return Err(StoreError::Corrupt(format!("metadata of {} bytes is over the limit", metadata.len())));
+        }
         let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous: Option<InstanceRecord> = self.get(&keys::instance(&record.sop_instance_uid))?;
         if let Some(previous) = &previous {
@@ -302,6 +310,7 @@ impl Store for SledStore {
         }
         batch.insert(keys::hierarchy(&study, &series, &sop), &[]);
         batch.insert(keys::instance(&sop), encode(&record));
+        batch.insert(keys::metadata(&sop), metadata);
         batch.remove(keys::pending_payload(record.payload.id));
         batch.insert(keys::change(seq), encode(&Change { seq, touched }));
         self.catalog.apply_batch(batch).map_err(backend)?;
@@ -316,6 +325,10 @@ impl Store for SledStore {
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>> {
         self.get(&keys::instance(sop_uid))
+    }
+
+    fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>> {
+        Ok(self.catalog.get(keys::metadata(sop_uid)).map_err(backend)?.map(|v| Bytes::copy_from_slice(&v)))
     }
 
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>> {

@@ -1,6 +1,9 @@
 //! WADO-RS, the Retrieve transaction (PS3.18 §10.4): study, series and instance resources as
 //! `multipart/related; type="application/dicom"`, streamed part by part from the store.
 
+pub mod frames;
+pub mod metadata;
+
 use std::sync::Arc;
 
 use bytes::Bytes;

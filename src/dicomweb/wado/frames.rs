@@ -1,0 +1,287 @@
+//! WADO-RS frames (PS3.18 §10.4.1.1.5) and bulk data (§10.4.1.1.4): stored bytes cut out by
+//! the layout recorded at store time, streamed, never decoded. Native frames go as
+//! `application/octet-stream`, compressed frames in their own media type (Table 8.7.3-5).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use futures_util::{StreamExt, stream};
+use http::{HeaderMap, Response, StatusCode, header};
+
+use crate::archive::Archive;
+use crate::dicom::frames::{self, FrameError, FrameRanges, Geometry};
+use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, stream_body};
+use crate::error::{Error, ErrorKind};
+use crate::media::mime::{MULTIPART_RELATED, MediaType};
+use crate::media::multipart;
+use crate::store::InstanceRecord;
+
+const OCTET_STREAM: &str = "application/octet-stream";
+const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+fn number(record: &InstanceRecord, tag: Tag) -> Option<u64> {
+    record.attributes.iter().find(|v| v.tag() == tag)?.values.first()?.trim().parse().ok()
+}
+
+fn frame_error(error: FrameError) -> Error {
+    match error {
+        FrameError::NoPixelData | FrameError::NoSuchFrame(_) => Error::not_found(error.to_string()),
+        FrameError::BitPacked => Error::new(ErrorKind::NotAcceptable, error.to_string()),
+        FrameError::Short => Error::internal(std::io::Error::other(error.to_string())),
+    }
+}
+
+/// The media type and transfer syntax the frames go out in, and every frame's bytes.
+struct Frames {
+    media_type: &'static str,
+    transfer_syntax_uid: String,
+    video: bool,
+    frames: Vec<FrameRanges>,
+}
+
+fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Error> {
+    let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
+    let number_of_frames = number(record, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    let ts = record.transfer_syntax_uid.as_str();
+    if layout.length.is_some() {
+        if !frames::is_native_little_endian(ts) {
+            return Err(Error::new(
+                ErrorKind::NotAcceptable,
+                format!("frames of transfer syntax {ts} cannot be served"),
+            ));
+        }
+        let geometry = Geometry {
+            rows: number(record, tags::ROWS).unwrap_or(0),
+            columns: number(record, tags::COLUMNS).unwrap_or(0),
+            samples_per_pixel: number(record, tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+            bits_allocated: number(record, tags::BITS_ALLOCATED).unwrap_or(16),
+            number_of_frames,
+        };
+        let frames = frames::native(layout, geometry).map_err(frame_error)?;
+        // Native data is little endian either way; the bytes are those of Explicit VR LE.
+        return Ok(Frames {
+            media_type: OCTET_STREAM,
+            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+            video: false,
+            frames,
+        });
+    }
+    let (media_type, video) = frames::media_type(ts).ok_or_else(|| {
+        Error::new(ErrorKind::NotAcceptable, format!("frames of transfer syntax {ts} cannot be served"))
+    })?;
+    let offset_table = match layout.fragments.first() {
+        Some((offset, length)) if *length > 0 && *length <= 4 * 1_000_000 => {
+            let bytes = archive.read_bytes(record, *offset, *length as usize)?;
+            bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        _ => Vec::new(),
+    };
+    let frames = frames::encapsulated(layout, number_of_frames, &offset_table, |offset| {
+        archive.read_bytes(record, offset, 4).unwrap_or_default()
+    })
+    .map_err(frame_error)?;
+    Ok(Frames { media_type, transfer_syntax_uid: ts.to_string(), video, frames })
+}
+
+/// Whether the Accept header admits frames in `media_type` / `transfer_syntax_uid` without
+/// transcoding (PS3.18 §8.7.8: `transfer-syntax=*` means "as stored").
+fn acceptable(headers: &HeaderMap, media_type: &str, transfer_syntax_uid: &str, single_part: bool) -> bool {
+    let Some(accepted) = accepted_types(headers) else { return true };
+    accepted.iter().any(|media: &MediaType| {
+        let ts = media.param("transfer-syntax");
+        let ts_ok = |default_ok: bool| match ts {
+            Some("*") => true,
+            Some(ts) => ts == transfer_syntax_uid,
+            None => default_ok,
+        };
+        match media.essence.as_str() {
+            "*/*" | "multipart/*" => true,
+            MULTIPART_RELATED => {
+                let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
+                if kind == media_type {
+                    // The default syntax of each compressed type is its first one; be lenient.
+                    ts_ok(true)
+                } else {
+                    kind == OCTET_STREAM && ts == Some("*")
+                }
+            }
+            essence if single_part && essence == media_type => ts_ok(true),
+            _ => false,
+        }
+    })
+}
+
+fn not_acceptable(frames: &Frames) -> Error {
+    Error::new(
+        ErrorKind::NotAcceptable,
+        format!(
+            "the frames are available as multipart/related; type=\"{}\"; transfer-syntax={} (or ask with \
+             transfer-syntax=*); decompression is not available yet",
+            frames.media_type, frames.transfer_syntax_uid
+        ),
+    )
+}
+
+/// Parses `{frames}`: comma-separated frame numbers from 1 (PS3.18 §8.2).
+fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Error> {
+    let mut numbers = Vec::new();
+    for item in list.split(',') {
+        let number: usize = item
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| Error::bad_request(format!("frame number {item:?} is not a positive integer")))?;
+        if number > count {
+            return Err(Error::not_found(format!("frame {number} does not exist; the instance has {count} frame(s)")));
+        }
+        numbers.push(number);
+    }
+    Ok(numbers)
+}
+
+/// A multipart/related response with one part per item, each a list of stored byte ranges.
+fn multipart_response(
+    archive: &Arc<Archive>,
+    record: &InstanceRecord,
+    media_type: &str,
+    transfer_syntax_uid: &str,
+    parts: Vec<(String, FrameRanges)>,
+) -> Response<ResponseBody> {
+    let boundary = multipart::new_boundary();
+    let part_type = format!("{media_type}; transfer-syntax={transfer_syntax_uid}");
+    let mut pieces = Vec::with_capacity(parts.len());
+    for (i, (location, ranges)) in parts.into_iter().enumerate() {
+        let length: u64 = ranges.iter().map(|(_, l)| l).sum();
+        let mut head = if i == 0 { Vec::new() } else { b"\r\n".to_vec() };
+        head.extend_from_slice(&multipart::part_header(&boundary, &part_type, Some(&location), Some(length)));
+        pieces.push(stream::once(async move { Ok(Bytes::from(head)) }).boxed());
+        for (offset, length) in ranges {
+            pieces.push(archive.payload_range(record, offset, length).boxed());
+        }
+    }
+    let closing = multipart::closing(&boundary);
+    let body = stream::iter(pieces).flatten().chain(stream::once(async move { Ok(closing) }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{media_type}\"; boundary={boundary}"))
+        .body(stream_body(body))
+        .expect("valid response")
+}
+
+/// `GET …/instances/{instance}/frames/{frames}`.
+pub fn frames(
+    archive: &Arc<Archive>,
+    context: &RequestContext,
+    record: &InstanceRecord,
+    list: &str,
+    headers: &HeaderMap,
+) -> Result<Response<ResponseBody>, Error> {
+    let all = all_frames(archive, record)?;
+    let numbers = frame_numbers(list, all.frames.len())?;
+    if !acceptable(headers, all.media_type, &all.transfer_syntax_uid, false) {
+        return Err(not_acceptable(&all));
+    }
+    let instance_url = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+    let parts: Vec<(String, FrameRanges)> = if all.video {
+        // Video: all frames in one part (§8.7.3.3.2).
+        vec![(format!("{instance_url}/frames/{list}"), all.frames.concat())]
+    } else {
+        numbers.iter().map(|n| (format!("{instance_url}/frames/{n}"), all.frames[n - 1].clone())).collect()
+    };
+    tracing::debug!(frames = parts.len(), "wado frames");
+    Ok(multipart_response(archive, record, all.media_type, &all.transfer_syntax_uid, parts))
+}
+
+/// A single `bytes=` range of a value of `length` bytes (RFC 9110 §14.1.2); `None` when absent or
+/// not understood (the whole value is then sent), `Err` when unsatisfiable.
+fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, Error> {
+    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let Some(spec) = spec.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else { return Ok(None) };
+    let (first, last) = (first.trim(), last.trim());
+    let unsatisfiable = || Error::new(ErrorKind::RangeNotSatisfiable, format!("the value has {length} bytes"));
+    let range = match (first.parse::<u64>().ok(), last.parse::<u64>().ok()) {
+        (Some(first), Some(last)) if first <= last => (first, last.min(length.saturating_sub(1))),
+        (Some(first), None) if last.is_empty() => (first, length.saturating_sub(1)),
+        (None, Some(suffix)) if first.is_empty() && suffix > 0 => {
+            (length.saturating_sub(suffix), length.saturating_sub(1))
+        }
+        _ => return Ok(None),
+    };
+    if range.0 >= length {
+        return Err(unsatisfiable());
+    }
+    Ok(Some(range))
+}
+
+/// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level element that the
+/// metadata gave as BulkDataURI. Pixel Data of compressed instances goes as its frames.
+pub fn bulkdata(
+    archive: &Arc<Archive>,
+    context: &RequestContext,
+    record: &InstanceRecord,
+    tag_text: &str,
+    headers: &HeaderMap,
+) -> Result<Response<ResponseBody>, Error> {
+    let tag = u32::from_str_radix(tag_text, 16)
+        .ok()
+        .filter(|_| tag_text.len() == 8)
+        .ok_or_else(|| Error::bad_request(format!("{tag_text:?} is not a bulk data reference (8 hex digits)")))?;
+    let location = format!(
+        "{}/bulkdata/{tag_text}",
+        context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid)
+    );
+    let pixel_data = (u32::from(tags::PIXEL_DATA.group()) << 16) | u32::from(tags::PIXEL_DATA.element());
+    let (offset, length) = if tag == pixel_data {
+        let layout = record.pixel_data.as_ref().ok_or_else(|| Error::not_found("the instance has no pixel data"))?;
+        match layout.length {
+            Some(length) => (layout.offset, length),
+            None => {
+                let all = all_frames(archive, record)?;
+                if !acceptable(headers, all.media_type, &all.transfer_syntax_uid, false) {
+                    return Err(not_acceptable(&all));
+                }
+                let parts = all.frames.into_iter().map(|ranges| (location.clone(), ranges)).collect();
+                return Ok(multipart_response(archive, record, all.media_type, &all.transfer_syntax_uid, parts));
+            }
+        }
+    } else {
+        let value = record
+            .large_values
+            .iter()
+            .find(|v| v.tag == tag)
+            .ok_or_else(|| Error::not_found(format!("no bulk data {tag_text} in this instance")))?;
+        (value.offset, value.length)
+    };
+    let single_part =
+        accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
+    if !single_part {
+        if !acceptable(headers, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, false) {
+            return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
+        }
+        let parts = vec![(location, vec![(offset, length)])];
+        return Ok(multipart_response(archive, record, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, parts));
+    }
+    // Single part: HTTP Range applies to the value's bytes.
+    let (status, first, last) = match byte_range(headers, length)? {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
+        None => (StatusCode::OK, 0, length.saturating_sub(1)),
+    };
+    let served = if length == 0 { 0 } else { last - first + 1 };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, OCTET_STREAM)
+        .header(header::CONTENT_LENGTH, served)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LOCATION, location);
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{length}"));
+    }
+    Ok(response.body(stream_body(archive.payload_range(record, offset + first, served))).expect("valid response"))
+}
