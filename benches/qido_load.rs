@@ -27,6 +27,7 @@
 //! | `KURA_BENCH_LOAD_CLIENTS` | 4 | concurrent STOW-RS requests while loading |
 //! | `KURA_BENCH_BATCH` | 250 | instances per STOW-RS request |
 //! | `KURA_BENCH_LOAD_TIMEOUT` | 3600 | seconds after which loading stops (what was loaded is reported) |
+//! | `KURA_BENCH_LOADED` | all | instances a cut-short load stored (queries then draw from those studies) |
 //! | `KURA_BENCH_REPS` | 200 | repetitions of each query with one client |
 //! | `KURA_BENCH_KIND_BUDGET` | 120 | seconds after which the repetitions of one query stop (slow servers) |
 //! | `KURA_BENCH_CLIENTS` | 8 | concurrent clients of the throughput run |
@@ -70,6 +71,8 @@ struct Scale {
     instances: usize,
     big_series: usize,
     seed: u64,
+    /// Studies the queries draw their values from: all of them, unless a load was cut short.
+    queryable: usize,
 }
 
 impl Scale {
@@ -79,6 +82,11 @@ impl Scale {
 
     fn total(&self) -> usize {
         self.regular() + self.big_series
+    }
+
+    /// The regular studies complete among the first `loaded` instances (loading order).
+    fn complete_studies(&self, loaded: usize) -> usize {
+        (loaded.saturating_sub(self.big_series) / (self.series * self.instances)).min(self.studies)
     }
 }
 
@@ -808,7 +816,7 @@ fn misspell(rng: &mut Rng, name: &str) -> String {
 
 /// The URL (below the DICOMweb root) of one query of `kind`, its values drawn from `rng`.
 fn query(scale: &Scale, kind: Kind, rng: &mut Rng) -> String {
-    let some_study = |rng: &mut Rng| study(scale, rng.below(scale.studies));
+    let some_study = |rng: &mut Rng| study(scale, rng.below(scale.queryable.max(1)));
     match kind {
         Kind::AllStudies => "/studies?limit=100".into(),
         Kind::NameWildcard => {
@@ -1042,13 +1050,15 @@ fn mib(bytes: u64) -> String {
 }
 
 fn main() {
-    let scale = Scale {
+    let mut scale = Scale {
         studies: env_or("KURA_BENCH_STUDIES", 2000),
         series: env_or("KURA_BENCH_SERIES", 5),
         instances: env_or("KURA_BENCH_INSTANCES", 10),
         big_series: env_or("KURA_BENCH_BIG_SERIES", 1000),
         seed: env_or("KURA_BENCH_SEED", 1),
+        queryable: 0,
     };
+    scale.queryable = scale.complete_studies(env_or("KURA_BENCH_LOADED", scale.total()));
     assert!(scale.studies > 0 && scale.series > 0 && scale.instances > 0, "the scale must not be empty");
     let mode: String = env_or("KURA_BENCH_MODE", "all".to_string());
     let label: String = env_or("KURA_BENCH_LABEL", "kura".to_string());
@@ -1103,6 +1113,13 @@ fn main() {
             env_or("KURA_BENCH_LOAD_CLIENTS", 4usize)
         );
         loaded = Some(n);
+        if n < scale.total() {
+            scale.queryable = scale.complete_studies(n);
+            println!(
+                "(load cut short: queries draw from the {} complete studies; KURA_BENCH_LOADED={n})",
+                scale.queryable
+            );
+        }
         // Let the index checkpoint what the load left in its in-memory tier.
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -1154,7 +1171,7 @@ fn main() {
     }
     if let Some(path) = &data_path {
         let total = du(path);
-        let n = loaded.unwrap_or(scale.total()).max(1);
+        let n = loaded.unwrap_or(env_or("KURA_BENCH_LOADED", scale.total())).max(1);
         println!(
             "- all data on disk ({}): {}, {:.0} bytes per instance",
             path.display(),

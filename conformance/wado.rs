@@ -1,5 +1,5 @@
 //! WADO-RS requirements (PS3.18 §10.4, §8.7) that tests/it/wado.rs does not already show, and
-//! the resources Kura does not serve yet: metadata, frames, bulk data, rendered, thumbnail.
+//! metadata, frames and bulk data, and the resources Kura does not serve yet: rendered, thumbnail.
 
 use dicom_dictionary_std::uids;
 use http::StatusCode;
@@ -123,40 +123,140 @@ async fn wado_010_missing_accept_means_any() {
     }
 }
 
-/// PS3.18 §10.4.1.1.2: Study, Series and Instance Metadata. Not implemented yet: 404.
+/// A series of a three-frame native instance and a single-frame one; the first also carries a
+/// 4 KiB Encapsulated Document and a 16-byte private OB value.
+async fn series_with_frames() -> (Server, Spec, Spec, Vec<u8>) {
+    let multi = Spec::new(313, 1, 1).size(8, 8, 3);
+    let mut object = dataset(&multi);
+    put(&mut object, dicom_dictionary_std::tags::ENCAPSULATED_DOCUMENT, dicom_core::VR::OB, vec![7u8; 4096]);
+    put(&mut object, dicom_core::Tag(0x0009, 0x0010), dicom_core::VR::LO, "KURA");
+    put(&mut object, dicom_core::Tag(0x0009, 0x1002), dicom_core::VR::OB, vec![1u8; 16]);
+    let multi_bytes = part10(object);
+    let single = Spec::new(313, 1, 2);
+    let server = Server::with(&[multi_bytes.clone(), instance(&single)]).await;
+    (server, multi, single, multi_bytes)
+}
+
+/// The native pixel data of a generated instance: its last rows × columns × frames × 2 bytes.
+fn pixels_of(file: &[u8], spec: &Spec) -> Vec<u8> {
+    let length = spec.rows as usize * spec.columns as usize * spec.frames as usize * 2;
+    file[file.len() - length..].to_vec()
+}
+
+/// PS3.18 §10.4.1.1.2, Annex F: metadata of a study, series or instance is one DICOM JSON array
+/// with an object per instance, members in tag order; an ETag, and 304 for If-None-Match.
+/// FIXME: the multipart/related Native DICOM Model XML form is not offered (406).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wado_013_metadata_is_not_available() {
-    let server = Server::start().await;
-    let spec = Spec::new(314, 1, 1);
-    let reply = get(&format!("{}/metadata", spec.study_url(&server.base)), "application/dicom+json").await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    for url in
-        [format!("{}/metadata", spec.series_url(&server.base)), format!("{}/metadata", spec.instance_url(&server.base))]
-    {
+async fn wado_013_metadata_at_every_level() {
+    let (server, multi, single, _) = series_with_frames().await;
+    for (url, count) in [
+        (format!("{}/metadata", multi.study_url(&server.base)), 2),
+        (format!("{}/metadata", multi.series_url(&server.base)), 2),
+        (format!("{}/metadata", single.instance_url(&server.base)), 1),
+    ] {
         let reply = get(&url, "application/dicom+json").await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{url}");
+        assert_eq!(reply.status, StatusCode::OK, "{url}");
+        assert_eq!(reply.content_type(), "application/dicom+json");
+        let items = reply.json().as_array().cloned().unwrap();
+        assert_eq!(items.len(), count, "{url}");
+        let keys: Vec<&String> = items[0].as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "ascending tag order (F.2.2)");
+        let etag = reply.header("etag").expect("ETag").to_string();
+        let again = send(http::Method::GET, &url, &[("if-none-match", etag.as_str())], bytes::Bytes::new()).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{url}");
     }
+    let one = get(&format!("{}/metadata", single.instance_url(&server.base)), "").await.json();
+    assert_eq!(value_of(&one[0], "00080018"), Some(single.sop_uid()));
+    assert_eq!(one[0]["00100010"]["Value"][0]["Alphabetic"], single.patient_name.as_str());
+    assert_eq!(one[0]["00280010"]["Value"][0], 16, "US as a JSON number");
+    let missing = get(&format!("{}/metadata", Spec::new(399, 1, 1).study_url(&server.base)), "").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let xml = get(
+        &format!("{}/metadata", single.instance_url(&server.base)),
+        "multipart/related; type=\"application/dicom+xml\"",
+    )
+    .await;
+    assert_eq!(xml.status, StatusCode::NOT_ACCEPTABLE, "FIXME: XML metadata");
 }
 
-/// PS3.18 §10.4.1.1.5 (Frames), Table 10.3-2 (M). Not implemented yet: 404.
+/// PS3.18 §10.4.1.1.2, F.2.6, F.2.7: Pixel Data and binary values over 1 KiB appear as
+/// BulkDataURI (resolvable), smaller ones as InlineBinary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wado_015_frames_are_not_available() {
-    let server = Server::start().await;
-    let url = format!("{}/frames/1", Spec::new(315, 1, 1).instance_url(&server.base));
+async fn wado_014_large_binary_values_by_bulkdata_uri() {
+    let (server, multi, _, _) = series_with_frames().await;
+    let metadata = get(&format!("{}/metadata", multi.instance_url(&server.base)), "").await.json();
+    let instance = &metadata[0];
+    let pixel_uri = instance["7FE00010"]["BulkDataURI"].as_str().expect("Pixel Data by BulkDataURI");
+    assert_eq!(pixel_uri, format!("{}/bulkdata/7FE00010", multi.instance_url(&server.base)));
+    assert!(instance["7FE00010"].get("InlineBinary").is_none());
+    let document_uri = instance["00420011"]["BulkDataURI"].as_str().expect("4 KiB OB by BulkDataURI");
+    let document = get(document_uri, "multipart/related; type=\"application/octet-stream\"").await;
+    assert_eq!(document.status, StatusCode::OK);
+    assert_eq!(split_multipart(document.content_type(), &document.body)[0].1, vec![7u8; 4096]);
+    assert_eq!(instance["00091002"]["InlineBinary"], "AQEBAQEBAQEBAQEBAQEBAQ==", "16 bytes inline");
+}
+
+/// PS3.18 §10.4.1.1.5, §8.7.3.3.1: frames by number, one part each, native frames as
+/// application/octet-stream; frame 0 or a malformed list is 400, a frame beyond NumberOfFrames 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_015_frames_by_number() {
+    let (server, multi, single, multi_bytes) = series_with_frames().await;
+    let pixels = pixels_of(&multi_bytes, &multi);
+    let frame_size = pixels.len() / 3;
+    let url = format!("{}/frames/3,1", multi.instance_url(&server.base));
     let reply = get(&url, "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*").await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.content_type().starts_with("multipart/related; type=\"application/octet-stream\""));
+    let parts = split_multipart(reply.content_type(), &reply.body);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].1, pixels[2 * frame_size..].to_vec(), "frame 3 first, as asked");
+    assert_eq!(parts[1].1, pixels[..frame_size].to_vec());
+    assert!(parts[0].0.contains("transfer-syntax=1.2.840.10008.1.2.1"));
+    assert!(parts[0].0.contains(&format!("Content-Location: {}/frames/3", multi.instance_url(&server.base))));
+    let accept = "multipart/related; type=\"application/octet-stream\"";
+    for (frames, status) in
+        [("0", StatusCode::BAD_REQUEST), ("x", StatusCode::BAD_REQUEST), ("4", StatusCode::NOT_FOUND)]
+    {
+        let url = format!("{}/frames/{frames}", multi.instance_url(&server.base));
+        assert_eq!(get(&url, accept).await.status, status, "frames/{frames}");
+    }
+    let one = get(&format!("{}/frames/1", single.instance_url(&server.base)), accept).await;
+    assert_eq!(one.status, StatusCode::OK, "native frames need no transfer-syntax parameter");
+    let wrong = get(&format!("{}/frames/1", single.instance_url(&server.base)), "image/jpeg").await;
+    assert_eq!(wrong.status, StatusCode::NOT_ACCEPTABLE, "no transcoding to JPEG");
 }
 
-/// PS3.18 §10.4.1.1.4 (Bulkdata), F.2.6: Kura mints no BulkDataURI and serves no bulk data;
-/// `type="application/octet-stream"` on an instance is 406, and `.../bulkdata` is refused
-/// (404 today).
+/// PS3.18 §10.4.1.1.4: bulk data as multipart/related application/octet-stream, and as a single
+/// part with HTTP Range (206 and Content-Range).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wado_016_bulk_data_is_not_available() {
-    let (server, spec, _, _, _) = archive().await;
-    let octets = "multipart/related; type=\"application/octet-stream\"";
-    assert_eq!(get(&spec.instance_url(&server.base), octets).await.status, StatusCode::NOT_ACCEPTABLE);
-    let url = format!("{}/bulkdata", spec.instance_url(&server.base));
-    assert_eq!(get(&url, octets).await.status, StatusCode::NOT_FOUND);
+async fn wado_016_bulk_data_with_range() {
+    let (server, multi, _, multi_bytes) = series_with_frames().await;
+    let pixels = pixels_of(&multi_bytes, &multi);
+    let url = format!("{}/bulkdata/7FE00010", multi.instance_url(&server.base));
+    let whole = get(&url, "multipart/related; type=\"application/octet-stream\"").await;
+    assert_eq!(split_multipart(whole.content_type(), &whole.body)[0].1, pixels);
+    let ranged = send(
+        http::Method::GET,
+        &url,
+        &[("accept", "application/octet-stream"), ("range", "bytes=10-19")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.header("content-range"), Some(format!("bytes 10-19/{}", pixels.len()).as_str()));
+    assert_eq!(ranged.body.as_ref(), &pixels[10..20]);
+    let beyond = send(
+        http::Method::GET,
+        &url,
+        &[("accept", "application/octet-stream"), ("range", "bytes=999999-")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(beyond.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let unknown = get(&format!("{}/bulkdata/00280010", multi.instance_url(&server.base)), "").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "only values the metadata referred to");
 }
 
 /// PS3.18 §8.3.3.1, Table 10.4.1-5: the `accept` query parameter (OS: M). FIXME: ignored;

@@ -75,7 +75,7 @@ fn strings_value(vr: VR, values: &[String]) -> Option<Json> {
         return None;
     }
     let items = values.iter().map(|raw| {
-        let value = if vr == VR::UI { raw.trim_end_matches(['\0', ' ']) } else { raw.trim_end_matches(['\0', ' ']) };
+        let value = raw.trim_end_matches(['\0', ' ']);
         let value = if matches!(vr, VR::LT | VR::ST | VR::UT | VR::UC | VR::UR) { value } else { value.trim_start() };
         if value.is_empty() {
             return Json::Null;

@@ -40,8 +40,8 @@ pub struct Layout {
     /// The raw value bytes of the top-level elements of at most [`MAX_CAPTURE`] bytes (tag as
     /// `group << 16 | element`), for decoding text that dicom-rs cannot.
     pub raw_values: Vec<(u32, Vec<u8>)>,
-    /// The top-level elements larger than that, by place: the bulk data a metadata response
-    /// refers to by BulkDataURI.
+    /// The top-level elements larger than [`super::json::INLINE_BINARY_MAX`], by place: the bulk
+    /// data a metadata response may refer to by BulkDataURI.
     pub large_values: Vec<LargeValue>,
 }
 
@@ -162,7 +162,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                     });
                 }
                 let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
-                if top_level && length > MAX_CAPTURE {
+                if top_level && length as usize > super::json::INLINE_BINARY_MAX {
                     self.large_values.push(LargeValue {
                         tag: number,
                         offset: self.position,
