@@ -27,6 +27,7 @@
 //! | `KURA_BENCH_LOAD_CLIENTS` | 4 | concurrent STOW-RS requests while loading |
 //! | `KURA_BENCH_BATCH` | 250 | instances per STOW-RS request |
 //! | `KURA_BENCH_LOAD_TIMEOUT` | 3600 | seconds after which loading stops (what was loaded is reported) |
+//! | `KURA_BENCH_LOAD_FROM` | 0 | first instance (in loading order) to send: resumes a cut-short load |
 //! | `KURA_BENCH_LOADED` | all | instances a cut-short load stored (queries then draw from those studies) |
 //! | `KURA_BENCH_REPS` | 200 | repetitions of each query with one client |
 //! | `KURA_BENCH_KIND_BUDGET` | 120 | seconds after which the repetitions of one query stop (slow servers) |
@@ -691,7 +692,8 @@ async fn load(client: &HttpClient, base: &str, scale: &Scale) -> (usize, f64, u6
     let batch: usize = env_or("KURA_BENCH_BATCH", 250);
     let deadline = Duration::from_secs(env_or("KURA_BENCH_LOAD_TIMEOUT", 3600));
     let total = scale.total();
-    let next = Arc::new(AtomicUsize::new(0));
+    let from: usize = env_or("KURA_BENCH_LOAD_FROM", 0);
+    let next = Arc::new(AtomicUsize::new(from));
     let stored = Arc::new(AtomicUsize::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -740,8 +742,9 @@ async fn load(client: &HttpClient, base: &str, scale: &Scale) -> (usize, f64, u6
         if last.0.elapsed() >= Duration::from_secs(15) {
             let rate = (done - last.1) as f64 / last.0.elapsed().as_secs_f64();
             eprintln!(
-                "  loaded {done}/{total} ({:.0}%), {rate:.0} inst/s now, {:.0} s elapsed",
-                done as f64 * 100.0 / total as f64,
+                "  loaded {}/{total} ({:.0}%), {rate:.0} inst/s now, {:.0} s elapsed",
+                from + done,
+                (from + done) as f64 * 100.0 / total as f64,
                 started.elapsed().as_secs_f64()
             );
             last = (Instant::now(), done);
@@ -1112,11 +1115,13 @@ fn main() {
             env_or("KURA_BENCH_BATCH", 250usize),
             env_or("KURA_BENCH_LOAD_CLIENTS", 4usize)
         );
-        loaded = Some(n);
-        if n < scale.total() {
-            scale.queryable = scale.complete_studies(n);
+        let end = env_or("KURA_BENCH_LOAD_FROM", 0usize) + n;
+        loaded = Some(end);
+        if end < scale.total() {
+            scale.queryable = scale.complete_studies(end);
             println!(
-                "(load cut short: queries draw from the {} complete studies; KURA_BENCH_LOADED={n})",
+                "(load cut short: queries draw from the {} complete studies; resume with KURA_BENCH_LOAD_FROM={end}, \
+                 query with KURA_BENCH_LOADED={end})",
                 scale.queryable
             );
         }
