@@ -247,6 +247,24 @@ impl Archive {
         Ok(bytes)
     }
 
+    /// The instance re-encoded in Explicit VR Little Endian (see `dicom::transcode`).
+    pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
+        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        let bits_allocated = record.bits_allocated();
+        let converted = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated)
+            }))
+        })
+        .await
+        .map_err(Error::internal)?;
+        match converted {
+            Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+            Ok(Err(error)) => Err(Error::internal(error)),
+            Err(_) => Err(Error::internal(std::io::Error::other("transcoder panicked"))),
+        }
+    }
+
     /// The stored bytes of an instance, as a stream of chunks.
     pub fn payload(
         &self,

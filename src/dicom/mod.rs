@@ -6,4 +6,5 @@ pub mod frames;
 pub mod json;
 pub mod layout;
 pub mod part10;
+pub mod transcode;
 pub mod uid;

@@ -81,7 +81,7 @@ where
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers())
         }
         Endpoint::Retrieve { study, series, instance } => {
-            wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers())
+            wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers()).await
         }
         Endpoint::Metadata { study, series, instance } => wado::metadata::retrieve(
             archive,

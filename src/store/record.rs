@@ -48,6 +48,14 @@ pub struct InstanceRecord {
     pub large_values: Vec<crate::dicom::layout::LargeValue>,
 }
 
+impl InstanceRecord {
+    /// Bits Allocated (0028,0100), when the instance has it.
+    pub fn bits_allocated(&self) -> Option<u16> {
+        let tag = (0x0028u32 << 16) | 0x0100;
+        self.attributes.iter().find(|v| v.tag == tag)?.values.first()?.trim().parse().ok()
+    }
+}
+
 /// A series, with values kept up to date as instances arrive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeriesRecord {

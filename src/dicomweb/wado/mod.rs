@@ -13,8 +13,9 @@ use http::{HeaderMap, Response, StatusCode, header};
 use super::{RequestContext, ResponseBody, accepted_types, stream_body};
 use crate::archive::Archive;
 use crate::dicom::attrs::Level;
+use crate::dicom::transcode;
 use crate::error::{Error, ErrorKind};
-use crate::media::mime::{APPLICATION_DICOM, MULTIPART_RELATED, MediaType};
+use crate::media::mime::{APPLICATION_DICOM, MULTIPART_RELATED};
 use crate::media::multipart;
 use crate::store::InstanceRecord;
 
@@ -29,42 +30,92 @@ enum Framing {
     Single,
 }
 
-/// Whether a media range accepts an instance stored in `stored_ts` without transcoding.
-fn accepts_stored(media: &MediaType, stored_ts: &str) -> bool {
-    match media.param("transfer-syntax") {
-        Some("*") => true,
-        Some(ts) => ts == stored_ts,
-        None => stored_ts == EXPLICIT_VR_LITTLE_ENDIAN,
+/// What one instance is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Representation {
+    /// The stored bytes.
+    Stored,
+    /// Re-encoded in Explicit VR Little Endian (`dicom::transcode`).
+    ExplicitLittleEndian,
+}
+
+/// How a media range's transfer-syntax parameter can be met for an instance stored in
+/// `stored_ts` (§8.7.3.5.2: absent means Explicit VR Little Endian, `*` means as stored).
+/// `lenient` (wildcard ranges, or no Accept) sends compressed data as stored rather than 406,
+/// since Kura cannot decompress yet.
+fn representation(requested: Option<&str>, record: &InstanceRecord, lenient: bool) -> Option<Representation> {
+    let stored_ts = record.transfer_syntax_uid.as_str();
+    // Implicit VR Little Endian and Explicit VR Big Endian are never sent (§8.7.3).
+    let convertible = transcode::can_convert_to_explicit_little_endian(stored_ts, record.bits_allocated());
+    match requested {
+        Some("*") if convertible => Some(Representation::ExplicitLittleEndian),
+        Some("*") => Some(Representation::Stored),
+        Some(ts) if ts == stored_ts && !convertible => Some(Representation::Stored),
+        Some(EXPLICIT_VR_LITTLE_ENDIAN) | None if convertible => Some(Representation::ExplicitLittleEndian),
+        None if stored_ts == EXPLICIT_VR_LITTLE_ENDIAN || (lenient && !convertible) => Some(Representation::Stored),
+        _ => None,
     }
 }
 
-/// Picks the framing; 406 when no acceptable representation exists (§8.7.8.1 step 5).
-fn negotiate(headers: &HeaderMap, single_instance: bool, records: &[InstanceRecord]) -> Result<Framing, Error> {
-    let all_acceptable = |media: &MediaType| records.iter().all(|r| accepts_stored(media, &r.transfer_syntax_uid));
-    let Some(accepted) = accepted_types(headers) else { return Ok(Framing::Multipart) };
+/// Picks the framing and each instance's representation from the Accept header, ranges in
+/// preference order (§8.7.8); 406 when no range can serve every instance.
+fn negotiate(
+    headers: &HeaderMap,
+    single_instance: bool,
+    records: &[InstanceRecord],
+) -> Result<(Framing, Vec<Representation>), Error> {
+    let plan = |requested: Option<&str>, lenient: bool| -> Option<Vec<Representation>> {
+        records.iter().map(|r| representation(requested, r, lenient)).collect()
+    };
+    let Some(accepted) = accepted_types(headers) else {
+        return Ok((Framing::Multipart, plan(None, true).expect("lenient plans always succeed")));
+    };
     for media in &accepted {
         let essence = media.essence.as_str();
+        let requested = media.param("transfer-syntax");
         let related_dicom = essence == MULTIPART_RELATED
             && media.param("type").is_none_or(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM));
-        if related_dicom && all_acceptable(media) {
-            return Ok(Framing::Multipart);
-        }
-        if essence == APPLICATION_DICOM && single_instance && all_acceptable(media) {
-            return Ok(Framing::Single);
-        }
-        if essence == "*/*" || essence == "multipart/*" {
-            return Ok(Framing::Multipart);
+        let (framing, lenient) = match essence {
+            _ if related_dicom => (Framing::Multipart, false),
+            APPLICATION_DICOM if single_instance => (Framing::Single, false),
+            "*/*" | "multipart/*" => (Framing::Multipart, true),
+            _ => continue,
+        };
+        if let Some(representations) = plan(requested, lenient) {
+            return Ok((framing, representations));
         }
     }
     Err(Error::new(
         ErrorKind::NotAcceptable,
-        "the instances can be served as multipart/related; type=\"application/dicom\" in their stored transfer \
-         syntax (ask with transfer-syntax=*); transcoding is not available yet",
+        "the instances can be served in their stored transfer syntax (ask with transfer-syntax=*) or, when \
+         stored uncompressed, in Explicit VR Little Endian; decompression is not available yet",
     ))
 }
 
+/// The bytes of one instance as `representation` says, with their length when known upfront.
+fn instance_body(
+    archive: &Arc<Archive>,
+    record: &InstanceRecord,
+    representation: Representation,
+) -> (String, Option<u64>, futures_util::stream::BoxStream<'static, Result<Bytes, crate::dicomweb::BoxError>>) {
+    match representation {
+        Representation::Stored => (
+            record.transfer_syntax_uid.clone(),
+            Some(record.payload.length),
+            archive.payload(record).map(|r| r.map_err(Into::into)).boxed(),
+        ),
+        Representation::ExplicitLittleEndian => {
+            let (archive, record) = (archive.clone(), record.clone());
+            let converted = stream::once(async move {
+                archive.explicit_little_endian(&record).await.map_err(|e| -> crate::dicomweb::BoxError { Box::new(e) })
+            });
+            (EXPLICIT_VR_LITTLE_ENDIAN.to_string(), None, converted.boxed())
+        }
+    }
+}
+
 /// `GET {root}/studies/{study}[/series/{series}[/instances/{instance}]]`.
-pub fn retrieve(
+pub async fn retrieve(
     archive: &Arc<Archive>,
     context: &RequestContext,
     study: &str,
@@ -78,43 +129,48 @@ pub fn retrieve(
         _ => Level::Study,
     };
     let records = archive.instances_of(&context.principal, level, study, series, instance)?;
-    let framing = negotiate(headers, level == Level::Instance, &records)?;
+    let (framing, representations) = negotiate(headers, level == Level::Instance, &records)?;
     tracing::debug!(instances = records.len(), "wado");
 
     if framing == Framing::Single {
         let record = &records[0];
-        let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={}", record.transfer_syntax_uid);
+        let (body, ts, length) = match representations[0] {
+            Representation::Stored => {
+                (stream_body(archive.payload(record)), record.transfer_syntax_uid.clone(), record.payload.length)
+            }
+            Representation::ExplicitLittleEndian => {
+                let bytes = archive.explicit_little_endian(record).await?;
+                let length = bytes.len() as u64;
+                (super::full_body(bytes), EXPLICIT_VR_LITTLE_ENDIAN.to_string(), length)
+            }
+        };
         return Ok(Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, content_type)
-            .header(header::CONTENT_LENGTH, record.payload.length)
+            .header(header::CONTENT_LENGTH, length)
+            .header(header::CONTENT_TYPE, format!("{APPLICATION_DICOM}; transfer-syntax={ts}"))
             .header(header::CONTENT_DISPOSITION, "attachment")
             .header(
                 header::CONTENT_LOCATION,
                 context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid),
             )
-            .body(stream_body(archive.payload(record)))
+            .body(body)
             .expect("valid response"));
     }
 
     let boundary = multipart::new_boundary();
     let mut pieces = Vec::with_capacity(records.len());
-    for (i, record) in records.iter().enumerate() {
+    for (i, (record, representation)) in records.iter().zip(representations).enumerate() {
         let location = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
-        let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={}", record.transfer_syntax_uid);
+        let (ts, length, bytes) = instance_body(archive, record, representation);
+        let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={ts}");
         let mut head = if i == 0 { Vec::new() } else { b"\r\n".to_vec() };
-        head.extend_from_slice(&multipart::part_header(
-            &boundary,
-            &content_type,
-            Some(&location),
-            Some(record.payload.length),
-        ));
-        let head = stream::once(async move { Ok(Bytes::from(head)) });
-        pieces.push(head.chain(archive.payload(record)).boxed());
+        head.extend_from_slice(&multipart::part_header(&boundary, &content_type, Some(&location), length));
+        let head = stream::once(async move { Ok::<_, crate::dicomweb::BoxError>(Bytes::from(head)) });
+        pieces.push(head.chain(bytes).boxed());
     }
     let closing = stream::once({
         let boundary = boundary.clone();
-        async move { Ok(multipart::closing(&boundary)) }
+        async move { Ok::<_, crate::dicomweb::BoxError>(multipart::closing(&boundary)) }
     });
     let body = stream::iter(pieces).flatten().chain(closing);
     Ok(Response::builder()
