@@ -47,16 +47,18 @@ MEDIA_TYPES = {
 def archives(kura_bin):
     """sample name → (client of an archive holding just that sample, its dataset)."""
     servers, stored = [], {}
-    for name in SAMPLES:
-        server = KuraServer(kura_bin).start()
-        servers.append(server)
-        client = DICOMwebClient(url=server.url)
-        ds = read_sample(name)
-        assert len(client.store_instances([ds]).ReferencedSOPSequence) == 1, name
-        stored[name] = (client, ds)
-    yield stored
-    for server in servers:
-        server.stop()
+    try:
+        for name in SAMPLES:
+            server = KuraServer(kura_bin).start()
+            servers.append(server)
+            client = DICOMwebClient(url=server.url)
+            ds = read_sample(name)
+            assert len(client.store_instances([ds]).ReferencedSOPSequence) == 1, name
+            stored[name] = (client, ds)
+        yield stored
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def frame_media_types(ds):
