@@ -14,21 +14,52 @@ fn origin(server: &Server) -> String {
     server.base.trim_end_matches("/dicomweb").to_string()
 }
 
-/// PS3.18 Chapter 9, URI service (WADO-URI). Not implemented: the request is 404.
+/// PS3.18 Chapter 9, §9.4: WADO-URI Retrieve DICOM Instance at `/wado` on the same listener:
+/// application/dicom in Explicit VR Little Endian by default; 400 for a missing requestType or
+/// UID, a parameterised contentType or rendering parameters; 404 for an unknown instance; 406
+/// for rendered media types (not offered yet) and unconvertible transfer syntaxes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uri_001_wado_uri_is_not_available() {
+async fn uri_001_wado_uri_retrieves_dicom_instances() {
     let spec = Spec::new(501, 1, 1);
-    let server = Server::with(&[instance(&spec)]).await;
-    let query = format!(
-        "?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}&contentType=application%2Fdicom",
-        spec.study_uid(),
-        spec.series_uid(),
-        spec.sop_uid()
-    );
-    for url in
-        [format!("{}{query}", server.base), format!("{}/{query}", server.base), format!("{}/{query}", origin(&server))]
-    {
-        assert_eq!(get(&url, "application/dicom").await.status, StatusCode::NOT_FOUND, "{url}");
+    let original = instance(&spec);
+    let server = Server::with(std::slice::from_ref(&original)).await;
+    let wado = format!("{}/wado", origin(&server));
+    let uids = format!("studyUID={}&seriesUID={}&objectUID={}", spec.study_uid(), spec.series_uid(), spec.sop_uid());
+    let reply = get(&format!("{wado}?requestType=WADO&{uids}&contentType=application%2Fdicom"), "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type(), "application/dicom; transfer-syntax=1.2.840.10008.1.2.1");
+    assert_eq!(reply.body.as_ref(), as_stored(&original).as_slice());
+    let by_accept = get(&format!("{wado}?requestType=WADO&{uids}"), "application/dicom").await;
+    assert_eq!(by_accept.status, StatusCode::OK, "Accept: application/dicom without contentType");
+    for (query, status) in [
+        (format!("{uids}&contentType=application%2Fdicom"), StatusCode::BAD_REQUEST),
+        (
+            format!("requestType=WADO&studyUID={}&contentType=application%2Fdicom", spec.study_uid()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("requestType=WADO&{uids}&contentType=application%2Fdicom%3Btransfer-syntax%3D*"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            format!("requestType=WADO&{uids}&contentType=application%2Fdicom&windowCenter=40&windowWidth=400"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("requestType=WADO&{uids}&contentType=image%2Fjpeg"), StatusCode::NOT_ACCEPTABLE),
+        (
+            format!("requestType=WADO&{uids}&contentType=application%2Fdicom&transferSyntax=1.2.840.10008.1.2.4.50"),
+            StatusCode::NOT_ACCEPTABLE,
+        ),
+        (
+            format!(
+                "requestType=WADO&studyUID={}&seriesUID={}&objectUID=1.2.3&contentType=application%2Fdicom",
+                spec.study_uid(),
+                spec.series_uid()
+            ),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        assert_eq!(get(&format!("{wado}?{query}"), "").await.status, status, "{query}");
     }
 }
 

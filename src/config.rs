@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Path prefix of the DICOMweb services.
     #[arg(long, env = "KURA_BASE_PATH", default_value = default_base_path())]
     pub base_path: String,
+    /// Path of the WADO-URI service (PS3.18 Chapter 9).
+    #[arg(long, env = "KURA_WADO_URI_PATH", default_value = "/wado")]
+    pub wado_uri_path: String,
     /// Absolute URL clients reach the DICOMweb root at (used in RetrieveURL); by default it is
     /// derived from the request's Host header.
     #[arg(long, env = "KURA_PUBLIC_URL")]
@@ -119,6 +122,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Normalised: starts with `/`, no trailing `/` (empty for the root).
     pub base_path: String,
+    /// Path of the WADO-URI service.
+    pub wado_uri_path: String,
     pub public_url: Option<String>,
     pub max_request_bytes: u64,
     pub max_parts: usize,
@@ -155,6 +160,7 @@ impl Config {
             listen: args.listen,
             data_dir: args.data.data_dir,
             base_path,
+            wado_uri_path: format!("/{}", args.wado_uri_path.trim_matches('/')),
             public_url: args.public_url.map(|u| u.trim_end_matches('/').to_string()),
             max_request_bytes: args.max_request_bytes,
             max_parts: args.max_parts,

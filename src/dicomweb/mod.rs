@@ -95,6 +95,7 @@ where
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::frames(archive, context, &record, &frames, request.headers())
         }
+        Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::bulkdata(archive, context, &record, &tag, request.headers())

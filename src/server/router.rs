@@ -26,6 +26,8 @@ pub enum Endpoint {
     /// WADO-RS bulk data, §10.4.1.1.4: `…/instances/{instance}/bulkdata/{tag}` (the form of the
     /// BulkDataURIs Kura mints).
     Bulkdata { study: String, series: String, instance: String, tag: String },
+    /// WADO-URI, PS3.18 Chapter 9: `GET {wado path}?requestType=WADO&…`.
+    WadoUri,
 }
 
 impl Endpoint {
@@ -38,6 +40,7 @@ impl Endpoint {
             Endpoint::Metadata { .. } => "wado-metadata",
             Endpoint::Frames { .. } => "wado-frames",
             Endpoint::Bulkdata { .. } => "wado-bulkdata",
+            Endpoint::WadoUri => "wado-uri",
         }
     }
 }

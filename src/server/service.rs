@@ -92,6 +92,12 @@ impl App {
 
     fn route<B>(&self, request: &Request<B>) -> Result<Endpoint, Error> {
         let path = request.uri().path();
+        if path == self.config.wado_uri_path {
+            return match *request.method() {
+                http::Method::GET | http::Method::HEAD => Ok(Endpoint::WadoUri),
+                _ => Err(Error::new(crate::error::ErrorKind::MethodNotAllowed, "GET, HEAD")),
+            };
+        }
         let base = &self.config.base_path;
         let relative = path
             .strip_prefix(base.as_str())

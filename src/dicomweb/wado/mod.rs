@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod metadata;
+pub mod uri;
 
 use std::sync::Arc;
 
@@ -32,7 +33,7 @@ enum Framing {
 
 /// What one instance is sent as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Representation {
+pub(crate) enum Representation {
     /// The stored bytes.
     Stored,
     /// Re-encoded in Explicit VR Little Endian (`dicom::transcode`).
@@ -43,7 +44,11 @@ enum Representation {
 /// `stored_ts` (§8.7.3.5.2: absent means Explicit VR Little Endian, `*` means as stored).
 /// `lenient` (wildcard ranges, or no Accept) sends compressed data as stored rather than 406,
 /// since Kura cannot decompress yet.
-fn representation(requested: Option<&str>, record: &InstanceRecord, lenient: bool) -> Option<Representation> {
+pub(crate) fn representation(
+    requested: Option<&str>,
+    record: &InstanceRecord,
+    lenient: bool,
+) -> Option<Representation> {
     let stored_ts = record.transfer_syntax_uid.as_str();
     // Implicit VR Little Endian and Explicit VR Big Endian are never sent (§8.7.3).
     let convertible = transcode::can_convert_to_explicit_little_endian(stored_ts, record.bits_allocated());
