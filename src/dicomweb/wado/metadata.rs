@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, header};
 
 use crate::archive::Archive;
-use crate::dicom::attrs::Level;
 use crate::dicom::json::BASE_PLACEHOLDER;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body};
 use crate::error::{Error, ErrorKind};
@@ -52,11 +51,7 @@ pub fn retrieve(
     headers: &HeaderMap,
 ) -> Result<Response<ResponseBody>, Error> {
     negotiate(headers)?;
-    let level = match (series, instance) {
-        (Some(_), Some(_)) => Level::Instance,
-        (Some(_), None) => Level::Series,
-        _ => Level::Study,
-    };
+    let level = super::target_level(series, instance);
     let records = archive.instances_of(&context.principal, level, study, series, instance)?;
     let etag = entity_tag(&records);
     let not_modified = headers

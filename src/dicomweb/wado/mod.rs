@@ -119,6 +119,45 @@ fn instance_body(
     }
 }
 
+/// The level a `{study}[/{series}[/{instance}]]` path addresses.
+pub(crate) fn target_level(series: Option<&str>, instance: Option<&str>) -> Level {
+    match (series, instance) {
+        (Some(_), Some(_)) => Level::Instance,
+        (Some(_), None) => Level::Series,
+        _ => Level::Study,
+    }
+}
+
+/// One instance as a single-part `application/dicom` response (WADO-RS Instance, WADO-URI).
+pub(crate) async fn single_instance(
+    archive: &Arc<Archive>,
+    context: &RequestContext,
+    record: &InstanceRecord,
+    representation: Representation,
+) -> Result<Response<ResponseBody>, Error> {
+    let (body, ts, length) = match representation {
+        Representation::Stored => {
+            (stream_body(archive.payload(record)), record.transfer_syntax_uid.clone(), record.payload.length)
+        }
+        Representation::ExplicitLittleEndian => {
+            let bytes = archive.explicit_little_endian(record).await?;
+            let length = bytes.len() as u64;
+            (super::full_body(bytes), EXPLICIT_VR_LITTLE_ENDIAN.to_string(), length)
+        }
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::CONTENT_TYPE, format!("{APPLICATION_DICOM}; transfer-syntax={ts}"))
+        .header(header::CONTENT_DISPOSITION, "attachment")
+        .header(
+            header::CONTENT_LOCATION,
+            context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid),
+        )
+        .body(body)
+        .expect("valid response"))
+}
+
 /// `GET {root}/studies/{study}[/series/{series}[/instances/{instance}]]`.
 pub async fn retrieve(
     archive: &Arc<Archive>,
@@ -128,38 +167,13 @@ pub async fn retrieve(
     instance: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response<ResponseBody>, Error> {
-    let level = match (series, instance) {
-        (Some(_), Some(_)) => Level::Instance,
-        (Some(_), None) => Level::Series,
-        _ => Level::Study,
-    };
+    let level = target_level(series, instance);
     let records = archive.instances_of(&context.principal, level, study, series, instance)?;
     let (framing, representations) = negotiate(headers, level == Level::Instance, &records)?;
     tracing::debug!(instances = records.len(), "wado");
 
     if framing == Framing::Single {
-        let record = &records[0];
-        let (body, ts, length) = match representations[0] {
-            Representation::Stored => {
-                (stream_body(archive.payload(record)), record.transfer_syntax_uid.clone(), record.payload.length)
-            }
-            Representation::ExplicitLittleEndian => {
-                let bytes = archive.explicit_little_endian(record).await?;
-                let length = bytes.len() as u64;
-                (super::full_body(bytes), EXPLICIT_VR_LITTLE_ENDIAN.to_string(), length)
-            }
-        };
-        return Ok(Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_LENGTH, length)
-            .header(header::CONTENT_TYPE, format!("{APPLICATION_DICOM}; transfer-syntax={ts}"))
-            .header(header::CONTENT_DISPOSITION, "attachment")
-            .header(
-                header::CONTENT_LOCATION,
-                context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid),
-            )
-            .body(body)
-            .expect("valid response"));
+        return single_instance(archive, context, &records[0], representations[0]).await;
     }
 
     let boundary = multipart::new_boundary();

@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Response, StatusCode, header};
+use http::{HeaderMap, Response};
 
-use super::{EXPLICIT_VR_LITTLE_ENDIAN, Representation, representation};
+use super::{EXPLICIT_VR_LITTLE_ENDIAN, representation, single_instance};
 use crate::archive::Archive;
 use crate::dicom::uid;
 use crate::dicomweb::query::pairs;
-use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body, stream_body};
+use crate::dicomweb::{RequestContext, ResponseBody, accepted_types};
 use crate::error::{Error, ErrorKind};
 use crate::media::mime::APPLICATION_DICOM;
 
@@ -98,22 +98,5 @@ pub async fn retrieve(
             ),
         )
     })?;
-    let (body, ts, length) = match served {
-        Representation::Stored => {
-            (stream_body(archive.payload(&record)), record.transfer_syntax_uid.clone(), record.payload.length)
-        }
-        Representation::ExplicitLittleEndian => {
-            let bytes = archive.explicit_little_endian(&record).await?;
-            let length = bytes.len() as u64;
-            (full_body(bytes), EXPLICIT_VR_LITTLE_ENDIAN.to_string(), length)
-        }
-    };
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, format!("{APPLICATION_DICOM}; transfer-syntax={ts}"))
-        .header(header::CONTENT_LENGTH, length)
-        .header(header::CONTENT_DISPOSITION, "attachment")
-        .header(header::CONTENT_LOCATION, context.instance_url(&study, &series, &object))
-        .body(body)
-        .expect("valid response"))
+    single_instance(archive, context, &record, served).await
 }
