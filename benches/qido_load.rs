@@ -34,6 +34,7 @@
 //! | `KURA_BENCH_CLIENTS` | 8 | concurrent clients of the throughput run |
 //! | `KURA_BENCH_SECONDS` | 20 | length of the throughput run |
 //! | `KURA_BENCH_LABEL` | `kura` | name printed in the tables |
+//! | `KURA_BENCH_SLOWEST` | false | `true` also prints the three slowest requests of each query |
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -862,11 +863,13 @@ struct Latencies {
     millis: Vec<f64>,
     results: Vec<usize>,
     errors: usize,
+    /// The slowest requests, slowest first (for `KURA_BENCH_SLOWEST`).
+    slowest: Vec<(f64, String)>,
 }
 
 impl Latencies {
     fn new(kind: Kind) -> Latencies {
-        Latencies { kind, millis: Vec::new(), results: Vec::new(), errors: 0 }
+        Latencies { kind, millis: Vec::new(), results: Vec::new(), errors: 0, slowest: Vec::new() }
     }
 
     fn percentile(&self, p: f64) -> f64 {
@@ -890,7 +893,11 @@ async fn timed(client: &HttpClient, base: &str, path: &str, into: &mut Latencies
     let started = Instant::now();
     match get(client, &format!("{base}{path}")).await {
         Ok((status, body)) if status == 200 || status == 204 => {
-            into.millis.push(started.elapsed().as_secs_f64() * 1000.0);
+            let millis = started.elapsed().as_secs_f64() * 1000.0;
+            into.millis.push(millis);
+            into.slowest.push((millis, path.to_string()));
+            into.slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+            into.slowest.truncate(3);
             if count {
                 into.results.push(count_results(status, &body));
             }
@@ -1148,6 +1155,14 @@ fn main() {
                 l.kind.target_ms(),
                 if p95 <= l.kind.target_ms() { "met" } else { "**missed**" }
             );
+        }
+        if env_or("KURA_BENCH_SLOWEST", false) {
+            println!("\nslowest requests (1 client):");
+            for l in &single {
+                for (millis, path) in &l.slowest {
+                    println!("  {millis:8.2} ms  {path}");
+                }
+            }
         }
         let (elapsed, merged) = runtime.block_on(concurrent(&client, &base, &scale, clients, seconds));
         let done: usize = merged.iter().map(|l| l.millis.len()).sum();
