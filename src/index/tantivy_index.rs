@@ -211,6 +211,8 @@ impl Writer {
                 let outcome = self.checkpoint().map_err(|e| e.to_string());
                 if let Err(error) = &outcome {
                     tracing::warn!(%error, "index checkpoint failed; retrying later");
+                    // Wait a full interval before the next try instead of spinning.
+                    self.oldest = Some(Instant::now());
                 }
                 for waiter in checkpoint_asked {
                     let _ = waiter.send(outcome.clone());
