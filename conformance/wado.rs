@@ -44,7 +44,8 @@ async fn wado_005_single_part_only_for_the_instance_resource() {
 }
 
 /// PS3.18 §8.7.3.5.2: the transfer-syntax parameter, with `*` (as stored) and the stored
-/// syntax's UID. Kura does not transcode, so any other value is 406 (§8.7.8.1 step 5).
+/// syntax's UID. Kura does not compress, so a compressed syntax it does not hold is 406
+/// (§8.7.8.1 step 5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wado_006_transfer_syntax_star_or_the_stored_one() {
     let (server, spec, original, _, _) = archive().await;
@@ -85,8 +86,7 @@ fn assert_explicit_copy_of(served: &[u8], original: &[u8]) {
 
 /// PS3.18 §8.7.3.4: Explicit VR Little Endian is the default transfer syntax, and the origin
 /// server converts to it: an instance stored in Implicit VR Little Endian is re-encoded, pixel
-/// data unchanged. FIXME (partial): compressed pixel data is not decompressed (406 unless the
-/// stored syntax or `*` is accepted).
+/// data unchanged (compressed pixel data: wado_019).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wado_007_converts_to_explicit_vr_little_endian() {
     let (server, _, _, spec, implicit) = archive().await;
@@ -115,6 +115,73 @@ async fn wado_008_implicit_vr_little_endian_is_never_sent() {
     }
     let implicit_asked = "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2";
     assert_eq!(get(&spec.instance_url(&server.base), implicit_asked).await.status, StatusCode::NOT_ACCEPTABLE);
+}
+
+/// PS3.18 §8.7.3.4, §8.7.3.5.2: compressed pixel data is decoded when Explicit VR Little Endian
+/// is asked for (or implied by a media type without transfer-syntax); `*` keeps it as stored.
+/// The decoded instance says what it now is: native Pixel Data, Explicit VR Little Endian.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_019_compressed_pixel_data_is_decoded_to_explicit_vr_little_endian() {
+    use dicom_object::{OpenFileOptions, file::ReadPreamble};
+    let spec = Spec::new(319, 1, 1).size(16, 24, 2);
+    let rle = rle_instance(&spec);
+    let server = Server::with(std::slice::from_ref(&rle)).await;
+    let url = spec.instance_url(&server.base);
+    for accept in
+        [DICOM_MULTIPART, "multipart/related; type=\"application/dicom\"; transfer-syntax=1.2.840.10008.1.2.1"]
+    {
+        let reply = get(&url, accept).await;
+        assert_eq!(reply.status, StatusCode::OK, "{accept}: {}", reply.text());
+        let parts = parts_of(&reply);
+        assert!(parts[0].0.contains(EXPLICIT_LE_PART), "{}", parts[0].0);
+        let served =
+            OpenFileOptions::new().read_preamble(ReadPreamble::Always).from_reader(parts[0].1.as_slice()).unwrap();
+        assert_eq!(served.meta().transfer_syntax().trim_end_matches('\0'), uids::EXPLICIT_VR_LITTLE_ENDIAN);
+        let pixel_data = served.element(dicom_dictionary_std::tags::PIXEL_DATA).unwrap();
+        assert_eq!(pixel_data.value().to_bytes().unwrap().as_ref(), rle_pixels(&spec).as_slice(), "{accept}");
+        let sop = served.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap();
+        assert_eq!(sop.trim_end_matches('\0'), spec.sop_uid());
+    }
+    let stored = get(&url, DICOM_ANY_TS).await;
+    let parts = parts_of(&stored);
+    assert!(parts[0].0.contains("transfer-syntax=1.2.840.10008.1.2.5\r\n"), "{}", parts[0].0);
+    assert_eq!(parts[0].1, as_stored(&rle));
+}
+
+/// PS3.18 §10.4.1.1.5, §8.7.3.3: frames of a compressed instance come as stored in their own
+/// media type (image/dicom-rle here) or, asked as application/octet-stream without
+/// `transfer-syntax=*`, decoded to native little-endian pixels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_020_compressed_frames_as_stored_or_decoded() {
+    let spec = Spec::new(320, 1, 1).size(16, 24, 3);
+    let server = Server::with(&[rle_instance(&spec)]).await;
+    let pixels = rle_pixels(&spec);
+    let frame = 16 * 24;
+    let url = format!("{}/frames/3,2", spec.instance_url(&server.base));
+    let decoded = get(&url, "multipart/related; type=\"application/octet-stream\"").await;
+    assert_eq!(decoded.status, StatusCode::OK, "{}", decoded.text());
+    let parts = split_multipart(decoded.content_type(), &decoded.body);
+    assert_eq!(parts.len(), 2);
+    assert!(parts[0].0.contains("application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"), "{}", parts[0].0);
+    assert_eq!(parts[0].1, pixels[2 * frame..3 * frame].to_vec(), "frame 3");
+    assert_eq!(parts[1].1, pixels[frame..2 * frame].to_vec(), "frame 2");
+    for accept in [
+        "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*",
+        "multipart/related; type=\"image/dicom-rle\"",
+    ] {
+        let stored = get(&url, accept).await;
+        assert_eq!(stored.status, StatusCode::OK, "{accept}");
+        assert!(stored.content_type().starts_with("multipart/related; type=\"image/dicom-rle\""), "{accept}");
+        let parts = split_multipart(stored.content_type(), &stored.body);
+        assert!(parts[0].0.contains("image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"), "{}", parts[0].0);
+        assert_eq!(u32::from_le_bytes(parts[0].1[..4].try_into().unwrap()), 1, "an RLE header with one segment");
+    }
+    let whole = get(
+        &format!("{}/bulkdata/7FE00010", spec.instance_url(&server.base)),
+        "multipart/related; type=\"application/octet-stream\"",
+    )
+    .await;
+    assert_eq!(split_multipart(whole.content_type(), &whole.body)[0].1, pixels, "all frames, decoded");
 }
 
 /// PS3.18 §8.7.5, §8.7.7, §8.7.8.1: Accept lists, wildcard ranges, q-values ranking the

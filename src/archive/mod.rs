@@ -52,6 +52,9 @@ pub struct Archive {
     index_sync: tokio::sync::Mutex<()>,
     /// Changes applied to the index but not yet durable there (kept in the store's log).
     applied: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// Pixel decoding is CPU- and memory-heavy (up to `transcode::MAX_DECODED_BYTES` each): at
+    /// most one per core runs at a time, the others wait.
+    codec_permits: tokio::sync::Semaphore,
 }
 
 impl Archive {
@@ -73,6 +76,9 @@ impl Archive {
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             index_sync: tokio::sync::Mutex::new(()),
             applied: Default::default(),
+            codec_permits: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -247,19 +253,44 @@ impl Archive {
         Ok(bytes)
     }
 
-    /// The instance re-encoded in Explicit VR Little Endian (see `dicom::transcode`).
+    /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was
+    /// compressed (see `dicom::transcode`).
     pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
         let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
         let bits_allocated = record.bits_allocated();
-        let converted = tokio::task::spawn_blocking(move || {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated)
-            }))
-        })
-        .await
-        .map_err(Error::internal)?;
-        match converted {
-            Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+        let bytes = self
+            .run_codec(move || crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated))
+            .await?;
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Native bytes of the given frames (0-based) of a compressed instance.
+    pub async fn decoded_frames(&self, record: &InstanceRecord, frames: Vec<u32>) -> Result<Vec<Vec<u8>>, Error> {
+        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        self.run_codec(move || crate::dicom::transcode::decode_frames(reader, &frames)).await
+    }
+
+    /// Runs a transcoding job on the blocking pool, one per core at a time; a codec panic on a
+    /// malformed stream becomes a 500 for this request only.
+    async fn run_codec<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, crate::dicom::transcode::TranscodeError> + Send + 'static,
+    ) -> Result<T, Error> {
+        use crate::dicom::transcode::TranscodeError;
+        let _permit = self.codec_permits.acquire().await.map_err(Error::internal)?;
+        let outcome = tokio::task::spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)))
+            .await
+            .map_err(Error::internal)?;
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error @ TranscodeError::TooLarge(_))) => {
+                Err(Error::new(crate::error::ErrorKind::NotAcceptable, error.to_string()))
+            }
+            Ok(Err(error @ TranscodeError::Undecodable(_))) => {
+                tracing::warn!(%error, "pixel data not decodable");
+                let message = format!("{error}; the stored form is available with transfer-syntax=*");
+                Err(Error::new(crate::error::ErrorKind::NotAcceptable, message))
+            }
             Ok(Err(error)) => Err(Error::internal(error)),
             Err(_) => Err(Error::internal(std::io::Error::other("transcoder panicked"))),
         }

@@ -1,42 +1,131 @@
-//! Transfer-syntax conversion that needs no pixel codec: Implicit VR Little Endian and Explicit
-//! VR Big Endian re-encoded as Explicit VR Little Endian, the default of web services (PS3.18
-//! §8.7.3.4), which also forbids the two on the web (§8.7.3). Compressed pixel data is not
-//! decompressed (yet); Deflated data sets are not inflated (zip-bomb risk without a bounded
-//! inflater).
+//! Transfer-syntax conversion to Explicit VR Little Endian, the default of web services (PS3.18
+//! §8.7.3.4), which also forbids Implicit VR Little Endian and Explicit VR Big Endian on the web
+//! (§8.7.3). Three cases:
+//! - Implicit VR LE and Explicit VR BE are re-encoded; no pixel codec is involved.
+//! - Compressed pixel data (JPEG, JPEG-LS excepted; JPEG 2000 and HTJ2K; RLE) is decoded with
+//!   dicom-pixeldata into native pixel data.
+//! - Deflated data sets are not inflated (zip-bomb risk without a bounded inflater); they are
+//!   served as stored.
+//!
+//! A frame can also be decoded on its own ([`decode_frames`]), for frames requested as
+//! `application/octet-stream` from a compressed instance.
 
 use std::io::Read;
 
-use dicom_core::{DataElement, PrimitiveValue};
+use dicom_core::{DataElement, Length, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::{OpenFileOptions, file::ReadPreamble};
+use dicom_object::{DefaultDicomObject, OpenFileOptions, file::ReadPreamble};
+use dicom_pixeldata::{PixelDecoder, PlanarConfiguration};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 
+const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
+
+/// The most native pixel data one instance may decode to. Explicit VR Little Endian cannot
+/// hold more than 2^32 - 2 bytes in a value (§8.7.8.1 note 1), and the decoded object is built
+/// in memory, so the cap also bounds the memory one request can claim.
+pub const MAX_DECODED_BYTES: u64 = 1 << 30;
+
+/// Transfer syntaxes whose pixel data only exists in lossy form. PS3.18 §8.7.3.4 lets the
+/// origin server return them as stored instead of decompressing to Explicit VR Little Endian.
+const LOSSY: &[&str] = &[
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.4.111",
+    "1.2.840.10008.1.2.4.112",
+];
+
+pub fn is_lossy(transfer_syntax_uid: &str) -> bool {
+    LOSSY.contains(&transfer_syntax_uid) || transfer_syntax_uid.starts_with("1.2.840.10008.1.2.4.10")
+}
+
+/// Whether Kura can decode this transfer syntax's encapsulated pixel data to native (the codecs
+/// compiled in: JPEG baseline/extended/lossless, RLE, JPEG 2000 and HTJ2K via openjp2).
+pub fn can_decode(transfer_syntax_uid: &str) -> bool {
+    TransferSyntaxRegistry
+        .get(transfer_syntax_uid)
+        .is_some_and(|ts| ts.is_encapsulated_pixel_data() && ts.can_decode_all())
+}
 
 /// Whether [`to_explicit_vr_little_endian`] can convert from this transfer syntax, for pixel
 /// data of `bits_allocated` bits.
 pub fn can_convert_to_explicit_little_endian(transfer_syntax_uid: &str, bits_allocated: Option<u16>) -> bool {
     match transfer_syntax_uid {
-        "1.2.840.10008.1.2" => true,
+        IMPLICIT_VR_LITTLE_ENDIAN => true,
         EXPLICIT_VR_BIG_ENDIAN => matches!(bits_allocated, None | Some(1 | 8 | 16 | 32)),
-        _ => false,
+        other => can_decode(other),
     }
 }
 
+/// Whether the web may never see this transfer syntax (§8.7.3).
+pub fn is_forbidden_on_the_web(transfer_syntax_uid: &str) -> bool {
+    matches!(transfer_syntax_uid, IMPLICIT_VR_LITTLE_ENDIAN | EXPLICIT_VR_BIG_ENDIAN)
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("transcoding failed: {0}")]
-pub struct TranscodeError(String);
+pub enum TranscodeError {
+    /// The decoded pixel data would exceed [`MAX_DECODED_BYTES`]; a 406 for the client.
+    #[error("the decoded pixel data would take {0} bytes, more than Kura decodes ({MAX_DECODED_BYTES})")]
+    TooLarge(u64),
+    /// The codec refused the stored pixel data; the client can still have it as stored.
+    #[error("the pixel data could not be decoded: {0}")]
+    Undecodable(String),
+    #[error("transcoding failed: {0}")]
+    Failed(String),
+}
+
+/// An error's message with its causes (snafu errors keep the useful part in their sources).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn failed(error: impl std::fmt::Display) -> TranscodeError {
+    TranscodeError::Failed(error.to_string())
+}
+
+fn undecodable(error: impl std::error::Error) -> TranscodeError {
+    TranscodeError::Undecodable(chain(&error))
+}
+
+fn open(reader: impl Read) -> Result<DefaultDicomObject, TranscodeError> {
+    OpenFileOptions::new().read_preamble(ReadPreamble::Always).from_reader(reader).map_err(failed)
+}
+
+fn int(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<u64> {
+    object.element_opt(tag).ok().flatten()?.to_int::<u64>().ok()
+}
+
+/// The size of the object's pixel data once decoded, refused above [`MAX_DECODED_BYTES`].
+fn check_decoded_size(object: &DefaultDicomObject) -> Result<(), TranscodeError> {
+    let size = [tags::ROWS, tags::COLUMNS, tags::SAMPLES_PER_PIXEL]
+        .into_iter()
+        .map(|tag| int(object, tag).unwrap_or(1))
+        .chain([int(object, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1)])
+        .chain([int(object, tags::BITS_ALLOCATED).unwrap_or(16).div_ceil(8)])
+        .try_fold(1u64, u64::checked_mul)
+        .unwrap_or(u64::MAX);
+    if size > MAX_DECODED_BYTES { Err(TranscodeError::TooLarge(size)) } else { Ok(()) }
+}
 
 /// Re-encodes a whole PS3.10 file (preamble included) in Explicit VR Little Endian.
 pub fn to_explicit_vr_little_endian(reader: impl Read, bits_allocated: Option<u16>) -> Result<Vec<u8>, TranscodeError> {
-    let mut object = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Always)
-        .from_reader(reader)
-        .map_err(|e| TranscodeError(e.to_string()))?;
-    if object.meta().transfer_syntax().trim_end_matches('\0') == EXPLICIT_VR_BIG_ENDIAN && bits_allocated == Some(32) {
+    let mut object = open(reader)?;
+    let stored_ts = object.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    if stored_ts == EXPLICIT_VR_BIG_ENDIAN && bits_allocated == Some(32) {
         // dicom-rs swaps OW pixel data as 16-bit words; 32-bit samples need their two words
         // exchanged as well to come out little endian.
         if let Some(element) = object.element_opt(tags::PIXEL_DATA).ok().flatten()
@@ -50,12 +139,83 @@ pub fn to_explicit_vr_little_endian(reader: impl Read, bits_allocated: Option<u1
             object.put(DataElement::new(tags::PIXEL_DATA, vr, PrimitiveValue::U16(swapped.into())));
         }
     }
+    if can_decode(&stored_ts) {
+        decode_in_place(&mut object, is_lossy(&stored_ts))?;
+    }
     let target = TransferSyntaxRegistry
         .get(EXPLICIT_VR_LITTLE_ENDIAN)
-        .ok_or_else(|| TranscodeError("Explicit VR Little Endian is not registered".into()))?;
+        .ok_or_else(|| failed("Explicit VR Little Endian is not registered"))?;
     object.meta_mut().set_transfer_syntax(target);
     object.meta_mut().update_information_group_length();
     let mut out = Vec::new();
-    object.write_all(&mut out).map_err(|e| TranscodeError(e.to_string()))?;
+    object.write_all(&mut out).map_err(failed)?;
     Ok(out)
+}
+
+/// Replaces encapsulated Pixel Data by its decoded, native form and makes the Image Pixel
+/// attributes describe it (PS3.5 §8.2, PS3.3 C.7.6.3.1.2 for Photometric Interpretation).
+fn decode_in_place(object: &mut DefaultDicomObject, lossy: bool) -> Result<(), TranscodeError> {
+    check_decoded_size(object)?;
+    let decoded = object.decode_pixel_data().map_err(undecodable)?;
+    let bits_allocated = decoded.bits_allocated();
+    let samples_per_pixel = decoded.samples_per_pixel();
+    let planar = decoded.planar_configuration();
+    let bytes = decoded.into_data();
+    // The decoders hand out little-endian samples; OW takes them byte for byte.
+    let vr = match bits_allocated {
+        8 => VR::OB,
+        16 | 32 => VR::OW,
+        other => return Err(failed(format!("decoded pixel data of {other} bits is not supported"))),
+    };
+    let value = PrimitiveValue::from(bytes);
+    let length = value.calculate_byte_len() as u32;
+    object.put(DataElement::new_with_len(tags::PIXEL_DATA, vr, Length::defined(length), value));
+    // Encapsulation-only attributes have no meaning for native data.
+    for tag in [
+        tags::EXTENDED_OFFSET_TABLE,
+        tags::EXTENDED_OFFSET_TABLE_LENGTHS,
+        tags::ENCAPSULATED_PIXEL_DATA_VALUE_TOTAL_LENGTH,
+    ] {
+        object.remove_element(tag);
+    }
+    if samples_per_pixel == 1 {
+        let photometric = object.element_opt(tags::PHOTOMETRIC_INTERPRETATION).ok().flatten();
+        let photometric = photometric.and_then(|e| e.to_str().ok()).map(|s| s.trim().to_string());
+        if !matches!(photometric.as_deref(), Some("MONOCHROME1" | "MONOCHROME2" | "PALETTE COLOR")) {
+            object.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
+        }
+    } else {
+        // The decoders return colour as RGB, in the planar configuration they report.
+        object.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"));
+        let planar = u16::from(planar != PlanarConfiguration::Standard);
+        object.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, PrimitiveValue::from(planar)));
+    }
+    if lossy {
+        // Once lossy, always marked lossy (PS3.3 C.7.6.1.1.5).
+        object.put(DataElement::new(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "01"));
+    }
+    Ok(())
+}
+
+/// The native (little-endian) bytes of each of `frames` (0-based) of a compressed PS3.10 file.
+pub fn decode_frames(reader: impl Read, frames: &[u32]) -> Result<Vec<Vec<u8>>, TranscodeError> {
+    let object = open(reader)?;
+    let frame_size = [tags::ROWS, tags::COLUMNS, tags::SAMPLES_PER_PIXEL]
+        .into_iter()
+        .map(|tag| int(&object, tag).unwrap_or(1))
+        .chain([int(&object, tags::BITS_ALLOCATED).unwrap_or(16).div_ceil(8)])
+        .try_fold(1u64, u64::checked_mul)
+        .unwrap_or(u64::MAX);
+    let total = frame_size.saturating_mul(frames.len() as u64);
+    if total > MAX_DECODED_BYTES {
+        return Err(TranscodeError::TooLarge(total));
+    }
+    frames
+        .iter()
+        .map(|&frame| {
+            let decoded = object.decode_pixel_data_frame(frame).map_err(undecodable)?;
+            let bytes = decoded.frame_data(0).map_err(failed)?;
+            Ok(bytes.to_vec())
+        })
+        .collect()
 }

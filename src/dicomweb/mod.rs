@@ -93,12 +93,12 @@ where
         ),
         Endpoint::Frames { study, series, instance, frames } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            wado::frames::frames(archive, context, &record, &frames, request.headers())
+            wado::frames::frames(archive, context, &record, &frames, request.headers()).await
         }
         Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            wado::frames::bulkdata(archive, context, &record, &tag, request.headers())
+            wado::frames::bulkdata(archive, context, &record, &tag, request.headers()).await
         }
     }
 }

@@ -181,3 +181,72 @@ pub fn splice_element(file: &[u8], tag: dicom_core::Tag, vr: &[u8; 2], value: &[
     out.extend_from_slice(&file[start + 8 + length..]);
     out
 }
+
+/// The 8-bit pixels of [`rle_instance`]: rows × columns × frames bytes, with runs and noise so
+/// that both kinds of RLE packet occur.
+pub fn rle_pixels(spec: &Spec) -> Vec<u8> {
+    let n = spec.rows as usize * spec.columns as usize * spec.frames as usize;
+    (0..n).map(|i| if (i / 7) % 2 == 0 { (i / 7) as u8 } else { (i * 37 % 251) as u8 }).collect()
+}
+
+/// PackBits as RLE Lossless uses it (PS3.5 Annex G.3): replicate runs of 3 or more, literal
+/// runs otherwise, at most 128 bytes a packet.
+fn pack_bits(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let run = data[i..].iter().take(128).take_while(|&&b| b == data[i]).count();
+        if run >= 3 {
+            out.push((257 - run) as u8);
+            out.push(data[i]);
+            i += run;
+            continue;
+        }
+        let start = i;
+        while i < data.len() && i - start < 128 {
+            let ahead = data[i..].iter().take(3).take_while(|&&b| b == data[i]).count();
+            if ahead >= 3 {
+                break;
+            }
+            i += 1;
+        }
+        out.push((i - start - 1) as u8);
+        out.extend_from_slice(&data[start..i]);
+    }
+    out
+}
+
+/// An 8-bit MONOCHROME2 instance for `spec` in RLE Lossless, one fragment per frame: Kura must
+/// decode it to serve Explicit VR Little Endian.
+pub fn rle_instance(spec: &Spec) -> Vec<u8> {
+    use dicom_core::Length;
+    use dicom_core::value::PixelFragmentSequence;
+    let mut object = dataset(spec);
+    put(&mut object, tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [8]));
+    put(&mut object, tags::BITS_STORED, VR::US, dicom_value!(U16, [8]));
+    put(&mut object, tags::HIGH_BIT, VR::US, dicom_value!(U16, [7]));
+    put(&mut object, tags::NUMBER_OF_FRAMES, VR::IS, spec.frames.to_string());
+    let pixels = rle_pixels(spec);
+    let frame_size = spec.rows as usize * spec.columns as usize;
+    let fragments: Vec<Vec<u8>> = pixels
+        .chunks(frame_size)
+        .map(|frame| {
+            // Header: one segment, starting after the 64-byte header (G.5).
+            let mut fragment = vec![0u8; 64];
+            fragment[..4].copy_from_slice(&1u32.to_le_bytes());
+            fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
+            fragment.extend(pack_bits(frame));
+            if fragment.len() % 2 == 1 {
+                fragment.push(0);
+            }
+            fragment
+        })
+        .collect();
+    object.put(DataElement::new_with_len(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Length::UNDEFINED,
+        PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
+    ));
+    part10_in(object, uids::RLE_LOSSLESS)
+}

@@ -1,6 +1,7 @@
 //! WADO-RS frames (PS3.18 §10.4.1.1.5) and bulk data (§10.4.1.1.4): stored bytes cut out by
-//! the layout recorded at store time, streamed, never decoded. Native frames go as
-//! `application/octet-stream`, compressed frames in their own media type (Table 8.7.3-5).
+//! the layout recorded at store time and streamed. Native frames go as
+//! `application/octet-stream`, compressed frames in their own media type (Table 8.7.3-5), or
+//! decoded to native when the client asks for octet-stream without `transfer-syntax=*`.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use http::{HeaderMap, Response, StatusCode, header};
 
 use crate::archive::Archive;
 use crate::dicom::frames::{self, FrameError, FrameRanges, Geometry};
+use crate::dicom::transcode;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, stream_body};
 use crate::error::{Error, ErrorKind};
 use crate::media::mime::{MULTIPART_RELATED, MediaType};
@@ -85,40 +87,57 @@ fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Erro
     Ok(Frames { media_type, transfer_syntax_uid: ts.to_string(), video, frames })
 }
 
-/// Whether the Accept header admits frames in `media_type` / `transfer_syntax_uid` without
-/// transcoding (PS3.18 §8.7.8: `transfer-syntax=*` means "as stored").
-fn acceptable(headers: &HeaderMap, media_type: &str, transfer_syntax_uid: &str, single_part: bool) -> bool {
-    let Some(accepted) = accepted_types(headers) else { return true };
-    accepted.iter().any(|media: &MediaType| {
+/// How frames go out: their stored bytes, or decoded to native pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameForm {
+    Stored,
+    Decoded,
+}
+
+/// The first form the Accept header admits, ranges in preference order (PS3.18 §8.7.8).
+/// `transfer-syntax=*` means "as stored"; `application/octet-stream` without it (or with Explicit
+/// VR Little Endian) asks compressed frames to be decoded, which Kura does when it has the codec.
+fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Option<FrameForm> {
+    let Some(accepted) = accepted_types(headers) else { return Some(FrameForm::Stored) };
+    let (media_type, stored_ts) = (frames.media_type, frames.transfer_syntax_uid.as_str());
+    let decodable = media_type != OCTET_STREAM && transcode::can_decode(stored_ts);
+    accepted.iter().find_map(|media: &MediaType| {
         let ts = media.param("transfer-syntax");
-        let ts_ok = |default_ok: bool| match ts {
-            Some("*") => true,
-            Some(ts) => ts == transfer_syntax_uid,
-            None => default_ok,
+        let stored_ok = match ts {
+            Some("*") | None => true,
+            Some(ts) => ts == stored_ts,
         };
         match media.essence.as_str() {
-            "*/*" | "multipart/*" => true,
+            "*/*" | "multipart/*" => Some(FrameForm::Stored),
             MULTIPART_RELATED => {
                 let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
-                if kind == media_type {
-                    // The default syntax of each compressed type is its first one; be lenient.
-                    ts_ok(true)
+                if kind == media_type && stored_ok {
+                    Some(FrameForm::Stored)
+                } else if kind == OCTET_STREAM && ts == Some("*") {
+                    Some(FrameForm::Stored)
+                } else if kind == OCTET_STREAM && decodable && ts.is_none_or(|ts| ts == EXPLICIT_VR_LITTLE_ENDIAN) {
+                    Some(FrameForm::Decoded)
                 } else {
-                    kind == OCTET_STREAM && ts == Some("*")
+                    None
                 }
             }
-            essence if single_part && essence == media_type => ts_ok(true),
-            _ => false,
+            essence if single_part && essence == media_type && stored_ok => Some(FrameForm::Stored),
+            _ => None,
         }
     })
 }
 
 fn not_acceptable(frames: &Frames) -> Error {
+    let decoded = if frames.media_type != OCTET_STREAM && transcode::can_decode(&frames.transfer_syntax_uid) {
+        ", or decoded as multipart/related; type=\"application/octet-stream\""
+    } else {
+        ""
+    };
     Error::new(
         ErrorKind::NotAcceptable,
         format!(
             "the frames are available as multipart/related; type=\"{}\"; transfer-syntax={} (or ask with \
-             transfer-syntax=*); decompression is not available yet",
+             transfer-syntax=*){decoded}",
             frames.media_type, frames.transfer_syntax_uid
         ),
     )
@@ -171,8 +190,33 @@ fn multipart_response(
         .expect("valid response")
 }
 
+/// A multipart/related response of native pixel bytes decoded from compressed frames.
+fn decoded_response(parts: Vec<(String, Vec<u8>)>) -> Response<ResponseBody> {
+    let boundary = multipart::new_boundary();
+    let part_type = format!("{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}");
+    let mut body = Vec::with_capacity(parts.iter().map(|(_, bytes)| bytes.len() + 256).sum());
+    for (i, (location, bytes)) in parts.into_iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(&multipart::part_header(
+            &boundary,
+            &part_type,
+            Some(&location),
+            Some(bytes.len() as u64),
+        ));
+        body.extend_from_slice(&bytes);
+    }
+    body.extend_from_slice(&multipart::closing(&boundary));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{OCTET_STREAM}\"; boundary={boundary}"))
+        .body(crate::dicomweb::full_body(Bytes::from(body)))
+        .expect("valid response")
+}
+
 /// `GET …/instances/{instance}/frames/{frames}`.
-pub fn frames(
+pub async fn frames(
     archive: &Arc<Archive>,
     context: &RequestContext,
     record: &InstanceRecord,
@@ -181,10 +225,14 @@ pub fn frames(
 ) -> Result<Response<ResponseBody>, Error> {
     let all = all_frames(archive, record)?;
     let numbers = frame_numbers(list, all.frames.len())?;
-    if !acceptable(headers, all.media_type, &all.transfer_syntax_uid, false) {
-        return Err(not_acceptable(&all));
-    }
+    let form = choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))?;
     let instance_url = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+    if form == FrameForm::Decoded {
+        let indices = numbers.iter().map(|n| *n as u32 - 1).collect();
+        let decoded = archive.decoded_frames(record, indices).await?;
+        let locations = numbers.iter().map(|n| format!("{instance_url}/frames/{n}"));
+        return Ok(decoded_response(locations.zip(decoded).collect()));
+    }
     let parts: Vec<(String, FrameRanges)> = if all.video {
         // Video: all frames in one part (§8.7.3.3.2).
         vec![(format!("{instance_url}/frames/{list}"), all.frames.concat())]
@@ -222,7 +270,7 @@ fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, Er
 
 /// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level element that the
 /// metadata gave as BulkDataURI. Pixel Data of compressed instances goes as its frames.
-pub fn bulkdata(
+pub async fn bulkdata(
     archive: &Arc<Archive>,
     context: &RequestContext,
     record: &InstanceRecord,
@@ -244,8 +292,10 @@ pub fn bulkdata(
             Some(length) => (layout.offset, length),
             None => {
                 let all = all_frames(archive, record)?;
-                if !acceptable(headers, all.media_type, &all.transfer_syntax_uid, false) {
-                    return Err(not_acceptable(&all));
+                if choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))? == FrameForm::Decoded {
+                    let indices = (0..all.frames.len() as u32).collect();
+                    let native = archive.decoded_frames(record, indices).await?.concat();
+                    return Ok(decoded_response(vec![(location, native)]));
                 }
                 let parts = all.frames.into_iter().map(|ranges| (location.clone(), ranges)).collect();
                 return Ok(multipart_response(archive, record, all.media_type, &all.transfer_syntax_uid, parts));
@@ -262,7 +312,13 @@ pub fn bulkdata(
     let single_part =
         accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
     if !single_part {
-        if !acceptable(headers, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, false) {
+        let native = Frames {
+            media_type: OCTET_STREAM,
+            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+            video: false,
+            frames: Vec::new(),
+        };
+        if choose_form(headers, &native, false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
         }
         let parts = vec![(location, vec![(offset, length)])];

@@ -41,23 +41,28 @@ pub(crate) enum Representation {
 }
 
 /// How a media range's transfer-syntax parameter can be met for an instance stored in
-/// `stored_ts` (§8.7.3.5.2: absent means Explicit VR Little Endian, `*` means as stored).
-/// `lenient` (wildcard ranges, or no Accept) sends compressed data as stored rather than 406,
-/// since Kura cannot decompress yet.
+/// `stored_ts` (§8.7.3.5.2: absent means Explicit VR Little Endian, `*` means as stored). Pixel
+/// data held only in lossy form goes as stored unless Explicit VR Little Endian is named
+/// (§8.7.3.4 allows it; decompressing adds bytes, not quality). `lenient` (wildcard ranges, or
+/// no Accept) sends what cannot be converted as stored rather than 406.
 pub(crate) fn representation(
     requested: Option<&str>,
     record: &InstanceRecord,
     lenient: bool,
 ) -> Option<Representation> {
     let stored_ts = record.transfer_syntax_uid.as_str();
-    // Implicit VR Little Endian and Explicit VR Big Endian are never sent (§8.7.3).
     let convertible = transcode::can_convert_to_explicit_little_endian(stored_ts, record.bits_allocated());
+    // Implicit VR Little Endian and Explicit VR Big Endian are never sent (§8.7.3).
+    let forbidden = transcode::is_forbidden_on_the_web(stored_ts);
     match requested {
-        Some("*") if convertible => Some(Representation::ExplicitLittleEndian),
+        Some("*") if forbidden && convertible => Some(Representation::ExplicitLittleEndian),
         Some("*") => Some(Representation::Stored),
-        Some(ts) if ts == stored_ts && !convertible => Some(Representation::Stored),
-        Some(EXPLICIT_VR_LITTLE_ENDIAN) | None if convertible => Some(Representation::ExplicitLittleEndian),
-        None if stored_ts == EXPLICIT_VR_LITTLE_ENDIAN || (lenient && !convertible) => Some(Representation::Stored),
+        Some(ts) if ts == stored_ts && !forbidden => Some(Representation::Stored),
+        Some(EXPLICIT_VR_LITTLE_ENDIAN) if convertible => Some(Representation::ExplicitLittleEndian),
+        None if stored_ts == EXPLICIT_VR_LITTLE_ENDIAN => Some(Representation::Stored),
+        None if transcode::is_lossy(stored_ts) => Some(Representation::Stored),
+        None if convertible => Some(Representation::ExplicitLittleEndian),
+        None if lenient => Some(Representation::Stored),
         _ => None,
     }
 }
@@ -92,8 +97,8 @@ fn negotiate(
     }
     Err(Error::new(
         ErrorKind::NotAcceptable,
-        "the instances can be served in their stored transfer syntax (ask with transfer-syntax=*) or, when \
-         stored uncompressed, in Explicit VR Little Endian; decompression is not available yet",
+        "the instances can be served in their stored transfer syntax (ask with transfer-syntax=*) or in Explicit \
+         VR Little Endian; Kura does not compress, and cannot decode JPEG-LS, video or deflated data sets",
     ))
 }
 
