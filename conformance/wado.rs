@@ -352,15 +352,27 @@ async fn wado_016_bulk_data_with_range() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "only values the metadata referred to");
 }
 
-/// PS3.18 §8.3.3.1, Table 10.4.1-5: the `accept` query parameter (OS: M). FIXME: ignored;
-/// `?accept=application/dicom` with `Accept: */*` should give the single-part instance.
+/// PS3.18 §8.3.3.1, Table 10.4.1-5: the `accept` query parameter (OS: M) is tried before the
+/// Accept header (§8.7.8.1 steps 2-3): `?accept=application/dicom` with `Accept: */*` gives the
+/// single-part instance; a type the parameter names but Kura cannot give falls back to the
+/// header; wildcards in the parameter are 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wado_017_accept_query_parameter_is_ignored() {
-    let (server, spec, _, _, _) = archive().await;
-    let url = format!("{}?accept=application%2Fdicom", spec.instance_url(&server.base));
-    let reply = get(&url, "*/*").await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.content_type().starts_with(DICOM_MULTIPART), "FIXME: {}", reply.content_type());
+async fn wado_017_accept_query_parameter() {
+    let (server, spec, original, _, _) = archive().await;
+    let url = spec.instance_url(&server.base);
+    let single = get(&format!("{url}?accept=application%2Fdicom"), "*/*").await;
+    assert_eq!(single.status, StatusCode::OK);
+    assert_eq!(single.content_type(), "application/dicom; transfer-syntax=1.2.840.10008.1.2.1");
+    assert_eq!(single.body.as_ref(), as_stored(&original).as_slice());
+    let fallback = get(&format!("{url}?accept=image%2Fjp2"), DICOM_MULTIPART).await;
+    assert_eq!(fallback.status, StatusCode::OK);
+    assert!(fallback.content_type().starts_with(DICOM_MULTIPART), "{}", fallback.content_type());
+    let metadata = get(&format!("{url}/metadata?accept=application/dicom%2Bjson"), "").await;
+    assert_eq!(metadata.status, StatusCode::OK);
+    assert_eq!(metadata.content_type(), "application/dicom+json");
+    let wildcard = get(&format!("{url}?accept=*%2F*"), "*/*").await;
+    assert_eq!(wildcard.status, StatusCode::BAD_REQUEST);
+    assert!(wildcard.json()["message"].as_str().unwrap().contains("wildcards"));
 }
 
 /// PS3.18 §10.4.1.1.3, §8.3.5: Rendered Study, Series, Instance and Frames. Not implemented:

@@ -130,12 +130,12 @@ mod tests {
     use super::*;
 
     fn layout(fragments: &[(u64, u32)]) -> PixelDataLayout {
-        PixelDataLayout { offset: 1000, length: None, fragments: fragments.to_vec() }
+        PixelDataLayout { offset: 1000, length: None, fragments: fragments.to_vec(), vr: None }
     }
 
     #[test]
     fn native_frames_step_through_the_value() {
-        let pixels = PixelDataLayout { offset: 500, length: Some(3 * 8), fragments: Vec::new() };
+        let pixels = PixelDataLayout { offset: 500, length: Some(3 * 8), fragments: Vec::new(), vr: None };
         let geometry = Geometry { rows: 2, columns: 2, samples_per_pixel: 1, bits_allocated: 16, number_of_frames: 3 };
         let frames = native(&pixels, geometry).unwrap();
         assert_eq!(frames, vec![vec![(500, 8)], vec![(508, 8)], vec![(516, 8)]]);

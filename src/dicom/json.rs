@@ -32,8 +32,6 @@ pub struct Context<'a> {
     /// Raw bytes of small top-level elements (from `layout::walk`).
     pub raw_values: &'a [(u32, Vec<u8>)],
     pub pixel_data: Option<&'a PixelDataLayout>,
-    /// BitsAllocated, for the VR of native Pixel Data.
-    pub bits_allocated: Option<u16>,
 }
 
 fn tag_hex(tag: Tag) -> String {
@@ -186,7 +184,12 @@ pub fn instance_json(context: &Context<'_>, object: &InMemDicomObject) -> Json {
             json!({"vr": "UI", "Value": [context.transfer_syntax_uid]}),
         );
         if let Some(pixel_data) = context.pixel_data {
-            let vr = if pixel_data.length.is_none() || context.bits_allocated.unwrap_or(16) <= 8 { "OB" } else { "OW" };
+            // The VR the file has (F.2.3); Implicit VR files have OW (PS3.5 §A.1).
+            let vr = match (&pixel_data.vr, pixel_data.length) {
+                (_, None) => "OB",
+                (Some(vr), _) => vr.as_str(),
+                (None, _) => "OW",
+            };
             map.insert(
                 tag_hex(tags::PIXEL_DATA),
                 json!({"vr": vr, "BulkDataURI": format!("{}/bulkdata/{}", context.instance_path, tag_hex(tags::PIXEL_DATA))}),

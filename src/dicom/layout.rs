@@ -26,6 +26,10 @@ pub struct PixelDataLayout {
     pub length: Option<u64>,
     /// Encapsulated only: (offset, length) of each item's value, the Basic Offset Table first.
     pub fragments: Vec<(u64, u32)>,
+    /// The VR native Pixel Data was written with (OB or OW); `None` in Implicit VR, where
+    /// Pixel Data is OW (PS3.5 §A.1), and for encapsulated data (always OB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vr: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +163,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                         offset: self.position,
                         length: Some(u64::from(length)),
                         fragments: Vec::new(),
+                        vr: (vr != *b"  ").then(|| String::from_utf8_lossy(&vr).into_owned()),
                     });
                 }
                 let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
@@ -220,7 +225,7 @@ impl<R: Read + Seek> Walker<'_, R> {
 
     /// Items of encapsulated Pixel Data (PS3.5 §A.4): each fragment's place is recorded.
     fn encapsulated(&mut self) -> Result<(), LayoutError> {
-        let mut layout = PixelDataLayout { offset: self.position, length: None, fragments: Vec::new() };
+        let mut layout = PixelDataLayout { offset: self.position, length: None, fragments: Vec::new(), vr: None };
         loop {
             let tag = self.tag()?;
             let length = self.u32(self.big_endian)?;

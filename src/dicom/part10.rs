@@ -167,14 +167,12 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
         parsed.series_uid,
         parsed.sop_instance_uid
     );
-    let bits_allocated = text(tags::BITS_ALLOCATED).and_then(|v| v.first()?.parse().ok());
     let context = json::Context {
         instance_path: &instance_path,
         transfer_syntax_uid: &parsed.transfer_syntax_uid,
         character_sets: &character_sets,
         raw_values: &framing.raw_values,
         pixel_data: framing.pixel_data.as_ref(),
-        bits_allocated,
     };
     let metadata = serde_json::to_vec(&json::instance_json(&context, &object)).expect("json");
     Ok(ParsedInstance { metadata, ..parsed })

@@ -69,12 +69,17 @@ pub async fn dispatch<B>(
     config: &Config,
     context: &RequestContext,
     endpoint: Endpoint,
-    request: Request<B>,
+    mut request: Request<B>,
 ) -> Result<Response<ResponseBody>, Error>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display + Send + Sync,
 {
+    // The URI service names its media types with contentType instead (§9.1.2.2.1).
+    if endpoint != Endpoint::WadoUri {
+        let query = request.uri().query().map(str::to_string);
+        apply_accept_parameter(query.as_deref(), request.headers_mut())?;
+    }
     match endpoint {
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
@@ -103,33 +108,82 @@ where
     }
 }
 
-/// The media ranges of the `Accept` header in preference order (q-value, then header order;
-/// PS3.18 §8.7.5), without those with q=0. `None` when the request has no Accept header, which
-/// Kura treats as `*/*` (a choice recorded in conformance/STATEMENT.md).
-pub fn accepted_types(headers: &HeaderMap) -> Option<Vec<crate::media::mime::MediaType>> {
-    let mut ranked = Vec::new();
-    let mut present = false;
-    for value in headers.get_all(http::header::ACCEPT) {
-        let Ok(text) = value.to_str() else { continue };
-        for item in crate::media::mime::split_outside_quotes(text, ',') {
-            if item.trim().is_empty() {
-                continue;
+/// Folds the `accept` query parameter (PS3.18 §8.3.3.1) into the Accept header: the selection
+/// algorithm (§8.7.8.1) tries the parameter's media types first, in their own q order, then the
+/// header's. The header is rewritten with descending q-values that encode exactly that order, so
+/// every transaction negotiates from one list. Wildcards are not allowed in the parameter (400).
+fn apply_accept_parameter(query: Option<&str>, headers: &mut HeaderMap) -> Result<(), Error> {
+    use crate::media::mime::{MediaType, split_outside_quotes};
+    let mut items = Vec::new();
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "accept" {
+            continue;
+        }
+        // `+` is literal here: it belongs to media types such as application/dicom+json.
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_err(|_| Error::bad_request("the accept query parameter is not UTF-8"))?;
+        for item in split_outside_quotes(&value, ',') {
+            let item = item.trim();
+            let media = MediaType::parse(item)
+                .ok_or_else(|| Error::bad_request(format!("accept={item:?} is not a media type")))?;
+            if media.essence.contains('*') {
+                return Err(Error::bad_request(format!(
+                    "accept={item:?}: the accept query parameter does not allow wildcards (PS3.18 §8.3.3.1)"
+                )));
             }
-            present = true;
-            // Invalid ranges are ignored (§8.7.7).
-            let Some(media) = crate::media::mime::MediaType::parse(item.trim()) else { continue };
-            let quality =
-                media.param("q").map_or(Some(1.0), |q| q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
-            match quality {
-                Some(q) if q > 0.0 => ranked.push((q, media)),
-                _ => {}
-            }
+            items.push(item.to_string());
         }
     }
-    if !present {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let from_parameter = ranked_types(items.iter().map(String::as_str));
+    let from_header = accepted_types(headers).unwrap_or_else(|| vec![MediaType::parse("*/*").expect("valid")]);
+    let mut merged = Vec::new();
+    for (i, mut media) in from_parameter.into_iter().chain(from_header).enumerate() {
+        media.params.retain(|(name, _)| name != "q");
+        let q = 1000usize.saturating_sub(i).max(1);
+        merged.push(format!("{media}; q={}.{:03}", q / 1000, q % 1000));
+    }
+    let value = http::HeaderValue::from_str(&merged.join(", "))
+        .map_err(|_| Error::bad_request("the accept query parameter holds characters not allowed in a header"))?;
+    headers.insert(http::header::ACCEPT, value);
+    Ok(())
+}
+
+/// Media ranges in preference order (q-value, then the order given; PS3.18 §8.7.5), without
+/// those with q=0 or that do not parse (ignored, §8.7.7).
+fn ranked_types<'a>(items: impl Iterator<Item = &'a str>) -> Vec<crate::media::mime::MediaType> {
+    let mut ranked = Vec::new();
+    for item in items {
+        let Some(media) = crate::media::mime::MediaType::parse(item.trim()) else { continue };
+        let quality =
+            media.param("q").map_or(Some(1.0), |q| q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
+        match quality {
+            Some(q) if q > 0.0 => ranked.push((q, media)),
+            _ => {}
+        }
+    }
+    // A stable sort keeps the given order among equal q-values.
+    ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    ranked.into_iter().map(|(_, media)| media).collect()
+}
+
+/// The media ranges of the `Accept` header in preference order (see [`ranked_types`]). `None`
+/// when the request has no Accept header, which Kura treats as `*/*` (a choice recorded in
+/// conformance/STATEMENT.md).
+pub fn accepted_types(headers: &HeaderMap) -> Option<Vec<crate::media::mime::MediaType>> {
+    let items: Vec<&str> = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| crate::media::mime::split_outside_quotes(text, ','))
+        .filter(|item| !item.trim().is_empty())
+        .collect();
+    if items.is_empty() {
         return None;
     }
-    // A stable sort keeps header order among equal q-values.
-    ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-    Some(ranked.into_iter().map(|(_, media)| media).collect())
+    Some(ranked_types(items.into_iter()))
 }

@@ -51,6 +51,21 @@ impl MediaType {
     }
 }
 
+impl std::fmt::Display for MediaType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.essence)?;
+        for (name, value) in &self.params {
+            let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if plain {
+                write!(f, "; {name}={value}")?;
+            } else {
+                write!(f, "; {name}=\"{}\"", value.replace('"', "\\\""))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Splits on `separator` where it is not inside a quoted string.
 pub fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
     let mut out = Vec::new();
@@ -83,6 +98,14 @@ mod tests {
         assert!(m.is(MULTIPART_RELATED));
         assert_eq!(m.param("type"), Some("application/dicom"));
         assert_eq!(m.param("boundary"), Some("a;b"));
+    }
+
+    #[test]
+    fn writes_what_it_parses() {
+        let text = r#"multipart/related; type="application/dicom"; transfer-syntax=*"#;
+        let m = MediaType::parse(text).unwrap();
+        assert_eq!(m.to_string(), "multipart/related; type=\"application/dicom\"; transfer-syntax=*");
+        assert_eq!(MediaType::parse(&m.to_string()), Some(m));
     }
 
     #[test]
