@@ -137,9 +137,20 @@ fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value:
             let raw = context.raw_values.iter().find(|(t, _)| *t == tag_number(tag)).map(|(_, raw)| raw);
             let extended = charset::needs_code_extensions(context.character_sets)
                 && matches!(vr, VR::PN | VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC);
-            let json = match raw {
-                Some(raw) if top_level && extended => {
-                    let decoded = charset::decode(raw, context.character_sets, vr == VR::PN);
+            // Inside sequences there are no raw bytes from the layout walk; dicom-rs read them
+            // in the default repertoire, one character per byte, so the bytes can be recovered.
+            let recovered = || -> Option<Vec<u8>> {
+                let text = primitive.to_multi_str().join("\\");
+                text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect()
+            };
+            let bytes = match raw {
+                Some(raw) if top_level && extended => Some(raw.clone()),
+                _ if extended => recovered(),
+                _ => None,
+            };
+            let json = match bytes {
+                Some(bytes) => {
+                    let decoded = charset::decode(&bytes, context.character_sets, vr == VR::PN);
                     let values: Vec<String> = if matches!(vr, VR::LT | VR::ST | VR::UT) {
                         vec![decoded]
                     } else {
@@ -147,7 +158,7 @@ fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value:
                     };
                     strings_value(vr, &values)
                 }
-                _ => primitive_value(vr, primitive),
+                None => primitive_value(vr, primitive),
             };
             if let Some(json) = json {
                 out.insert("Value".into(), json);

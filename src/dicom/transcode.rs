@@ -60,7 +60,8 @@ pub fn can_convert_to_explicit_little_endian(transfer_syntax_uid: &str, bits_all
     match transfer_syntax_uid {
         IMPLICIT_VR_LITTLE_ENDIAN => true,
         EXPLICIT_VR_BIG_ENDIAN => matches!(bits_allocated, None | Some(1 | 8 | 16 | 32)),
-        other => can_decode(other),
+        // dicom-rs decodes 8- and 16-bit samples only.
+        other => can_decode(other) && matches!(bits_allocated, None | Some(8 | 16)),
     }
 }
 

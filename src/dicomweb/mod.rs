@@ -159,8 +159,7 @@ fn ranked_types<'a>(items: impl Iterator<Item = &'a str>) -> Vec<crate::media::m
     let mut ranked = Vec::new();
     for item in items {
         let Some(media) = crate::media::mime::MediaType::parse(item.trim()) else { continue };
-        let quality =
-            media.param("q").map_or(Some(1.0), |q| q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
+        let quality = media.param("q").map_or(Some(1.0), |q| q.parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)));
         match quality {
             Some(q) if q > 0.0 => ranked.push((q, media)),
             _ => {}

@@ -55,7 +55,8 @@ impl std::fmt::Display for MediaType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.essence)?;
         for (name, value) in &self.params {
-            let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            let plain = !value.is_empty()
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if plain {
                 write!(f, "; {name}={value}")?;
             } else {

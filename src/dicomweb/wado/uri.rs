@@ -80,16 +80,16 @@ pub async fn retrieve(
     if let Some((name, _)) = params.iter().find(|(name, _)| RENDERED_ONLY.contains(&name.as_str())) {
         return Err(Error::bad_request(format!("{name} applies to rendered images, not to application/dicom")));
     }
-    let requested_ts = match one("transferSyntax")? {
-        Some(ts) => {
-            uid::validate(ts).map_err(|e| Error::bad_request(format!("transferSyntax is not a valid UID: {e}")))?;
-            ts.to_string()
-        }
-        None => EXPLICIT_VR_LITTLE_ENDIAN.to_string(),
-    };
+    // Absent means the default, Explicit VR Little Endian (§9.4.2.4), as in WADO-RS: lossy-only
+    // pixel data then goes as stored.
+    let requested_ts = one("transferSyntax")?;
+    if let Some(ts) = requested_ts {
+        uid::validate(ts).map_err(|e| Error::bad_request(format!("transferSyntax is not a valid UID: {e}")))?;
+    }
 
     let record = archive.instance_in(&context.principal, &study, &series, &object)?;
-    let served = representation(Some(&requested_ts), &record, false).ok_or_else(|| {
+    let served = representation(requested_ts, &record, false).ok_or_else(|| {
+        let requested_ts = requested_ts.unwrap_or(EXPLICIT_VR_LITTLE_ENDIAN);
         Error::new(
             ErrorKind::NotAcceptable,
             format!(
