@@ -205,15 +205,30 @@ async fn qido_013_date_and_time_ranges_match_by_meaning() {
     assert_eq!(status(&server, "/studies?StudyTime=2500").await, StatusCode::BAD_REQUEST);
 }
 
-/// PS3.4 C.2.2.2.5.4 requires combined date-time matching when a DA and a TM key both carry a
-/// range: 20240104-20240105 with 1100-1200 means 4 January 11:00 to 5 January 12:00, which holds
-/// S201 (5 January 10:15). FIXME: Kura matches the date and the time separately, so S201 is
-/// missed.
+/// PS3.4 C.2.2.2.5.1 (digest: C.2.2.2.5.4), PS3.18 §8.3.4.1.1: a DA key and a TM key of one
+/// pair (StudyDate/StudyTime, PerformedProcedureStepStartDate/Time) are matched together as one
+/// date-time range: 20240104-20240105 with 1100-1200 means 4 January 11:00 to 5 January 12:00,
+/// which holds S201 (5 January 10:15). A time range alone may not cross midnight; combined with
+/// dates it may.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qido_014_date_and_time_are_matched_separately() {
+async fn qido_014_combined_date_time_range_matching() {
     let server = archive().await;
-    assert!(studies(&server, "StudyDate=20240104-20240105&StudyTime=1100-1200").await.is_empty(), "FIXME");
-    assert_eq!(studies(&server, "StudyDate=20240104-20240105&StudyTime=1000-1100").await, ["S201"]);
+    assert_eq!(studies(&server, "StudyDate=20240104-20240105&StudyTime=1100-1200").await, ["S201"]);
+    assert_eq!(studies(&server, "StudyDate=20240105-&StudyTime=1100-").await, ["S202"], "from 5 January 11:00");
+    assert_eq!(studies(&server, "StudyDate=20231231-20240105&StudyTime=2300-1000").await, ["S203"]);
+    assert_eq!(studies(&server, "StudyDate=20240105&StudyTime=1000-1100").await, ["S201"]);
+    assert_eq!(studies(&server, "StudyDate=-20240105&StudyTime=-1000").await, ["S203"]);
+    for query in ["/studies?StudyTime=2300-0100", "/studies?StudyDate=20240105&StudyTime=1100-1000"] {
+        assert_eq!(status(&server, query).await, StatusCode::BAD_REQUEST, "{query}");
+    }
+    let study = Spec::new(201, 1, 1).study_uid();
+    let pps = |query: String| {
+        let (base, study) = (server.base.clone(), study.clone());
+        async move { qido(&base, &format!("/studies/{study}/series?{query}")).await.len() }
+    };
+    let (date, time) = ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime");
+    assert_eq!(pps(format!("{date}=20240104-20240105&{time}=1100-1200")).await, 1);
+    assert_eq!(pps(format!("{date}=20240105&{time}=1020-1030")).await, 0);
 }
 
 /// PS3.4 C.2.2.2.3, PS3.18 §8.3.4.3: an empty value (or `*` alone) matches everything and asks
@@ -406,20 +421,88 @@ async fn qido_034_fuzzy_names_fold_width_case_and_kana() {
     assert!(get(&url, "").await.json().as_array().unwrap().is_empty(), "too far from every name");
 }
 
-/// PS3.18 §8.3.4.5 (newer editions): emptyvaluematching=true, when not supported, must be
-/// answered with the Warning "The emptyvaluematching parameter is not supported. Empty Value
-/// Matching has not been performed." Kura does not perform it (partial) and says so.
+/// PS3.18 §8.3.4.5, PS3.4 C.2.2.2.7 (newer editions): with emptyvaluematching=true a key with a
+/// value also matches entities whose attribute is empty or absent, and `""` matches only those;
+/// no "not supported" Warning. S203 has an empty AccessionNumber; series 2 of S201 has no
+/// InstitutionName.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qido_030_emptyvaluematching_gets_the_not_supported_warning() {
+async fn qido_030_emptyvaluematching_also_matches_empty_values() {
     let server = archive().await;
-    let reply = get(&format!("{}/studies?emptyvaluematching=true", server.base), "").await;
+    assert_eq!(studies(&server, "AccessionNumber=ACC201").await, ["S201"]);
+    let reply = get(&format!("{}/studies?AccessionNumber=ACC201&emptyvaluematching=true", server.base), "").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.json().as_array().unwrap().len(), 3);
-    assert!(
-        reply.warnings().contains(
-            "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed."
-        )
-    );
+    assert_eq!(study_ids(reply.json().as_array().unwrap()), ["S201", "S203"]);
+    assert_eq!(reply.warnings(), "");
+    assert_eq!(studies(&server, "AccessionNumber=ACC20*&emptyvaluematching=true").await, ["S201", "S202", "S203"]);
+    assert_eq!(studies(&server, "AccessionNumber=%22%22&emptyvaluematching=true").await, ["S203"]);
+    assert!(studies(&server, "AccessionNumber=%22%22").await.is_empty(), "without it, \"\" is a value");
+    let study = Spec::new(201, 1, 1).study_uid();
+    let series = |query: &'static str| {
+        let (base, study) = (server.base.clone(), study.clone());
+        async move { qido(&base, &format!("/studies/{study}/series?{query}")).await.len() }
+    };
+    assert_eq!(series("InstitutionName=Kura%20General").await, 1);
+    assert_eq!(series("InstitutionName=Kura%20General&emptyvaluematching=true").await, 2);
+    assert_eq!(series("PerformedProcedureStepStartDate=20240105&emptyvaluematching=true").await, 2);
+    assert_eq!(status(&server, "/studies?emptyvaluematching=yes").await, StatusCode::BAD_REQUEST);
+}
+
+/// PS3.18 §8.3.4.1.1, PS3.4 C.2.2.2.1.3: TimezoneOffsetFromUTC in the query gives the zone of
+/// its dates and times. Kura compares in UTC the entities that record an offset, and as written
+/// those that do not. All three studies were written as 1 March 2024 10:00: S331 at +0100
+/// (09:00 UTC), S332 at -0500 (15:00 UTC), S333 without an offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_033_timezone_offset_shifts_the_dates_and_times_matched() {
+    let mut parts = Vec::new();
+    for (study, offset) in [(331, Some("+0100")), (332, Some("-0500")), (333, None)] {
+        let mut spec = Spec::new(study, 1, 1);
+        spec.study_date = "20240301".into();
+        spec.study_time = "100000".into();
+        parts.push(with(&spec, |object| {
+            if let Some(offset) = offset {
+                put(object, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, offset);
+            }
+        }));
+    }
+    let server = Server::with(&parts).await;
+    assert_eq!(studies(&server, "StudyDate=20240301&StudyTime=1000").await, ["S331", "S332", "S333"]);
+    let utc = "StudyDate=20240301&StudyTime=0800-1000&TimezoneOffsetFromUTC=%2B0000";
+    assert_eq!(studies(&server, utc).await, ["S331", "S333"]);
+    let eastern = "StudyDate=20240301&StudyTime=1000-1100&TimezoneOffsetFromUTC=-0500";
+    assert_eq!(studies(&server, eastern).await, ["S332", "S333"]);
+    assert_eq!(studies(&server, "StudyDate=20240302&TimezoneOffsetFromUTC=%2B1400").await, ["S332"]);
+    let rows = qido(&server.base, "/studies?StudyDate=20240301&TimezoneOffsetFromUTC=%2B0100").await;
+    assert_eq!(study_ids(&rows), ["S331", "S332", "S333"]);
+    let s331 = rows.iter().find(|r| value_of(r, "00200010").as_deref() == Some("S331")).unwrap();
+    assert_eq!(value_of(s331, "00080201").as_deref(), Some("+0100"), "the entity's own offset is returned");
+    assert_eq!(status(&server, "/studies?TimezoneOffsetFromUTC=0100").await, StatusCode::BAD_REQUEST);
+}
+
+/// Kura's design (ARCHITECTURE.md): a result's own level is rendered from the values its index
+/// document stores, the higher levels of relational resources from the store. Both follow new
+/// instances: a new series in S201 changes its counts and ModalitiesInStudy in /studies, and
+/// the study values of /series rows of S201's older series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_035_result_rows_follow_the_store() {
+    let server = archive().await;
+    let mut spec = Spec::new(201, 3, 1);
+    spec.patient_name = "Smith^John".into();
+    spec.modality = "PT".into();
+    assert_eq!(stow(&server.base, None, &[instance(&spec)]).await.status, StatusCode::OK);
+    let row = &qido(&server.base, "/studies?PatientID=PID00201").await[0];
+    assert_eq!(value_of(row, "00201206").as_deref(), Some("3"));
+    assert_eq!(value_of(row, "00201208").as_deref(), Some("4"));
+    assert_eq!(row["00080061"]["Value"], json!(["CT", "PT", "SR"]));
+    let rows = qido(&server.base, "/series?PatientID=PID00201").await;
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(value_of(row, "00201206").as_deref(), Some("3"), "{row}");
+    }
+    let counts: Vec<String> = rows.iter().filter_map(|r| value_of(r, "00201209")).collect();
+    assert_eq!(counts, ["2", "1", "1"]);
+    let instances = qido(&server.base, "/instances?PatientID=PID00201&includefield=all").await;
+    assert_eq!(instances.len(), 4);
+    assert!(instances.iter().all(|r| value_of(r, "00201208").as_deref() == Some("4")));
 }
 
 /// PS3.18 §8.3.1, PS3.4 C.2.2.2.6: sequence keys as dotted paths. FIXME: not supported; 400.

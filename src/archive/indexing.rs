@@ -5,11 +5,11 @@ use std::collections::BTreeSet;
 
 use dicom_dictionary_std::tags;
 
-use crate::dicom::attrs::Level;
+use crate::dicom::attrs::{self, Level};
 use crate::dicom::part10::AttributeValue;
 use crate::error::Error;
 use crate::index::{DocKey, IndexDoc, IndexOp};
-use crate::store::{Change, SeriesRecord, Store, StudyRecord};
+use crate::store::{Change, InstanceRecord, SeriesRecord, Store, StudyRecord};
 
 fn tag_number(tag: dicom_core::Tag) -> u32 {
     (u32::from(tag.group()) << 16) | u32::from(tag.element())
@@ -23,10 +23,45 @@ pub fn study_values(study: &StudyRecord) -> Vec<AttributeValue> {
     values
 }
 
+fn count(tag: dicom_core::Tag, n: u64) -> AttributeValue {
+    AttributeValue { tag: tag_number(tag), values: vec![n.to_string()] }
+}
+
+/// What a search returns for a study: its attributes, ModalitiesInStudy, SOPClassesInStudy and
+/// the two counts (PS3.18 Table 10.6.3-3).
+pub fn study_row(study: &StudyRecord) -> Vec<AttributeValue> {
+    let mut values = study_values(study);
+    values.push(count(tags::NUMBER_OF_STUDY_RELATED_SERIES, study.n_series));
+    values.push(count(tags::NUMBER_OF_STUDY_RELATED_INSTANCES, study.n_instances));
+    values
+}
+
+/// What a search returns for a series: its attributes and NumberOfSeriesRelatedInstances.
+pub fn series_row(series: &SeriesRecord) -> Vec<AttributeValue> {
+    let mut values = series.attributes.clone();
+    values.push(count(tags::NUMBER_OF_SERIES_RELATED_INSTANCES, series.n_instances));
+    values
+}
+
+/// What a search returns for an instance: the instance-level attributes.
+pub fn instance_row(instance: &InstanceRecord) -> Vec<AttributeValue> {
+    instance
+        .attributes
+        .iter()
+        .filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == Level::Instance))
+        .cloned()
+        .collect()
+}
+
 fn study_op(study_uid: &str, study: Option<StudyRecord>) -> IndexOp {
     let key = DocKey { level: Level::Study, study_uid: study_uid.to_string(), series_uid: None, sop_uid: None };
     match study {
-        Some(study) => IndexOp::Upsert(IndexDoc { key, created: study.created_seq, values: study_values(&study) }),
+        Some(study) => IndexOp::Upsert(IndexDoc {
+            key,
+            created: study.created_seq,
+            values: study_values(&study),
+            row: study_row(&study),
+        }),
         None => IndexOp::Delete(key),
     }
 }
@@ -41,8 +76,9 @@ fn series_op(study_uid: &str, series_uid: &str, study: Option<&StudyRecord>, ser
     match (study, series) {
         (Some(study), Some(series)) => {
             let mut values = study_values(study);
+            let row = series_row(&series);
             values.extend(series.attributes);
-            IndexOp::Upsert(IndexDoc { key, created: series.created_seq, values })
+            IndexOp::Upsert(IndexDoc { key, created: series.created_seq, values, row })
         }
         _ => IndexOp::Delete(key),
     }
@@ -87,6 +123,7 @@ pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<Inde
                     },
                     created: instance.seq,
                     values,
+                    row: instance_row(&instance),
                 }));
             }
             None => ops.push(IndexOp::Delete(DocKey {

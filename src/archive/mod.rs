@@ -15,6 +15,7 @@ pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
 
 use crate::auth::Principal;
 use crate::dicom::attrs::Level;
+use crate::dicom::part10::AttributeValue;
 use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
 use crate::store::{
@@ -160,6 +161,22 @@ impl Archive {
     /// Searches the index. Results are filtered to what `principal` may see.
     pub fn search(&self, _principal: &Principal, query: &SearchQuery) -> Result<SearchHits, Error> {
         Ok(self.index.search(query)?)
+    }
+
+    /// The values a search returns for a study (its attributes, the computed ones and counts),
+    /// read from the store: for relational searches, whose hits are series or instances.
+    pub fn study_row(&self, principal: &Principal, study_uid: &str) -> Result<Option<Vec<AttributeValue>>, Error> {
+        Ok(self.study(principal, study_uid)?.as_ref().map(indexing::study_row))
+    }
+
+    /// The values a search returns for a series, read from the store.
+    pub fn series_row(
+        &self,
+        principal: &Principal,
+        study_uid: &str,
+        series_uid: &str,
+    ) -> Result<Option<Vec<AttributeValue>>, Error> {
+        Ok(self.series(principal, study_uid, series_uid)?.as_ref().map(indexing::series_row))
     }
 
     pub fn study(&self, _principal: &Principal, study_uid: &str) -> Result<Option<StudyRecord>, Error> {

@@ -110,6 +110,13 @@ pub static ATTRIBUTES: &[Attribute] = &[
     attr(tags::BITS_ALLOCATED, "BitsAllocated", Instance, VR::US, Number, IfPresent),
 ];
 
+/// DA and TM attributes that PS3.4 C.2.2.2.5.1 matches together as one date-time range when a
+/// query carries both: (date, time). The index keeps their combined value per document.
+pub static DATE_TIME_PAIRS: &[(Tag, Tag)] = &[
+    (tags::STUDY_DATE, tags::STUDY_TIME),
+    (tags::PERFORMED_PROCEDURE_STEP_START_DATE, tags::PERFORMED_PROCEDURE_STEP_START_TIME),
+];
+
 /// The attributes of one level, in table order.
 pub fn at_level(level: Level) -> impl Iterator<Item = &'static Attribute> {
     ATTRIBUTES.iter().filter(move |a| a.level == level)

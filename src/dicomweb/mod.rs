@@ -83,7 +83,7 @@ where
     match endpoint {
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
-            qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers())
+            qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await
         }
         Endpoint::Retrieve { study, series, instance } => {
             wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers()).await

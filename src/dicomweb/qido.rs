@@ -1,10 +1,11 @@
 //! QIDO-RS, the Search transaction (PS3.18 §10.6): six resources, DICOM JSON (default) or
 //! multipart Native DICOM Model XML, paging with the Warning header of §8.3.4.4.1.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dicom_core::VR;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
@@ -16,7 +17,7 @@ use crate::config::Config;
 use crate::dicom::attrs::{self, Level, Return};
 use crate::dicom::part10::AttributeValue;
 use crate::error::{Error, ErrorKind};
-use crate::index::DocKey;
+use crate::index::Hit;
 use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
 use crate::media::multipart;
 use crate::server::router::Endpoint;
@@ -52,7 +53,7 @@ fn representation(headers: &HeaderMap) -> Result<Representation, Error> {
 }
 
 /// `GET` on one of the six search resources.
-pub fn search(
+pub async fn search(
     archive: &Arc<Archive>,
     config: &Config,
     context: &RequestContext,
@@ -62,7 +63,7 @@ pub fn search(
 ) -> Result<Response<ResponseBody>, Error> {
     let representation = representation(headers)?;
     // Table 10.6.1-4: which levels' attributes each resource matches and returns.
-    let (level, levels, study, series): (Level, &[Level], _, _) = match endpoint {
+    let (level, levels, study, series): (Level, &'static [Level], _, _) = match endpoint {
         Endpoint::SearchStudies => (Level::Study, &[Level::Study], None, None),
         Endpoint::SearchSeries { study: None } => (Level::Series, &[Level::Study, Level::Series], None, None),
         Endpoint::SearchSeries { study } => (Level::Series, &[Level::Series], study.clone(), None),
@@ -80,20 +81,53 @@ pub fn search(
     let mut search = query::parse(raw_query, level, levels, config.qido_max_results)?;
     search.query.study_uid = study;
     search.query.series_uid = series;
+    let mut warnings = Vec::new();
+    if !search.ignored.is_empty() {
+        warnings.push(format!(
+            "The following attributes are not supported as match keys and were ignored: {}",
+            search.ignored.join(", ")
+        ));
+    }
 
-    let hits = archive.search(&context.principal, &search.query)?;
-    let mut rows = Vec::with_capacity(hits.keys.len());
-    for key in &hits.keys {
-        if let Some(row) = result_row(archive, context, &search, levels, key)? {
-            rows.push(row);
+    // The index search and the rendering of up to --qido-max-results rows are CPU work: they
+    // run on the blocking pool, so that a large listing does not hold up the async workers.
+    let (archive, blocking_context) = (archive.clone(), context.clone());
+    let (content_type, body, remaining) =
+        tokio::task::spawn_blocking(move || respond(&archive, &blocking_context, &search, levels, representation))
+            .await
+            .map_err(Error::internal)??;
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(full_body(Bytes::from(body)))
+        .expect("valid response");
+    if remaining > 0 {
+        warnings.insert(0, format!("There are {remaining} additional results that can be requested"));
+    }
+    for warning in warnings {
+        if let Ok(value) = HeaderValue::from_str(&format!("299 {}: {warning}", context.base_url)) {
+            response.headers_mut().append(header::WARNING, value);
         }
     }
-    let remaining = hits.total.saturating_sub(search.query.offset + rows.len());
+    Ok(response)
+}
 
-    let (content_type, body) = match representation {
+/// Searches and renders the page: (Content-Type, body, results remaining after it).
+fn respond(
+    archive: &Archive,
+    context: &RequestContext,
+    search: &Search,
+    levels: &[Level],
+    representation: Representation,
+) -> Result<(String, Vec<u8>, usize), Error> {
+    let hits = archive.search(&context.principal, &search.query)?;
+    let rows = result_rows(archive, context, search, levels, &hits.hits)?;
+    let remaining = hits.total.saturating_sub(search.query.offset + rows.len());
+    tracing::debug!(results = rows.len(), total = hits.total, "qido");
+    Ok(match representation {
         Representation::Json => {
             let array: Vec<_> = rows.iter().map(Dataset::to_json).collect();
-            (APPLICATION_DICOM_JSON.to_string(), serde_json::to_vec(&array).expect("json"))
+            (APPLICATION_DICOM_JSON.to_string(), serde_json::to_vec(&array).expect("json"), remaining)
         }
         Representation::Xml => {
             let boundary = multipart::new_boundary();
@@ -110,36 +144,9 @@ pub fn search(
                 body.extend_from_slice(b"\r\n");
             }
             body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-            (format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"), body)
+            (format!("multipart/related; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"), body, remaining)
         }
-    };
-    let mut response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(full_body(Bytes::from(body)))
-        .expect("valid response");
-    let mut warnings = Vec::new();
-    if remaining > 0 {
-        warnings.push(format!("There are {remaining} additional results that can be requested"));
-    }
-    if search.empty_value_matching_requested {
-        warnings.push(
-            "The emptyvaluematching parameter is not supported. Empty Value Matching has not been performed.".into(),
-        );
-    }
-    if !search.ignored.is_empty() {
-        warnings.push(format!(
-            "The following attributes are not supported as match keys and were ignored: {}",
-            search.ignored.join(", ")
-        ));
-    }
-    for warning in warnings {
-        if let Ok(value) = HeaderValue::from_str(&format!("299 {}: {warning}", context.base_url)) {
-            response.headers_mut().append(header::WARNING, value);
-        }
-    }
-    tracing::debug!(results = rows.len(), total = hits.total, "qido");
-    Ok(response)
+    })
 }
 
 /// Adds the attributes of `level` that the request returns (§10.6.3.3).
@@ -159,57 +166,85 @@ fn put_level(dataset: &mut Dataset, level: Level, values: &[AttributeValue], sea
     }
 }
 
-fn result_row(
+fn strings(values: &[AttributeValue], tag: Tag) -> Vec<String> {
+    values.iter().find(|v| v.tag() == tag).map(|v| v.values.clone()).unwrap_or_default()
+}
+
+/// The study's values (PS3.18 Table 10.6.3-3) as the index or `Archive::study_row` gives them.
+fn put_study(row: &mut Dataset, values: &[AttributeValue], search: &Search) {
+    put_level(row, Level::Study, values, search);
+    row.put_strings(tags::MODALITIES_IN_STUDY, VR::CS, strings(values, tags::MODALITIES_IN_STUDY));
+    if search.include.includes(tags::SOP_CLASSES_IN_STUDY) || search.matched.contains(&tags::SOP_CLASSES_IN_STUDY) {
+        row.put_strings(tags::SOP_CLASSES_IN_STUDY, VR::UI, strings(values, tags::SOP_CLASSES_IN_STUDY));
+    }
+    for tag in [tags::NUMBER_OF_STUDY_RELATED_SERIES, tags::NUMBER_OF_STUDY_RELATED_INSTANCES] {
+        row.put_strings(tag, VR::IS, strings(values, tag));
+    }
+}
+
+/// Renders the hits. A hit's own level comes from the values its index document stores; the
+/// higher levels of a relational resource (e.g. the study of each `/series` hit) are read from
+/// the store once per study or series of the page.
+fn result_rows(
     archive: &Archive,
     context: &RequestContext,
     search: &Search,
     levels: &[Level],
-    key: &DocKey,
-) -> Result<Option<Dataset>, Error> {
+    hits: &[Hit],
+) -> Result<Vec<Dataset>, Error> {
     let principal = &context.principal;
-    let mut row = Dataset::new();
-    if levels.contains(&Level::Study) {
-        let Some(study) = archive.study(principal, &key.study_uid)? else {
-            return Ok(None);
-        };
-        put_level(&mut row, Level::Study, &study.attributes, search);
-        row.put_strings(tags::MODALITIES_IN_STUDY, VR::CS, study.modalities.clone());
-        if search.include.includes(tags::SOP_CLASSES_IN_STUDY) || search.matched.contains(&tags::SOP_CLASSES_IN_STUDY) {
-            row.put_strings(tags::SOP_CLASSES_IN_STUDY, VR::UI, study.sop_classes.clone());
-        }
-        row.put_str(tags::NUMBER_OF_STUDY_RELATED_SERIES, VR::IS, study.n_series.to_string());
-        row.put_str(tags::NUMBER_OF_STUDY_RELATED_INSTANCES, VR::IS, study.n_instances.to_string());
-        if key.level == Level::Study {
-            row.put_str(tags::RETRIEVE_URL, VR::UR, context.study_url(&key.study_uid));
-        }
-    }
-    if levels.contains(&Level::Series) {
+    let mut studies: HashMap<String, Option<Vec<AttributeValue>>> = HashMap::new();
+    let mut series_rows: HashMap<(String, String), Option<Vec<AttributeValue>>> = HashMap::new();
+    let mut rows = Vec::with_capacity(hits.len());
+    for Hit { key, row: values } in hits {
+        let mut row = Dataset::new();
         let series_uid = key.series_uid.as_deref().unwrap_or_default();
-        let Some(series) = archive.series(principal, &key.study_uid, series_uid)? else {
-            return Ok(None);
-        };
-        put_level(&mut row, Level::Series, &series.attributes, search);
-        row.put_str(tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, series.n_instances.to_string());
-        if key.level == Level::Series {
-            row.put_str(tags::RETRIEVE_URL, VR::UR, context.series_url(&key.study_uid, series_uid));
+        if levels.contains(&Level::Study) {
+            let study = if key.level == Level::Study {
+                Some(values)
+            } else {
+                if !studies.contains_key(&key.study_uid) {
+                    studies.insert(key.study_uid.clone(), archive.study_row(principal, &key.study_uid)?);
+                }
+                studies[&key.study_uid].as_ref()
+            };
+            let Some(study) = study else { continue };
+            put_study(&mut row, study, search);
+            if key.level == Level::Study {
+                row.put_str(tags::RETRIEVE_URL, VR::UR, context.study_url(&key.study_uid));
+            }
         }
+        if levels.contains(&Level::Series) {
+            let series = if key.level == Level::Series {
+                Some(values)
+            } else {
+                let uids = (key.study_uid.clone(), series_uid.to_string());
+                if !series_rows.contains_key(&uids) {
+                    let found = archive.series_row(principal, &key.study_uid, series_uid)?;
+                    series_rows.insert(uids.clone(), found);
+                }
+                series_rows[&uids].as_ref()
+            };
+            let Some(series) = series else { continue };
+            put_level(&mut row, Level::Series, series, search);
+            let n_instances = strings(series, tags::NUMBER_OF_SERIES_RELATED_INSTANCES);
+            row.put_strings(tags::NUMBER_OF_SERIES_RELATED_INSTANCES, VR::IS, n_instances);
+            if key.level == Level::Series {
+                row.put_str(tags::RETRIEVE_URL, VR::UR, context.series_url(&key.study_uid, series_uid));
+            }
+        }
+        if levels.contains(&Level::Instance) {
+            put_level(&mut row, Level::Instance, values, search);
+            let sop_uid = key.sop_uid.as_deref().unwrap_or_default();
+            row.put_str(tags::RETRIEVE_URL, VR::UR, context.instance_url(&key.study_uid, series_uid, sop_uid));
+        }
+        // QIDO-RS rows always carry the unique keys of the levels above (§10.6.3.3).
+        row.put_str(tags::STUDY_INSTANCE_UID, VR::UI, &key.study_uid);
+        if let Some(series) = &key.series_uid {
+            row.put_str(tags::SERIES_INSTANCE_UID, VR::UI, series);
+        }
+        row.put_str(tags::INSTANCE_AVAILABILITY, VR::CS, "ONLINE");
+        rows.push(row);
     }
-    if levels.contains(&Level::Instance) {
-        let Some(instance) = archive.instance(principal, key.sop_uid.as_deref().unwrap_or_default())? else {
-            return Ok(None);
-        };
-        put_level(&mut row, Level::Instance, &instance.attributes, search);
-        row.put_str(
-            tags::RETRIEVE_URL,
-            VR::UR,
-            context.instance_url(&instance.study_uid, &instance.series_uid, &instance.sop_instance_uid),
-        );
-    }
-    // QIDO-RS rows always carry the unique keys of the levels above (§10.6.3.3).
-    row.put_str(tags::STUDY_INSTANCE_UID, VR::UI, &key.study_uid);
-    if let Some(series) = &key.series_uid {
-        row.put_str(tags::SERIES_INSTANCE_UID, VR::UI, series);
-    }
-    row.put_str(tags::INSTANCE_AVAILABILITY, VR::CS, "ONLINE");
-    Ok(Some(row))
+    Ok(rows)
 }

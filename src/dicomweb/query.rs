@@ -8,7 +8,7 @@ use dicom_dictionary_std::{StandardDataDictionary, tags};
 use crate::dicom::attrs::{self, Attribute, Level, Matching};
 use crate::dicom::uid;
 use crate::error::Error;
-use crate::index::search::{has_wildcard, parse_date, parse_time};
+use crate::index::search::{combine_date_times, has_wildcard, parse_date, parse_time, parse_utc_offset};
 use crate::index::{Criterion, Filter, SearchQuery};
 
 pub use crate::media::mime::APPLICATION_DICOM_JSON;
@@ -81,7 +81,9 @@ fn dictionary_tag(name: &str) -> Option<Tag> {
     StandardDataDictionary.by_name(name).map(|entry| entry.tag.inner())
 }
 
-fn range<F: Fn(&str) -> Option<u64>>(name: &str, value: &str, parse: F) -> Result<Criterion, Error> {
+/// A DA or TM value or range. A time range whose start is after its end is left for
+/// [`combine_date_times`] to judge: with a date range it is a range across midnight.
+fn range<F: Fn(&str) -> Option<u64>>(name: &str, value: &str, parse: F, is_time: bool) -> Result<Criterion, Error> {
     let invalid = || Error::bad_request(format!("{name}={value:?} is not a valid value or range (PS3.4 C.2.2.2.5)"));
     let bound = |text: &str| -> Result<Option<u64>, Error> {
         if text.is_empty() { Ok(None) } else { parse(text).map(Some).ok_or_else(invalid) }
@@ -98,6 +100,7 @@ fn range<F: Fn(&str) -> Option<u64>>(name: &str, value: &str, parse: F) -> Resul
     }
     if let (Some(from), Some(to)) = (from, to)
         && from > to
+        && !is_time
     {
         return Err(invalid());
     }
@@ -120,8 +123,8 @@ fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Cr
         }
         Matching::Text => Criterion::Text(value.to_string()),
         Matching::PersonName => Criterion::PersonName(value.to_string()),
-        Matching::Date => range(name, value, parse_date)?,
-        Matching::Time => range(name, value, parse_time)?,
+        Matching::Date => range(name, value, parse_date, false)?,
+        Matching::Time => range(name, value, parse_time, true)?,
         Matching::Number => {
             if has_wildcard(value) {
                 return Err(Error::bad_request(format!("{name}: wildcards are not allowed for numbers")));
@@ -142,6 +145,7 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
             study_uid: None,
             series_uid: None,
             filters: Vec::new(),
+            empty_value_matching: false,
             offset: 0,
             limit: max_results,
         },
@@ -152,6 +156,9 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
         ignored: Vec::new(),
     };
     let mut seen = Vec::new();
+    // TimezoneOffsetFromUTC in the query (µs east of UTC): the zone of its dates and times.
+    let mut utc_offset = None;
+    let mut empty_keys = Vec::new();
     for (name, value) in pairs(raw_query)? {
         match name.as_str() {
             "limit" => search.query.limit = unsigned("limit", &value)?.min(max_results),
@@ -216,12 +223,43 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                     )));
                 }
                 search.matched.push(attribute.tag);
+                // PS3.18 §8.3.4.1.1, PS3.4 C.2.2.2.1.3: not a match key, but the time zone in
+                // which the query's dates and times are meant.
+                if attribute.tag == tags::TIMEZONE_OFFSET_FROM_UTC {
+                    if !value.is_empty() {
+                        utc_offset = Some(parse_utc_offset(&value).ok_or_else(|| {
+                            Error::bad_request(format!("{name}={value:?} is not an offset like +0100 or -0500"))
+                        })?);
+                    }
+                    continue;
+                }
+                // `""` asks for entities whose value is empty (PS3.4 C.2.2.2.7); judged below,
+                // once emptyvaluematching is known.
+                if value == "\"\"" {
+                    empty_keys.push((attribute, name.clone()));
+                    continue;
+                }
                 if let Some(criterion) = criterion(attribute, &name, &value)? {
                     search.query.filters.push(Filter { attribute, criterion });
                 }
             }
         }
     }
+    search.query.empty_value_matching = search.empty_value_matching_requested;
+    for (attribute, name) in empty_keys {
+        let criterion = if search.empty_value_matching_requested {
+            Criterion::Empty
+        } else {
+            // Without Empty Value Matching `""` is an ordinary value.
+            match criterion(attribute, &name, "\"\"")? {
+                Some(criterion) => criterion,
+                None => continue,
+            }
+        };
+        search.query.filters.push(Filter { attribute, criterion });
+    }
+    combine_date_times(&mut search.query.filters, utc_offset)
+        .map_err(|message| Error::bad_request(format!("{message} (PS3.4 C.2.2.2.5)")))?;
     // fuzzymatching applies to person names (PS3.4 C.2.2.2.1.1), wherever it appeared.
     if search.fuzzy_requested {
         for filter in &mut search.query.filters {

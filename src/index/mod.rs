@@ -10,9 +10,10 @@
 
 mod schema;
 pub mod search;
+mod stored;
 mod tantivy_index;
 
-pub use search::{Criterion, Filter, SearchHits, SearchQuery};
+pub use search::{Criterion, Filter, Hit, SearchHits, SearchQuery};
 pub use tantivy_index::TantivyIndex;
 
 use crate::dicom::attrs::Level;
@@ -57,6 +58,9 @@ pub struct IndexDoc {
     /// Result order: the store sequence number that created the entity.
     pub created: u64,
     pub values: Vec<AttributeValue>,
+    /// What a search returns for the document: the values of its own level, computed ones
+    /// included (counts, ModalitiesInStudy), kept in the doc store.
+    pub row: Vec<AttributeValue>,
 }
 
 #[derive(Debug, Clone)]

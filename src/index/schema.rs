@@ -7,10 +7,11 @@ use tantivy::schema::{
 };
 use tantivy::tokenizer::{LowerCaser, RawTokenizer, TextAnalyzer};
 
-use crate::dicom::attrs::{ATTRIBUTES, Attribute, Matching};
+use crate::dicom::attrs::{ATTRIBUTES, Attribute, DATE_TIME_PAIRS, Matching};
 
 /// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
-pub const SCHEMA_VERSION: u32 = 3;
+/// 4: stored result rows (`_row`), combined date-time fields (`_dt.*`, `_utc.*`).
+pub const SCHEMA_VERSION: u32 = 4;
 /// Tokenizer of person-name fields: the whole value, lower-cased.
 pub const PN_TOKENIZER: &str = "kura_pn";
 
@@ -22,8 +23,15 @@ pub struct Fields {
     pub series_uid: Field,
     pub sop_uid: Field,
     pub created: Field,
-    /// Keywords of table attributes that are absent or empty in the document.
+    /// Keywords of table attributes that are absent or empty in the document, and
+    /// `_utc.<date keyword>` when the document has no UTC date-time for that pair.
     pub empty: Field,
+    /// The result row ([`super::stored`] encoding of `IndexDoc::row`).
+    pub row: Field,
+    /// Per date keyword of [`DATE_TIME_PAIRS`]: (date and time combined as written, the same
+    /// in UTC when the entity has a TimezoneOffsetFromUTC), in microseconds (see
+    /// `search::date_time`).
+    date_times: HashMap<&'static str, (Field, Field)>,
     by_keyword: HashMap<&'static str, Field>,
     /// Person-name attributes: their name components, normalised for fuzzy matching.
     name_words: HashMap<&'static str, Field>,
@@ -39,6 +47,7 @@ impl Fields {
         let sop_uid = builder.add_text_field("_sop", STRING | STORED);
         let created = builder.add_u64_field("_created", INDEXED | FAST);
         let empty = builder.add_text_field("_empty", STRING);
+        let row = builder.add_bytes_field("_row", STORED);
         let pn_options = TextOptions::default().set_indexing_options(
             TextFieldIndexing::default().set_tokenizer(PN_TOKENIZER).set_index_option(IndexRecordOption::Basic),
         );
@@ -57,6 +66,13 @@ impl Fields {
                 name_words.insert(attribute.keyword, words);
             }
         }
+        let mut date_times = HashMap::new();
+        for (date, _) in DATE_TIME_PAIRS {
+            let keyword = crate::dicom::attrs::by_tag(*date).expect("pairs are table attributes").keyword;
+            let local = builder.add_u64_field(&format!("_dt.{keyword}"), INDEXED | FAST);
+            let utc = builder.add_u64_field(&format!("_utc.{keyword}"), INDEXED | FAST);
+            date_times.insert(keyword, (local, utc));
+        }
         Fields {
             schema: builder.build(),
             key,
@@ -66,6 +82,8 @@ impl Fields {
             sop_uid,
             created,
             empty,
+            row,
+            date_times,
             by_keyword,
             name_words,
         }
@@ -73,6 +91,11 @@ impl Fields {
 
     pub fn of(&self, attribute: &Attribute) -> Field {
         self.by_keyword[attribute.keyword]
+    }
+
+    /// The (local, UTC) combined date-time fields of a pair's date attribute.
+    pub fn date_time_of(&self, date: &Attribute) -> Option<(Field, Field)> {
+        self.date_times.get(date.keyword).copied()
     }
 
     /// The fuzzy-matching field of a person-name attribute.

@@ -10,7 +10,8 @@ use unicode_normalization::UnicodeNormalization;
 
 use super::schema::Fields;
 use super::{DocKey, IndexError, IndexResult};
-use crate::dicom::attrs::{Attribute, Level};
+use crate::dicom::attrs::{self, Attribute, DATE_TIME_PAIRS, Level, Matching};
+use crate::dicom::part10::AttributeValue;
 
 /// One matching criterion on one attribute (already validated against its VR).
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,20 @@ pub enum Criterion {
         to: Option<u64>,
     },
     Number(i64),
+    /// A date and a time key of one of [`DATE_TIME_PAIRS`] matched as one date-time range
+    /// (PS3.4 C.2.2.2.5.1), or a date key with a TimezoneOffsetFromUTC in the query. `from` and
+    /// `to` are [`date_time`] values as the query wrote them; `dates` the date key's own bounds
+    /// (YYYYMMDD), for entities that have a date but no time. With `utc_offset` (microseconds,
+    /// the query's TimezoneOffsetFromUTC) entities that record an offset are compared in UTC.
+    DateTime {
+        from: Option<u64>,
+        to: Option<u64>,
+        dates: (Option<u64>, Option<u64>),
+        utc_offset: Option<i64>,
+    },
+    /// `""` with `emptyvaluematching=true`: only entities whose value is empty or absent
+    /// (PS3.4 C.2.2.2.7).
+    Empty,
 }
 
 #[derive(Debug, Clone)]
@@ -46,15 +61,25 @@ pub struct SearchQuery {
     pub study_uid: Option<String>,
     pub series_uid: Option<String>,
     pub filters: Vec<Filter>,
+    /// Empty Value Matching (PS3.4 C.2.2.2.7): every filter also matches entities whose
+    /// attribute is empty or absent.
+    pub empty_value_matching: bool,
     pub offset: usize,
     pub limit: usize,
+}
+
+/// One match: its key and the values its document stores for the result row.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub key: DocKey,
+    pub row: Vec<AttributeValue>,
 }
 
 /// Matches in result order, and how many matched in all.
 #[derive(Debug, Clone, Default)]
 pub struct SearchHits {
     pub total: usize,
-    pub keys: Vec<DocKey>,
+    pub hits: Vec<Hit>,
 }
 
 pub fn level_term(level: Level) -> &'static str {
@@ -132,7 +157,12 @@ pub(super) fn build_query(fields: &Fields, query: &SearchQuery) -> IndexResult<B
         clauses.push((Occur::Must, term_query(Term::from_field_text(fields.series_uid, series))));
     }
     for filter in &query.filters {
-        clauses.push((Occur::Must, criterion_query(fields, filter)?));
+        let mut clause = criterion_query(fields, filter)?;
+        if query.empty_value_matching && filter.criterion != Criterion::Empty {
+            let empty = term_query(Term::from_field_text(fields.empty, filter.attribute.keyword));
+            clause = Box::new(BooleanQuery::new(vec![(Occur::Should, clause), (Occur::Should, empty)]));
+        }
+        clauses.push((Occur::Must, clause));
     }
     if clauses.is_empty() {
         return Ok(Box::new(AllQuery));
@@ -183,14 +213,140 @@ fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Quer
             }
             Box::new(BooleanQuery::new(words))
         }
-        Criterion::Range { from, to } => {
-            use std::ops::Bound::*;
-            let lower = from.map_or(Unbounded, |v| Included(Term::from_field_u64(field, v)));
-            let upper = to.map_or(Unbounded, |v| Included(Term::from_field_u64(field, v)));
-            Box::new(RangeQuery::new(lower, upper))
-        }
+        Criterion::Range { from, to } => u64_range(field, *from, *to),
         Criterion::Number(value) => term_query(Term::from_field_i64(field, *value)),
+        Criterion::Empty => term_query(Term::from_field_text(fields.empty, filter.attribute.keyword)),
+        Criterion::DateTime { from, to, dates, utc_offset } => {
+            let missing = || IndexError::InvalidQuery(format!("{} has no time to combine", filter.attribute.keyword));
+            let (local_field, utc_field) = fields.date_time_of(filter.attribute).ok_or_else(missing)?;
+            let time = DATE_TIME_PAIRS
+                .iter()
+                .find(|(date, _)| *date == filter.attribute.tag)
+                .and_then(|(_, time)| attrs::by_tag(*time))
+                .ok_or_else(missing)?;
+            // An entity with a date but no time matches by its date alone.
+            let date_only: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+                (Occur::Must, term_query(Term::from_field_text(fields.empty, time.keyword))),
+                (Occur::Must, u64_range(field, dates.0, dates.1)),
+            ]));
+            let local: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+                (Occur::Should, u64_range(local_field, *from, *to)),
+                (Occur::Should, date_only),
+            ]));
+            match utc_offset {
+                None => local,
+                Some(offset) => {
+                    let shift = |value: u64| value.saturating_add_signed(-offset);
+                    let no_utc = term_query(Term::from_field_text(fields.empty, &utc_marker(filter.attribute)));
+                    Box::new(BooleanQuery::new(vec![
+                        (Occur::Should, u64_range(utc_field, from.map(shift), to.map(shift))),
+                        (Occur::Should, Box::new(BooleanQuery::new(vec![(Occur::Must, no_utc), (Occur::Must, local)]))),
+                    ]))
+                }
+            }
+        }
     })
+}
+
+fn u64_range(field: tantivy::schema::Field, from: Option<u64>, to: Option<u64>) -> Box<dyn Query> {
+    use std::ops::Bound::*;
+    let lower = from.map_or(Unbounded, |v| Included(Term::from_field_u64(field, v)));
+    let upper = to.map_or(Unbounded, |v| Included(Term::from_field_u64(field, v)));
+    Box::new(RangeQuery::new(lower, upper))
+}
+
+/// The `_empty` entry of a document that has no UTC date-time for the pair of `date`.
+pub fn utc_marker(date: &Attribute) -> String {
+    format!("_utc.{}", date.keyword)
+}
+
+const DAY_MICROS: u64 = 86_400_000_000;
+
+/// Days from 0000-03-01 to a YYYYMMDD date (the proleptic Gregorian calendar).
+fn day_number(date: u64) -> u64 {
+    let (year, month, day) = ((date / 10_000) as i64, ((date / 100) % 100) as i64, (date % 100) as i64);
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    (era * 146_097 + day_of_era).max(0) as u64
+}
+
+/// A date (YYYYMMDD) and a time (microseconds since midnight) as one ordered number:
+/// microseconds since 0000-03-01 00:00, so that offsets can be added across midnight.
+pub fn date_time(date: u64, time: u64) -> u64 {
+    day_number(date) * DAY_MICROS + time
+}
+
+/// Parses a TimezoneOffsetFromUTC value (`+HHMM` or `-HHMM`, PS3.3 C.12.1.1.8) into
+/// microseconds east of UTC.
+pub fn parse_utc_offset(value: &str) -> Option<i64> {
+    let value = value.trim();
+    let (sign, digits) = match value.as_bytes().first()? {
+        b'+' => (1, &value[1..]),
+        b'-' => (-1, &value[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (hours, minutes): (i64, i64) = (digits[..2].parse().ok()?, digits[2..].parse().ok()?);
+    if hours > 14 || minutes > 59 {
+        return None;
+    }
+    Some(sign * (hours * 60 + minutes) * 60_000_000)
+}
+
+/// Rewrites the date and time filters of a query for PS3.4 C.2.2.2.5.1 and a query's
+/// TimezoneOffsetFromUTC (`utc_offset`, microseconds east of UTC):
+/// - a date range and a time range of one of [`DATE_TIME_PAIRS`] become one date-time range,
+///   e.g. 20240104-20240105 with 1100-1200 is 4 January 11:00 to 5 January 12:00;
+/// - with a `utc_offset`, a date range of a pair becomes the date-time range from its first
+///   day's start to its last day's end, compared in UTC where the entity records its offset;
+/// - a time range on its own may not cross midnight.
+///
+/// Errors name the offending keyword.
+pub fn combine_date_times(filters: &mut Vec<Filter>, utc_offset: Option<i64>) -> Result<(), String> {
+    const LAST_MICRO: u64 = DAY_MICROS - 1;
+    let range_of = |filters: &[Filter], tag| {
+        filters.iter().position(|f| f.attribute.tag == tag && matches!(f.criterion, Criterion::Range { .. }))
+    };
+    let bounds = |filter: &Filter| match filter.criterion {
+        Criterion::Range { from, to } => (from, to),
+        _ => (None, None),
+    };
+    for (date_tag, time_tag) in DATE_TIME_PAIRS {
+        let Some(date_index) = range_of(filters, *date_tag) else { continue };
+        let (date_from, date_to) = bounds(&filters[date_index]);
+        let (time_from, time_to) = match range_of(filters, *time_tag) {
+            Some(time_index) => {
+                let time = bounds(&filters[time_index]);
+                filters.remove(time_index);
+                time
+            }
+            None if utc_offset.is_some() => (None, None),
+            None => continue,
+        };
+        let from = date_from.map(|date| date_time(date, time_from.unwrap_or(0)));
+        let to = date_to.map(|date| date_time(date, time_to.unwrap_or(LAST_MICRO)));
+        let date_index = range_of(filters, *date_tag).expect("still there");
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(format!("{} with its time is an empty range", filters[date_index].attribute.keyword));
+        }
+        filters[date_index].criterion = Criterion::DateTime { from, to, dates: (date_from, date_to), utc_offset };
+    }
+    for filter in filters.iter() {
+        if let (Matching::Time, Criterion::Range { from: Some(from), to: Some(to) }) =
+            (filter.attribute.matching, &filter.criterion)
+            && from > to
+        {
+            return Err(format!("{} is a time range that crosses midnight", filter.attribute.keyword));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a DA value (YYYYMMDD; the ACR-NEMA form YYYY.MM.DD is tolerated) into YYYYMMDD.
@@ -247,6 +403,18 @@ mod tests {
         );
         assert_eq!(fold_name("ＹＡＭＡＤＡ"), "yamada");
         assert_eq!(fold_name("ヤマダ"), "やまだ");
+    }
+
+    #[test]
+    fn date_times_order_across_days_and_offsets() {
+        let day = date_time(20200102, 0) - date_time(20200101, 0);
+        assert_eq!(day, DAY_MICROS);
+        assert_eq!(date_time(20200301, 0) - date_time(20200228, 0), 2 * DAY_MICROS, "2020 is a leap year");
+        assert_eq!(date_time(20210101, 0) - date_time(20201231, 0), DAY_MICROS);
+        assert_eq!(parse_utc_offset("+0100"), Some(3_600_000_000));
+        assert_eq!(parse_utc_offset("-0530"), Some(-19_800_000_000));
+        assert_eq!(parse_utc_offset("0100"), None);
+        assert_eq!(parse_utc_offset("+2500"), None);
     }
 
     #[test]

@@ -28,9 +28,11 @@ use tantivy::{
 use tokio::sync::oneshot;
 
 use super::schema::{self, Fields, PN_TOKENIZER, SCHEMA_VERSION};
-use super::search::{self, SearchHits, SearchQuery, level_term, normalise_person_name, parse_date, parse_time};
+use super::search::{
+    self, Hit, SearchHits, SearchQuery, level_term, normalise_person_name, parse_date, parse_time, parse_utc_offset,
+};
 use super::*;
-use crate::dicom::attrs::{ATTRIBUTES, Matching};
+use crate::dicom::attrs::{self, ATTRIBUTES, DATE_TIME_PAIRS, Matching};
 
 const DISK_WRITER_MEMORY: usize = 32 * 1024 * 1024;
 const RECENT_WRITER_MEMORY: usize = 16 * 1024 * 1024;
@@ -310,6 +312,26 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
         out.add_text(fields.sop_uid, sop);
     }
     out.add_u64(fields.created, doc.created);
+    out.add_bytes(fields.row, &super::stored::encode(&doc.row));
+    let first = |tag| {
+        doc.values.iter().find(|v| v.tag() == tag).and_then(|v| v.values.first()).map(String::as_str).unwrap_or("")
+    };
+    for (date_tag, time_tag) in DATE_TIME_PAIRS {
+        let date_attribute = attrs::by_tag(*date_tag).expect("pairs are table attributes");
+        if date_attribute.level > doc.key.level {
+            continue;
+        }
+        let Some((local_field, utc_field)) = fields.date_time_of(date_attribute) else { continue };
+        let local = parse_date(first(*date_tag)).zip(parse_time(first(*time_tag)));
+        let local = local.map(|(date, time)| search::date_time(date, time));
+        if let Some(local) = local {
+            out.add_u64(local_field, local);
+        }
+        match (local, parse_utc_offset(first(dicom_dictionary_std::tags::TIMEZONE_OFFSET_FROM_UTC))) {
+            (Some(local), Some(offset)) => out.add_u64(utc_field, local.saturating_add_signed(-offset)),
+            _ => out.add_text(fields.empty, search::utc_marker(date_attribute)),
+        }
+    }
     for attribute in ATTRIBUTES.iter().filter(|a| a.level <= doc.key.level) {
         let field = fields.of(attribute);
         let values: Vec<&str> = doc
@@ -412,18 +434,22 @@ impl Index for TantivyIndex {
         if order == Order::Desc {
             hits.reverse();
         }
-        let mut keys = Vec::with_capacity(query.limit);
+        let mut rows = Vec::with_capacity(query.limit.min(hits.len()));
         for (_, is_recent, address) in hits.into_iter().skip(query.offset).take(query.limit) {
             let searcher = if is_recent { &snapshot.recent } else { &snapshot.disk };
             let doc: TantivyDocument = searcher.doc(address).map_err(backend)?;
             let text = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
-            keys.push(DocKey {
-                level: query.level,
-                study_uid: text(self.fields.study_uid).unwrap_or_default(),
-                series_uid: text(self.fields.series_uid),
-                sop_uid: text(self.fields.sop_uid),
+            let row = doc.get_first(self.fields.row).and_then(|v| v.as_bytes()).and_then(super::stored::decode);
+            rows.push(Hit {
+                key: DocKey {
+                    level: query.level,
+                    study_uid: text(self.fields.study_uid).unwrap_or_default(),
+                    series_uid: text(self.fields.series_uid),
+                    sop_uid: text(self.fields.sop_uid),
+                },
+                row: row.ok_or_else(|| IndexError::Backend("index document without a result row".into()))?,
             });
         }
-        Ok(SearchHits { total, keys })
+        Ok(SearchHits { total, hits: rows })
     }
 }

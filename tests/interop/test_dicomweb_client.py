@@ -344,6 +344,22 @@ def test_search_studies_by_uid_list_and_accession(client):
     assert study_set(rows) == {S2}
 
 
+def test_search_with_empty_value_matching(corpus, client):
+    # PS3.18 8.3.4.5: with emptyvaluematching=true a key also matches studies without a value.
+    expected = corpus.studies_where(lambda ds: str(ds.get("AccessionNumber", "") or "") in ("", "ACC-2"))
+    assert S2 in expected and len(expected) > 1  # the sample files carry no accession number
+    rows = client.search_for_studies(
+        search_filters={"AccessionNumber": "ACC-2"}, additional_params={"emptyvaluematching": "true"}
+    )
+    assert study_set(rows) == expected
+
+
+def test_search_with_combined_date_and_time(client):
+    # PS3.4 C.2.2.2.5.1: StudyDate and StudyTime together are one date-time range.
+    rows = client.search_for_studies(search_filters={"StudyDate": "20200101-20200315", "StudyTime": "000000-"})
+    assert {S1, S2} <= study_set(rows)
+
+
 def test_search_series_of_a_study(client):
     rows = client.search_for_series(S1)
     assert {value(r, "SeriesInstanceUID") for r in rows} == {S1_CT_A, S1_CT_B}
