@@ -237,8 +237,8 @@ fn pixels_of(file: &[u8], spec: &Spec) -> Vec<u8> {
 }
 
 /// PS3.18 §10.4.1.1.2, Annex F: metadata of a study, series or instance is one DICOM JSON array
-/// with an object per instance, members in tag order; an ETag, and 304 for If-None-Match.
-/// FIXME: the multipart/related Native DICOM Model XML form is not offered (406).
+/// with an object per instance, members in tag order; an ETag, and 304 for If-None-Match. Asked
+/// for, the Native DICOM Model XML (PS3.19 Annex A), one multipart/related part per instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wado_013_metadata_at_every_level() {
     let (server, multi, single, _) = series_with_frames().await;
@@ -266,12 +266,54 @@ async fn wado_013_metadata_at_every_level() {
     assert_eq!(one[0]["00280010"]["Value"][0], 16, "US as a JSON number");
     let missing = get(&format!("{}/metadata", Spec::new(399, 1, 1).study_url(&server.base)), "").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    let xml = get(
-        &format!("{}/metadata", single.instance_url(&server.base)),
-        "multipart/related; type=\"application/dicom+xml\"",
-    )
-    .await;
-    assert_eq!(xml.status, StatusCode::NOT_ACCEPTABLE, "FIXME: XML metadata");
+    let xml_type = "multipart/related; type=\"application/dicom+xml\"";
+    let xml = get(&format!("{}/metadata", multi.series_url(&server.base)), xml_type).await;
+    assert_eq!(xml.status, StatusCode::OK);
+    assert!(xml.content_type().starts_with(xml_type), "{}", xml.content_type());
+    let parts = split_multipart(xml.content_type(), &xml.body);
+    assert_eq!(parts.len(), 2, "one document per instance");
+    let document = String::from_utf8(parts[0].1.clone()).unwrap();
+    assert!(parts[0].0.contains("Content-Type: application/dicom+xml"), "{}", parts[0].0);
+    assert!(document.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<NativeDicomModel"), "{document}");
+    assert!(document.contains(&format!(
+        "<DicomAttribute tag=\"00100010\" vr=\"PN\" keyword=\"PatientName\"><PersonName number=\"1\"><Alphabetic>\
+         <FamilyName>Doe</FamilyName><GivenName>Patient{}</GivenName></Alphabetic></PersonName></DicomAttribute>",
+        multi.study
+    )));
+    assert!(document.contains("<DicomAttribute tag=\"7FE00010\" vr=\"OW\" keyword=\"PixelData\"><BulkData uri=\"http"));
+    let json_etag =
+        get(&format!("{}/metadata", multi.series_url(&server.base)), "").await.header("etag").map(str::to_string);
+    assert_ne!(xml.header("etag").map(str::to_string), json_etag, "each form has its own validator");
+    let neither = get(&format!("{}/metadata", multi.series_url(&server.base)), "image/jpeg").await;
+    assert_eq!(neither.status, StatusCode::NOT_ACCEPTABLE);
+}
+
+/// PS3.18 §10.4.1.1.2 (Kura's choice, RFC 9110 §8.4): metadata is sent with brotli or gzip when
+/// Accept-Encoding allows it, with a validator per coding; any coding's ETag answers 304.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_021_metadata_compressed_when_the_client_accepts_it() {
+    use std::io::Read;
+    let (server, multi, _, _) = series_with_frames().await;
+    let url = format!("{}/metadata", multi.series_url(&server.base));
+    let plain = get(&url, "application/dicom+json").await;
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.header("vary"), Some("Accept-Encoding"));
+    for (accept_encoding, coding) in [("gzip, deflate, br", "br"), ("gzip", "gzip"), ("br;q=0.1, gzip", "gzip")] {
+        let reply = send(http::Method::GET, &url, &[("accept-encoding", accept_encoding)], bytes::Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("content-encoding"), Some(coding), "{accept_encoding}");
+        let mut decoded = Vec::new();
+        match coding {
+            "br" => brotli::Decompressor::new(reply.body.as_ref(), 4096).read_to_end(&mut decoded).unwrap(),
+            _ => flate2::read::GzDecoder::new(reply.body.as_ref()).read_to_end(&mut decoded).unwrap(),
+        };
+        assert_eq!(decoded, plain.body.to_vec(), "{accept_encoding}");
+        assert!(reply.body.len() * 3 < plain.body.len(), "{} of {} bytes", reply.body.len(), plain.body.len());
+        let etag = reply.header("etag").unwrap().to_string();
+        assert_ne!(Some(etag.as_str()), plain.header("etag"));
+        let again = send(http::Method::GET, &url, &[("if-none-match", etag.as_str())], bytes::Bytes::new()).await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    }
 }
 
 /// PS3.18 §10.4.1.1.2, F.2.6, F.2.7: Pixel Data and binary values over 1 KiB appear as

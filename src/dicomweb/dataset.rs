@@ -178,6 +178,81 @@ impl Dataset {
     }
 }
 
+/// The Native DICOM Model (PS3.19 Annex A) document of one instance's DICOM JSON (as WADO-RS
+/// metadata holds it): the same attributes, BulkDataURI as `<BulkData uri>`, InlineBinary as
+/// `<InlineBinary>`.
+pub fn xml_from_json(object: &Map<String, Json>) -> String {
+    let mut out = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<NativeDicomModel xmlns=\"http://dicom.nema.org/PS3.19/models/NativeDICOM\">",
+    );
+    write_json_elements(object, &mut out);
+    out.push_str("</NativeDicomModel>\n");
+    out
+}
+
+fn write_json_elements(object: &Map<String, Json>, out: &mut String) {
+    for (tag_text, element) in object {
+        let Ok(number) = u32::from_str_radix(tag_text, 16) else { continue };
+        let tag = Tag((number >> 16) as u16, number as u16);
+        let vr = element["vr"].as_str().unwrap_or("UN");
+        let _ = write!(out, "<DicomAttribute tag=\"{tag_text}\" vr=\"{vr}\"");
+        let keyword = keyword_of(tag);
+        if !keyword.is_empty() {
+            let _ = write!(out, " keyword=\"{keyword}\"");
+        }
+        out.push('>');
+        if let Some(uri) = element["BulkDataURI"].as_str() {
+            out.push_str("<BulkData uri=\"");
+            escape_xml(uri, out);
+            out.push_str("\"/>");
+        } else if let Some(base64) = element["InlineBinary"].as_str() {
+            out.push_str("<InlineBinary>");
+            escape_xml(base64, out);
+            out.push_str("</InlineBinary>");
+        } else if let Some(values) = element["Value"].as_array() {
+            for (i, value) in values.iter().enumerate() {
+                let number = i + 1;
+                match value {
+                    Json::Object(item) if vr == "SQ" => {
+                        let _ = write!(out, "<Item number=\"{number}\">");
+                        write_json_elements(item, out);
+                        out.push_str("</Item>");
+                    }
+                    Json::Object(groups) if vr == "PN" => {
+                        let _ = write!(out, "<PersonName number=\"{number}\">");
+                        for name in ["Alphabetic", "Ideographic", "Phonetic"] {
+                            let Some(group) = groups.get(name).and_then(Json::as_str) else { continue };
+                            let _ = write!(out, "<{name}>");
+                            let parts = ["FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"];
+                            for (part, component) in parts.iter().zip(group.split('^')) {
+                                if !component.is_empty() {
+                                    let _ = write!(out, "<{part}>");
+                                    escape_xml(component, out);
+                                    let _ = write!(out, "</{part}>");
+                                }
+                            }
+                            let _ = write!(out, "</{name}>");
+                        }
+                        out.push_str("</PersonName>");
+                    }
+                    Json::Null => {
+                        let _ = write!(out, "<Value number=\"{number}\"/>");
+                    }
+                    Json::String(text) => {
+                        let _ = write!(out, "<Value number=\"{number}\">");
+                        escape_xml(text, out);
+                        out.push_str("</Value>");
+                    }
+                    other => {
+                        let _ = write!(out, "<Value number=\"{number}\">{other}</Value>");
+                    }
+                }
+            }
+        }
+        out.push_str("</DicomAttribute>");
+    }
+}
+
 fn keyword_of(tag: Tag) -> String {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
     dicom_dictionary_std::StandardDataDictionary.by_tag(tag).map(|entry| entry.alias().to_string()).unwrap_or_default()
@@ -187,6 +262,28 @@ fn keyword_of(tag: Tag) -> String {
 mod tests {
     use super::*;
     use dicom_dictionary_std::tags;
+
+    #[test]
+    fn metadata_json_becomes_native_dicom_model_xml() {
+        let json: Json = serde_json::from_str(
+            r#"{"00100010":{"vr":"PN","Value":[{"Alphabetic":"Yamada^Tarou","Ideographic":"山田^太郎"}]},
+                "00181110":{"vr":"DS","Value":[1.5,null]},
+                "00081115":{"vr":"SQ","Value":[{"00081150":{"vr":"UI","Value":["1.2.3"]}}]},
+                "7FE00010":{"vr":"OW","BulkDataURI":"http://h/a?b=1&c=2"},
+                "00091001":{"vr":"OB","InlineBinary":"AAE="}}"#,
+        )
+        .unwrap();
+        let xml = xml_from_json(json.as_object().unwrap());
+        assert!(xml.contains(
+            "<DicomAttribute tag=\"00100010\" vr=\"PN\" keyword=\"PatientName\"><PersonName number=\"1\">\
+             <Alphabetic><FamilyName>Yamada</FamilyName><GivenName>Tarou</GivenName></Alphabetic>\
+             <Ideographic><FamilyName>山田</FamilyName><GivenName>太郎</GivenName></Ideographic></PersonName>"
+        ));
+        assert!(xml.contains("<Value number=\"1\">1.5</Value><Value number=\"2\"/>"));
+        assert!(xml.contains("<Item number=\"1\"><DicomAttribute tag=\"00081150\" vr=\"UI\" keyword=\"ReferencedSOPClassUID\"><Value number=\"1\">1.2.3</Value>"));
+        assert!(xml.contains("<BulkData uri=\"http://h/a?b=1&amp;c=2\"/>"));
+        assert!(xml.contains("<DicomAttribute tag=\"00091001\" vr=\"OB\"><InlineBinary>AAE=</InlineBinary>"));
+    }
 
     #[test]
     fn person_names_split_into_component_groups() {

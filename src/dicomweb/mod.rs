@@ -88,14 +88,17 @@ where
         Endpoint::Retrieve { study, series, instance } => {
             wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers()).await
         }
-        Endpoint::Metadata { study, series, instance } => wado::metadata::retrieve(
-            archive,
-            context,
-            &study,
-            series.as_deref(),
-            instance.as_deref(),
-            request.headers(),
-        ),
+        Endpoint::Metadata { study, series, instance } => {
+            wado::metadata::retrieve(
+                archive,
+                context,
+                &study,
+                series.as_deref(),
+                instance.as_deref(),
+                request.headers(),
+            )
+            .await
+        }
         Endpoint::Frames { study, series, instance, frames } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::frames(archive, context, &record, &frames, request.headers()).await

@@ -1,4 +1,5 @@
-//! Wire formats that are not DICOM: media types and multipart/related.
+//! Wire formats that are not DICOM: media types, multipart/related, content codings.
 
+pub mod compress;
 pub mod mime;
 pub mod multipart;

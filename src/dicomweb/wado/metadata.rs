@@ -1,7 +1,9 @@
 //! WADO-RS metadata (PS3.18 §10.4.1.1.2, Annex F): the DICOM JSON of every instance of a study,
-//! series or instance, as one JSON array. Each instance's JSON was computed when it was stored
+//! series or instance, as one JSON array (or, asked for, the Native DICOM Model XML of each as
+//! multipart/related). Each instance's JSON was computed when it was stored
 //! (`dicom::json`), so a 1,000-instance series is served without re-parsing a file; only the
-//! base URL of its BulkDataURIs is filled in per request.
+//! base URL of its BulkDataURIs is filled in per request. Sent with brotli or gzip when the
+//! client accepts them.
 
 use std::sync::Arc;
 
@@ -12,19 +14,37 @@ use crate::archive::Archive;
 use crate::dicom::json::BASE_PLACEHOLDER;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body};
 use crate::error::{Error, ErrorKind};
-use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_JSON};
+use crate::media::compress;
+use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
+use crate::media::multipart;
 
-/// JSON unless the client accepts nothing JSON-like (then 406; the XML form is not offered yet).
-fn negotiate(headers: &HeaderMap) -> Result<(), Error> {
-    let Some(accepted) = accepted_types(headers) else { return Ok(()) };
-    let json_ok = accepted
+/// The two forms of metadata (§10.4.1.1.2): DICOM JSON, the default, and the Native DICOM Model
+/// XML, one part per instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Xml,
+}
+
+/// The first acceptable form in the client's order of preference; 406 when neither is.
+fn negotiate(headers: &HeaderMap) -> Result<Format, Error> {
+    let Some(accepted) = accepted_types(headers) else { return Ok(Format::Json) };
+    accepted
         .iter()
-        .any(|m| [APPLICATION_DICOM_JSON, APPLICATION_JSON, "application/*", "*/*"].contains(&m.essence.as_str()));
-    if json_ok {
-        Ok(())
-    } else {
-        Err(Error::new(ErrorKind::NotAcceptable, "metadata is available as application/dicom+json"))
-    }
+        .find_map(|media| match media.essence.as_str() {
+            APPLICATION_DICOM_JSON | APPLICATION_JSON | "application/*" | "*/*" => Some(Format::Json),
+            MULTIPART_RELATED if media.param("type").is_some_and(|t| t.eq_ignore_ascii_case(APPLICATION_DICOM_XML)) => {
+                Some(Format::Xml)
+            }
+            "multipart/*" => Some(Format::Xml),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotAcceptable,
+                "metadata is available as application/dicom+json and multipart/related; type=\"application/dicom+xml\"",
+            )
+        })
 }
 
 /// A strong validator of the resource's current content: it changes whenever an instance is
@@ -41,8 +61,19 @@ fn entity_tag(records: &[crate::store::InstanceRecord]) -> String {
     format!("\"{hash:016x}-{}\"", records.len())
 }
 
+/// Whether an If-None-Match candidate names this content, in any content coding: the codings
+/// differ only in bytes on the wire, so a client holding either is up to date.
+fn names_this_content(candidate: &str, etag: &str) -> bool {
+    let candidate = candidate.trim().trim_start_matches("W/");
+    if candidate == "*" || candidate == etag {
+        return true;
+    }
+    let bare = etag.trim_end_matches('"');
+    ["br", "gzip"].iter().any(|coding| candidate == format!("{bare}-{coding}\""))
+}
+
 /// `GET {root}/studies/{study}[/series/{series}[/instances/{instance}]]/metadata`.
-pub fn retrieve(
+pub async fn retrieve(
     archive: &Arc<Archive>,
     context: &RequestContext,
     study: &str,
@@ -50,16 +81,19 @@ pub fn retrieve(
     instance: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response<ResponseBody>, Error> {
-    negotiate(headers)?;
+    let format = negotiate(headers)?;
     let level = super::target_level(series, instance);
     let records = archive.instances_of(&context.principal, level, study, series, instance)?;
-    let etag = entity_tag(&records);
+    let etag = match format {
+        Format::Json => entity_tag(&records),
+        Format::Xml => format!("{}-xml\"", entity_tag(&records).trim_end_matches('"')),
+    };
     let not_modified = headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|candidate| candidate.trim() == etag || candidate.trim() == "*");
+        .any(|candidate| names_this_content(candidate, &etag));
     if not_modified {
         return Ok(Response::builder()
             .status(StatusCode::NOT_MODIFIED)
@@ -68,22 +102,58 @@ pub fn retrieve(
             .expect("valid response"));
     }
     let mut body = Vec::with_capacity(records.len() * 4096);
-    body.push(b'[');
-    for (i, record) in records.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
+    let content_type = match format {
+        Format::Json => {
+            body.push(b'[');
+            for (i, record) in records.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                append_with_base(&mut body, &archive.instance_metadata(record)?, context.base_url.as_bytes());
+            }
+            body.push(b']');
+            APPLICATION_DICOM_JSON.to_string()
         }
-        let json = archive.instance_metadata(record)?;
-        append_with_base(&mut body, &json, context.base_url.as_bytes());
-    }
-    body.push(b']');
-    Ok(Response::builder()
+        Format::Xml => {
+            let boundary = multipart::new_boundary();
+            let mut json = Vec::new();
+            for (i, record) in records.iter().enumerate() {
+                json.clear();
+                append_with_base(&mut json, &archive.instance_metadata(record)?, context.base_url.as_bytes());
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&json).map_err(Error::internal)?;
+                if i > 0 {
+                    body.extend_from_slice(b"\r\n");
+                }
+                let xml = crate::dicomweb::dataset::xml_from_json(&object);
+                let location = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+                let head =
+                    multipart::part_header(&boundary, APPLICATION_DICOM_XML, Some(&location), Some(xml.len() as u64));
+                body.extend_from_slice(&head);
+                body.extend_from_slice(xml.as_bytes());
+            }
+            body.extend_from_slice(&multipart::closing(&boundary));
+            format!("{MULTIPART_RELATED}; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}")
+        }
+    };
+    let mut response = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, APPLICATION_DICOM_JSON)
-        .header(header::ETAG, etag)
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(full_body(Bytes::from(body)))
-        .expect("valid response"))
+        .header(header::VARY, "Accept-Encoding");
+    let body = match compress::negotiate(headers, body.len()) {
+        Some(coding) => {
+            // A distinct validator per coding (RFC 9110 §8.8.3.3).
+            let etag = format!("{}-{}\"", etag.trim_end_matches('"'), coding.token());
+            response = response.header(header::CONTENT_ENCODING, coding.token()).header(header::ETAG, etag);
+            tokio::task::spawn_blocking(move || compress::encode(coding, &body)).await.map_err(Error::internal)?
+        }
+        None => {
+            response = response.header(header::ETAG, etag);
+            body
+        }
+    };
+    Ok(response.body(full_body(Bytes::from(body))).expect("valid response"))
 }
 
 /// Copies `json` into `out`, replacing each [`BASE_PLACEHOLDER`] with `base`.
@@ -108,5 +178,15 @@ mod tests {
         let json = format!("{{\"a\":\"{BASE_PLACEHOLDER}/studies/1/bulkdata/7FE00010\"}}");
         append_with_base(&mut out, json.as_bytes(), b"http://host/dicomweb");
         assert_eq!(String::from_utf8(out).unwrap(), "{\"a\":\"http://host/dicomweb/studies/1/bulkdata/7FE00010\"}");
+    }
+
+    #[test]
+    fn any_coding_of_the_content_is_current() {
+        let etag = "\"0123-5\"";
+        assert!(names_this_content("\"0123-5\"", etag));
+        assert!(names_this_content(" \"0123-5-br\"", etag));
+        assert!(names_this_content("W/\"0123-5-gzip\"", etag));
+        assert!(!names_this_content("\"0123-6\"", etag));
+        assert!(!names_this_content("\"0123-5-zstd\"", etag));
     }
 }
