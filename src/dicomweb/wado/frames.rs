@@ -111,9 +111,7 @@ fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Optio
             "*/*" | "multipart/*" => Some(FrameForm::Stored),
             MULTIPART_RELATED => {
                 let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
-                if kind == media_type && stored_ok {
-                    Some(FrameForm::Stored)
-                } else if kind == OCTET_STREAM && ts == Some("*") {
+                if (kind == media_type && stored_ok) || (kind == OCTET_STREAM && ts == Some("*")) {
                     Some(FrameForm::Stored)
                 } else if kind == OCTET_STREAM && decodable && ts.is_none_or(|ts| ts == EXPLICIT_VR_LITTLE_ENDIAN) {
                     Some(FrameForm::Decoded)
