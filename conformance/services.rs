@@ -63,15 +63,68 @@ async fn uri_001_wado_uri_retrieves_dicom_instances() {
     }
 }
 
-/// PS3.18 §8.9: Retrieve Capabilities, `OPTIONS` on the base URI, required of every RESTful
-/// service (§10.2). Not implemented: 404.
+/// PS3.18 §8.9, Annex H: Retrieve Capabilities. `OPTIONS` on the base URI answers a WADL
+/// document (or JSON, asked for) whose resources base is the service's base URL, describing
+/// every resource with its methods named by transaction, query keys and media types; a resource
+/// below the root answers its own subtree; ETag and 304; 406 for other media types.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cap_001_retrieve_capabilities_is_not_available() {
+async fn cap_001_retrieve_capabilities() {
     let server = Server::start().await;
-    for url in [server.base.clone(), format!("{}/", server.base)] {
-        let reply = send(Method::OPTIONS, &url, &[("accept", "application/json")], Bytes::new()).await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{url}");
+    let root = format!("{}/", server.base);
+    let wadl = send(Method::OPTIONS, &root, &[("accept", "application/vnd.sun.wadl+xml")], Bytes::new()).await;
+    assert_eq!(wadl.status, StatusCode::OK);
+    assert_eq!(wadl.content_type(), "application/vnd.sun.wadl+xml");
+    let text = wadl.text();
+    assert!(text.contains("<application xmlns=\"http://wadl.dev.java.net/2009/02\">"), "{text}");
+    assert!(text.contains(&format!("<resources base=\"{}/\">", server.base)), "{text}");
+    for needle in [
+        "<resource path=\"studies\"><method name=\"GET\" id=\"SearchForStudies\">",
+        "<method name=\"POST\" id=\"StoreInstances\">",
+        "<param name=\"PatientName\" style=\"query\">",
+        "<param name=\"fuzzymatching\" style=\"query\">",
+        "<resource path=\"frames/{frameList}\"><method name=\"GET\" id=\"RetrieveFrames\">",
+        "<option value=\"multipart/related; type=&quot;application/dicom&quot;; transfer-syntax=*\"/>",
+        "<method name=\"GET\" id=\"RetrieveInstanceMetadata\">",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
     }
+    assert_eq!(server.base.matches("//").count(), 1);
+    let etag = wadl.header("etag").unwrap().to_string();
+    let again =
+        send(Method::OPTIONS, &root, &[("accept", "*/*"), ("if-none-match", etag.as_str())], Bytes::new()).await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+
+    let json = send(Method::OPTIONS, &server.base, &[("accept", "application/json")], Bytes::new()).await;
+    assert_eq!(json.content_type(), "application/json");
+    let document = json.json();
+    let resources = &document["application"]["resources"];
+    assert_eq!(resources["base"], format!("{}/", server.base));
+    let studies = &resources["resource"][0];
+    assert_eq!(studies["path"], "studies");
+    let search = &studies["method"][0];
+    assert_eq!(search["id"], "SearchForStudies");
+    let keys: Vec<&str> =
+        search["request"]["query"].as_array().unwrap().iter().filter_map(|q| q["name"].as_str()).collect();
+    assert!(keys.contains(&"StudyInstanceUID") && keys.contains(&"ModalitiesInStudy") && keys.contains(&"limit"));
+    assert!(!keys.contains(&"SOPInstanceUID"), "instance keys are not study search keys");
+
+    let series = send(
+        Method::OPTIONS,
+        &format!("{}/studies/1.2.3/series", server.base),
+        &[("accept", "application/vnd.sun.wadl+xml")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(series.status, StatusCode::OK);
+    assert_eq!(series.header("allow"), Some("GET, HEAD, OPTIONS"));
+    let text = series.text();
+    assert!(text.contains("<resource path=\"studies\"><resource path=\"{StudyInstanceUID}\"><resource path=\"series\"><method name=\"GET\" id=\"SearchForStudySeries\">"), "{text}");
+    assert!(!text.contains("SearchForStudies") && !text.contains("RetrieveStudy\""), "only the target's subtree");
+
+    let unknown = send(Method::OPTIONS, &format!("{}/nothing", server.base), &[("accept", "*/*")], Bytes::new()).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let png = send(Method::OPTIONS, &root, &[("accept", "image/png")], Bytes::new()).await;
+    assert_eq!(png.status, StatusCode::NOT_ACCEPTABLE);
 }
 
 /// PS3.18 Chapter 11, Worklist service (UPS-RS). Not implemented: 404.

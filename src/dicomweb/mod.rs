@@ -1,6 +1,7 @@
 //! DICOMweb transactions (PS3.18): one module per transaction, each parsing the request,
 //! calling the archive and rendering the response. Shared vocabulary lives here.
 
+pub mod capabilities;
 pub mod dataset;
 pub mod qido;
 pub mod query;
@@ -103,6 +104,7 @@ where
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::frames(archive, context, &record, &frames, request.headers()).await
         }
+        Endpoint::Capabilities { path } => capabilities::describe(context, &path, request.headers()),
         Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;

@@ -28,6 +28,8 @@ pub enum Endpoint {
     Bulkdata { study: String, series: String, instance: String, tag: String },
     /// WADO-URI, PS3.18 Chapter 9: `GET {wado path}?requestType=WADO&…`.
     WadoUri,
+    /// Retrieve Capabilities, PS3.18 §8.9: `OPTIONS {root}/` (or a resource below it).
+    Capabilities { path: String },
 }
 
 impl Endpoint {
@@ -41,6 +43,7 @@ impl Endpoint {
             Endpoint::Frames { .. } => "wado-frames",
             Endpoint::Bulkdata { .. } => "wado-bulkdata",
             Endpoint::WadoUri => "wado-uri",
+            Endpoint::Capabilities { .. } => "capabilities",
         }
     }
 }
@@ -56,6 +59,9 @@ fn method_not_allowed(allowed: &'static str) -> Error {
 
 /// Routes a request path relative to the DICOMweb base path.
 pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
+    if method == Method::OPTIONS {
+        return Ok(Endpoint::Capabilities { path: relative_path.to_string() });
+    }
     let segments: Vec<&str> = relative_path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
