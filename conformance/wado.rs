@@ -417,6 +417,37 @@ async fn wado_017_accept_query_parameter() {
     assert!(wildcard.json()["message"].as_str().unwrap().contains("wildcards"));
 }
 
+/// PS3.18 §10.4.4 (2025a, ZIP packaging): `Accept: application/zip` on a study or series gives
+/// one ZIP archive of its instances, `{study}/{series}/{instance}.dcm` each, with the bytes a
+/// multipart retrieval gives; tests/interop/test_zip.py opens it with Python's zipfile and unzip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_018_zip_of_a_study_or_series() {
+    let (server, multi, single, multi_bytes) = series_with_frames().await;
+    let reply = get(&multi.series_url(&server.base), "application/zip").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type(), "application/zip");
+    assert_eq!(
+        reply.header("content-disposition"),
+        Some(format!("attachment; filename=\"{}.zip\"", multi.series_uid()).as_str())
+    );
+    let body = reply.body.as_ref();
+    assert_eq!(&body[..4], b"PK\x03\x04", "a local file header first");
+    let end = body.len() - 22;
+    assert_eq!(&body[end..end + 4], b"PK\x05\x06", "the end of central directory last");
+    assert_eq!(u16::from_le_bytes([body[end + 10], body[end + 11]]), 2, "both instances");
+    let name = format!("{}/{}/{}.dcm", multi.study_uid(), multi.series_uid(), multi.sop_uid());
+    assert!(body.windows(name.len()).any(|w| w == name.as_bytes()), "entry {name}");
+    let stored = as_stored(&multi_bytes);
+    assert!(body.windows(stored.len()).any(|w| w == stored.as_slice()), "the instance's bytes, stored");
+    let study = get(&single.study_url(&server.base), "application/zip").await;
+    assert_eq!(study.status, StatusCode::OK);
+    let tail = &study.body[study.body.len() - 22..];
+    assert_eq!(u16::from_le_bytes([tail[10], tail[11]]), 2, "the study's two instances");
+    let jpeg_only =
+        get(&single.study_url(&server.base), "application/zip; transfer-syntax=1.2.840.10008.1.2.4.50").await;
+    assert_eq!(jpeg_only.status, StatusCode::NOT_ACCEPTABLE);
+}
+
 /// PS3.18 §10.4.1.1.3, §8.3.5: Rendered Study, Series, Instance and Frames. Not implemented:
 /// 404 at every level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

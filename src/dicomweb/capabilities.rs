@@ -77,7 +77,8 @@ fn search(id: &'static str, level: Level) -> Method {
 }
 
 fn retrieve(id: &'static str, single_part: bool) -> Method {
-    let mut accept = vec![DICOM_MULTIPART, "multipart/related; type=\"application/dicom\"; transfer-syntax=*"];
+    let mut accept =
+        vec![DICOM_MULTIPART, "multipart/related; type=\"application/dicom\"; transfer-syntax=*", "application/zip"];
     if single_part {
         accept.push("application/dicom");
     }

@@ -6,6 +6,7 @@ pub const APPLICATION_DICOM_JSON: &str = "application/dicom+json";
 pub const APPLICATION_DICOM_XML: &str = "application/dicom+xml";
 pub const APPLICATION_JSON: &str = "application/json";
 pub const MULTIPART_RELATED: &str = "multipart/related";
+pub const APPLICATION_ZIP: &str = "application/zip";
 
 /// A parsed media type: lower-case essence and its parameters (names lower-case, values with
 /// quotes removed).

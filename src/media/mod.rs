@@ -1,5 +1,7 @@
-//! Wire formats that are not DICOM: media types, multipart/related, content codings.
+//! Wire formats that are not DICOM: media types, multipart/related, content codings,
+//! ZIP archives.
 
 pub mod compress;
 pub mod mime;
 pub mod multipart;
+pub mod zip;

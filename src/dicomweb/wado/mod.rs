@@ -16,8 +16,9 @@ use crate::archive::Archive;
 use crate::dicom::attrs::Level;
 use crate::dicom::transcode;
 use crate::error::{Error, ErrorKind};
-use crate::media::mime::{APPLICATION_DICOM, MULTIPART_RELATED};
+use crate::media::mime::{APPLICATION_DICOM, APPLICATION_ZIP, MULTIPART_RELATED};
 use crate::media::multipart;
+use crate::media::zip::ZipWriter;
 use crate::store::InstanceRecord;
 
 /// Explicit VR Little Endian, the default transfer syntax of web services (PS3.18 §8.7.3.4).
@@ -29,6 +30,8 @@ enum Framing {
     Multipart,
     /// Single-part `application/dicom`, only for an Instance resource (§10.4.4, 2025a).
     Single,
+    /// `application/zip`: one archive of PS3.10 files, for downloading a study at once.
+    Zip,
 }
 
 /// What one instance is sent as.
@@ -88,6 +91,7 @@ fn negotiate(
         let (framing, lenient) = match essence {
             _ if related_dicom => (Framing::Multipart, false),
             APPLICATION_DICOM if single_instance => (Framing::Single, false),
+            APPLICATION_ZIP => (Framing::Zip, false),
             "*/*" | "multipart/*" => (Framing::Multipart, true),
             _ => continue,
         };
@@ -122,6 +126,85 @@ fn instance_body(
             (EXPLICIT_VR_LITTLE_ENDIAN.to_string(), None, converted.boxed())
         }
     }
+}
+
+/// The instances as one ZIP archive, `{study}/{series}/{instance}.dcm` each, streamed: a producer
+/// task writes the archive into a small channel, so at most a few chunks wait in memory and a
+/// client that goes away stops it.
+fn zip_response(
+    archive: &Arc<Archive>,
+    name: &str,
+    records: Vec<InstanceRecord>,
+    representations: Vec<Representation>,
+) -> Response<ResponseBody> {
+    type Item = Result<Bytes, crate::dicomweb::BoxError>;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Item>(8);
+    let archive = archive.clone();
+    tokio::spawn(async move {
+        let mut zip = ZipWriter::default();
+        let send = |item: Item| {
+            let sender = sender.clone();
+            async move { sender.send(item).await.is_ok() }
+        };
+        for (record, representation) in records.into_iter().zip(representations) {
+            let name = format!("{}/{}/{}.dcm", record.study_uid, record.series_uid, record.sop_instance_uid);
+            match representation {
+                Representation::Stored => {
+                    if !send(Ok(zip.begin(&name, record.payload.length).into())).await {
+                        return;
+                    }
+                    let mut chunks = std::pin::pin!(archive.payload(&record));
+                    while let Some(chunk) = chunks.next().await {
+                        let chunk = match chunk {
+                            Ok(chunk) => chunk,
+                            Err(error) => {
+                                send(Err(error.into())).await;
+                                return;
+                            }
+                        };
+                        zip.data(&chunk);
+                        if !send(Ok(chunk)).await {
+                            return;
+                        }
+                    }
+                }
+                Representation::ExplicitLittleEndian => {
+                    let bytes = match archive.explicit_little_endian(&record).await {
+                        Ok(bytes) => bytes,
+                        Err(error) => {
+                            send(Err(Box::new(error))).await;
+                            return;
+                        }
+                    };
+                    let header = zip.begin(&name, bytes.len() as u64);
+                    zip.data(&bytes);
+                    if !send(Ok(header.into())).await || !send(Ok(bytes)).await {
+                        return;
+                    }
+                }
+            }
+            match zip.end() {
+                Ok(descriptor) => {
+                    if !send(Ok(descriptor.into())).await {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    send(Err(error.into())).await;
+                    return;
+                }
+            }
+        }
+        send(Ok(zip.finish().into())).await;
+    });
+    let body =
+        stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, APPLICATION_ZIP)
+        .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.zip\""))
+        .body(stream_body(body))
+        .expect("valid response")
 }
 
 /// The level a `{study}[/{series}[/{instance}]]` path addresses.
@@ -179,6 +262,14 @@ pub async fn retrieve(
 
     if framing == Framing::Single {
         return single_instance(archive, context, &records[0], representations[0]).await;
+    }
+    if framing == Framing::Zip {
+        let name = match level {
+            Level::Study => study,
+            Level::Series => series.unwrap_or_default(),
+            Level::Instance => instance.unwrap_or_default(),
+        };
+        return Ok(zip_response(archive, name, records, representations));
     }
 
     let boundary = multipart::new_boundary();
