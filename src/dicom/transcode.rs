@@ -220,3 +220,36 @@ pub fn decode_frames(reader: impl Read, frames: &[u32]) -> Result<Vec<Vec<u8>>, 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decodable set the conformance statement's §4 table promises.
+    #[test]
+    fn codecs_compiled_in() {
+        let decodable = [
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.51",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.4.92",
+            "1.2.840.10008.1.2.4.93",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+            "1.2.840.10008.1.2.5",
+        ];
+        for uid in decodable {
+            assert!(can_decode(uid), "{uid}");
+        }
+        for uid in ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.1.99"] {
+            assert!(!can_decode(uid), "{uid}");
+        }
+        assert!(can_convert_to_explicit_little_endian("1.2.840.10008.1.2.5", Some(16)));
+        assert!(!can_convert_to_explicit_little_endian("1.2.840.10008.1.2.5", Some(32)));
+        assert!(is_lossy("1.2.840.10008.1.2.4.50") && !is_lossy("1.2.840.10008.1.2.4.70"));
+    }
+}
