@@ -17,7 +17,7 @@ fn origin(server: &Server) -> String {
 /// PS3.18 Chapter 9, §9.4: WADO-URI Retrieve DICOM Instance at `/wado` on the same listener:
 /// application/dicom in Explicit VR Little Endian by default; 400 for a missing requestType or
 /// UID, a parameterised contentType or rendering parameters; 404 for an unknown instance; 406
-/// for rendered media types (not offered yet) and unconvertible transfer syntaxes.
+/// for unconvertible transfer syntaxes (rendered retrieval: uri_002).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uri_001_wado_uri_retrieves_dicom_instances() {
     let spec = Spec::new(501, 1, 1);
@@ -45,7 +45,7 @@ async fn uri_001_wado_uri_retrieves_dicom_instances() {
             format!("requestType=WADO&{uids}&contentType=application%2Fdicom&windowCenter=40&windowWidth=400"),
             StatusCode::BAD_REQUEST,
         ),
-        (format!("requestType=WADO&{uids}&contentType=image%2Fjpeg"), StatusCode::NOT_ACCEPTABLE),
+        (format!("requestType=WADO&{uids}&contentType=text%2Fhtml"), StatusCode::NOT_ACCEPTABLE),
         (
             format!("requestType=WADO&{uids}&contentType=application%2Fdicom&transferSyntax=1.2.840.10008.1.2.4.50"),
             StatusCode::NOT_ACCEPTABLE,
@@ -60,6 +60,50 @@ async fn uri_001_wado_uri_retrieves_dicom_instances() {
         ),
     ] {
         assert_eq!(get(&format!("{wado}?{query}"), "").await.status, status, "{query}");
+    }
+}
+
+/// PS3.18 §9.5: WADO-URI Retrieve Rendered Instance: image/jpeg without contentType under
+/// `Accept: */*` (§9.3), image/png asked by contentType, `rows`/`columns` as maxima keeping the
+/// aspect ratio, `region`, `windowCenter`/`windowWidth` (both or neither), `frameNumber`; 400
+/// for malformed or conflicting parameters and for presentation states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_002_wado_uri_renders_images() {
+    let spec = Spec::new(502, 1, 1).size(16, 24, 2);
+    let server = Server::with(&[rle_instance(&spec)]).await;
+    let wado = format!("{}/wado", origin(&server));
+    let base = format!(
+        "{wado}?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}",
+        spec.study_uid(),
+        spec.series_uid(),
+        spec.sop_uid()
+    );
+    let jpeg = get(&base, "*/*").await;
+    assert_eq!(jpeg.status, StatusCode::OK);
+    assert_eq!(jpeg.content_type(), "image/jpeg");
+    let mut decoder = jpeg_decoder::Decoder::new(jpeg.body.as_ref());
+    decoder.decode().unwrap();
+    let info = decoder.info().unwrap();
+    assert_eq!((info.width, info.height), (24, 16));
+    let png = get(&format!("{base}&contentType=image%2Fpng&frameNumber=2"), "").await;
+    assert_eq!(png.content_type(), "image/png");
+    let (size, pixels) = png_pixels(&png.body);
+    assert_eq!(size, (24, 16));
+    assert_eq!(pixels, normalised(&rle_pixels(&spec)[16 * 24..]), "frame 2, min-max over the frame");
+    let small = get(&format!("{base}&contentType=image%2Fpng&rows=8"), "").await;
+    assert_eq!(png_pixels(&small.body).0, (12, 8), "rows is a maximum; columns follow the aspect ratio");
+    let region = get(&format!("{base}&contentType=image%2Fpng&region=0,0,0.5,0.5"), "").await;
+    assert_eq!(png_pixels(&region.body).0, (12, 8));
+    for query in [
+        "&windowCenter=40",
+        "&frameNumber=3",
+        "&frameNumber=0",
+        "&region=0.5,0,0.2,1",
+        "&imageQuality=101",
+        "&presentationUID=1.2.3&presentationSeriesUID=1.2.4",
+        "&contentType=image%2Fjpeg&transferSyntax=1.2.840.10008.1.2.1",
+    ] {
+        assert_eq!(get(&format!("{base}{query}"), "").await.status, StatusCode::BAD_REQUEST, "{query}");
     }
 }
 

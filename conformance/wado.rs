@@ -448,30 +448,100 @@ async fn wado_018_zip_of_a_study_or_series() {
     assert_eq!(jpeg_only.status, StatusCode::NOT_ACCEPTABLE);
 }
 
-/// PS3.18 §10.4.1.1.3, §8.3.5: Rendered Study, Series, Instance and Frames. Not implemented:
-/// 404 at every level.
+/// PS3.18 §10.4.1.1.3, §8.3.5, §8.7.4: Rendered Instance and Frames as a single image/jpeg or
+/// image/png (pixels: the instance has no window, so min-max over the frame), several images
+/// (a multi-frame instance, a series) as multipart/related of the image type and 406 for a
+/// single-part type alone (§10.4.4 2025a), `viewport`, `window`, `quality`, `annotation`
+/// (accepted, not burnt in: Warning), and 400 for malformed values or a mixed Accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rend_001_rendered_resources_are_not_available() {
-    let server = Server::start().await;
-    let spec = Spec::new(321, 1, 1);
-    let study = get(&format!("{}/rendered", spec.study_url(&server.base)), "image/jpeg").await;
-    assert_eq!(study.status, StatusCode::NOT_FOUND);
-    for url in [
-        format!("{}/rendered", spec.series_url(&server.base)),
-        format!("{}/rendered", spec.instance_url(&server.base)),
-        format!("{}/frames/1/rendered", spec.instance_url(&server.base)),
-    ] {
-        assert_eq!(get(&url, "image/jpeg").await.status, StatusCode::NOT_FOUND, "{url}");
+async fn rend_001_rendered_resources() {
+    let multi = Spec::new(321, 1, 1).size(16, 24, 3);
+    let single = Spec::new(321, 1, 2).size(16, 24, 1);
+    let server = Server::with(&[rle_instance(&multi), rle_instance(&single)]).await;
+    let frame = 16 * 24;
+    let single_url = format!("{}/rendered", single.instance_url(&server.base));
+    let png = get(&single_url, "image/png").await;
+    assert_eq!(png.status, StatusCode::OK, "{}", png.text());
+    assert_eq!(png.content_type(), "image/png");
+    assert_eq!(png_pixels(&png.body), ((24, 16), normalised(&rle_pixels(&single))));
+    let jpeg = get(&single_url, "image/jpeg").await;
+    let mut decoder = jpeg_decoder::Decoder::new(jpeg.body.as_ref());
+    let pixels = decoder.decode().unwrap();
+    let expected = normalised(&rle_pixels(&single));
+    let error: f64 = pixels.iter().zip(&expected).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>()
+        / expected.len() as f64;
+    assert!(error < 12.0, "JPEG close to the PNG: mean error {error}");
+    assert_eq!(get(&single_url, "*/*").await.content_type(), "image/jpeg", "the default rendered type");
+
+    let frames_url = format!("{}/frames/3/rendered", multi.instance_url(&server.base));
+    assert_eq!(png_pixels(&get(&frames_url, "image/png").await.body).1, normalised(&rle_pixels(&multi)[2 * frame..]));
+    let all_url = format!("{}/rendered", multi.instance_url(&server.base));
+    assert_eq!(get(&all_url, "image/png").await.status, StatusCode::NOT_ACCEPTABLE, "three images, one part asked");
+    let all = get(&all_url, "multipart/related; type=\"image/png\"").await;
+    assert!(all.content_type().starts_with("multipart/related; type=\"image/png\""));
+    let parts = split_multipart(all.content_type(), &all.body);
+    assert_eq!(parts.len(), 3);
+    assert!(parts[1].0.contains(&format!("Content-Location: {}/frames/2/rendered", multi.instance_url(&server.base))));
+    assert_eq!(png_pixels(&parts[1].1).1, normalised(&rle_pixels(&multi)[frame..2 * frame]));
+    let series =
+        get(&format!("{}/rendered", multi.series_url(&server.base)), "multipart/related; type=\"image/jpeg\"").await;
+    assert_eq!(split_multipart(series.content_type(), &series.body).len(), 4, "3 + 1 frames");
+
+    let viewport = get(&format!("{single_url}?viewport=12,12"), "image/png").await;
+    assert_eq!(png_pixels(&viewport.body).0, (12, 8), "fit inside, aspect kept");
+    let flipped = get(&format!("{single_url}?viewport=24,16,24,0,-24,16"), "image/png").await;
+    let (_, flipped) = png_pixels(&flipped.body);
+    assert_eq!(flipped[0], expected[23], "a negative width flips horizontally");
+    let windowed = get(&format!("{single_url}?window=100,50,linear"), "image/png").await;
+    let (_, windowed) = png_pixels(&windowed.body);
+    for (value, shown) in rle_pixels(&single).iter().zip(&windowed) {
+        if *value < 70 {
+            assert_eq!(*shown, 0, "{value} is below the window");
+        } else if *value > 130 {
+            assert_eq!(*shown, 255, "{value} is above the window");
+        }
     }
+    let annotated = get(&format!("{single_url}?annotation=patient,technique"), "image/jpeg").await;
+    assert_eq!(annotated.status, StatusCode::OK);
+    assert!(annotated.warnings().contains("annotation"), "{}", annotated.warnings());
+    for query in ["quality=0", "quality=x", "window=40,400", "window=40,400,cubic", "viewport=0,10", "annotation=name"]
+    {
+        assert_eq!(
+            get(&format!("{single_url}?{query}"), "image/jpeg").await.status,
+            StatusCode::BAD_REQUEST,
+            "{query}"
+        );
+    }
+    assert_eq!(get(&single_url, "application/dicom, image/jpeg").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(&format!("{}/frames/4/rendered", multi.instance_url(&server.base)), "image/png").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
-/// PS3.18 §10.4.1.1.4 (Thumbnail, optional: all four resources or none). None; as rendered.
+/// PS3.18 §10.4.1.1.4: all four Thumbnail resources (study, series, instance, frame), each one
+/// image of a representative frame, at most 128 pixels on its longer side unless `viewport`
+/// (vw,vh only: more is 400) says otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rend_002_thumbnails_are_not_available() {
-    let server = Server::start().await;
-    let spec = Spec::new(322, 1, 1);
-    let study = get(&format!("{}/thumbnail", spec.study_url(&server.base)), "image/jpeg").await;
-    assert_eq!(study.status, StatusCode::NOT_FOUND);
-    let instance = get(&format!("{}/thumbnail", spec.instance_url(&server.base)), "image/jpeg").await;
-    assert_eq!(instance.status, StatusCode::NOT_FOUND);
+async fn rend_002_thumbnails() {
+    let spec = Spec::new(322, 1, 1).size(200, 100, 3);
+    let server = Server::with(&[rle_instance(&spec)]).await;
+    for url in [
+        format!("{}/thumbnail", spec.study_url(&server.base)),
+        format!("{}/thumbnail", spec.series_url(&server.base)),
+        format!("{}/thumbnail", spec.instance_url(&server.base)),
+        format!("{}/frames/2/thumbnail", spec.instance_url(&server.base)),
+    ] {
+        let reply = get(&url, "image/png").await;
+        assert_eq!(reply.status, StatusCode::OK, "{url}");
+        assert_eq!(png_pixels(&reply.body).0, (64, 128), "{url}");
+    }
+    let sized = get(&format!("{}/thumbnail?viewport=32,32", spec.series_url(&server.base)), "image/jpeg").await;
+    assert_eq!(sized.content_type(), "image/jpeg");
+    let mut decoder = jpeg_decoder::Decoder::new(sized.body.as_ref());
+    decoder.decode().unwrap();
+    assert_eq!(decoder.info().map(|i| (i.width, i.height)), Some((16, 32)));
+    let cropped =
+        get(&format!("{}/thumbnail?viewport=32,32,0,0,10,10", spec.study_url(&server.base)), "image/jpeg").await;
+    assert_eq!(cropped.status, StatusCode::BAD_REQUEST);
 }

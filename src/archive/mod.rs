@@ -287,6 +287,17 @@ impl Archive {
         self.run_codec(move || crate::dicom::transcode::decode_frames(reader, &frames)).await
     }
 
+    /// The given frames (0-based) of an instance rendered as consumer images.
+    pub async fn rendered_frames(
+        &self,
+        record: &InstanceRecord,
+        frames: Vec<u32>,
+        options: crate::dicom::render::RenderOptions,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        self.run_codec(move || crate::dicom::render::render_frames(reader, &frames, &options)).await
+    }
+
     /// Runs a transcoding job on the blocking pool, one per core at a time; a codec panic on a
     /// malformed stream becomes a 500 for this request only.
     async fn run_codec<T: Send + 'static>(

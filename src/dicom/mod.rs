@@ -6,5 +6,6 @@ pub mod frames;
 pub mod json;
 pub mod layout;
 pub mod part10;
+pub mod render;
 pub mod transcode;
 pub mod uid;

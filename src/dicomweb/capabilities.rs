@@ -104,6 +104,56 @@ fn metadata(id: &'static str) -> Resource {
     resource("metadata", vec![method], Vec::new())
 }
 
+/// `…/rendered` and `…/thumbnail` below a resource (§10.4.1.1.3, §10.4.1.1.4).
+fn rendered(rendered_id: &'static str, thumbnail_id: &'static str) -> [Resource; 2] {
+    let images = vec![
+        "image/jpeg",
+        "image/png",
+        "multipart/related; type=\"image/jpeg\"",
+        "multipart/related; type=\"image/png\"",
+    ];
+    let method = |id, query: &[(&str, &str)]| Method {
+        name: "GET",
+        id,
+        query: query.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect(),
+        accept: images.clone(),
+        consumes: Vec::new(),
+        responses: vec![
+            (200, images.clone()),
+            (400, vec![APPLICATION_JSON]),
+            (404, vec![APPLICATION_JSON]),
+            (406, vec![APPLICATION_JSON]),
+        ],
+    };
+    let viewport = ("viewport", "vw,vh[,sx,sy,sw,sh]");
+    [
+        resource(
+            "rendered",
+            vec![method(
+                rendered_id,
+                &[
+                    ("quality", "1..100 (JPEG quality)"),
+                    viewport,
+                    ("window", "center,width,linear|linear-exact|sigmoid"),
+                    ("annotation", "patient,technique (accepted, not burnt in)"),
+                    ("accept", "media types"),
+                ],
+            )],
+            Vec::new(),
+        ),
+        resource(
+            "thumbnail",
+            vec![method(thumbnail_id, &[("viewport", "vw,vh (default: 128 pixels on the longer side)")])],
+            Vec::new(),
+        ),
+    ]
+}
+
+fn with_rendered(rendered_id: &'static str, thumbnail_id: &'static str, mut children: Vec<Resource>) -> Vec<Resource> {
+    children.extend(rendered(rendered_id, thumbnail_id));
+    children
+}
+
 fn store(id: &'static str) -> Method {
     Method {
         name: "POST",
@@ -147,36 +197,48 @@ fn tree() -> Resource {
     let instance = resource(
         "{SOPInstanceUID}",
         vec![retrieve("RetrieveInstance", true)],
-        vec![
-            metadata("RetrieveInstanceMetadata"),
-            resource(
-                "frames/{frameList}",
-                vec![octets("RetrieveFrames", [frames].into_iter().chain(compressed_frames).collect())],
-                Vec::new(),
-            ),
-            resource(
-                "bulkdata/{tag}",
-                vec![octets("RetrieveBulkdata", vec![frames, "application/octet-stream"])],
-                Vec::new(),
-            ),
-        ],
+        with_rendered(
+            "RetrieveRenderedInstance",
+            "RetrieveInstanceThumbnail",
+            vec![
+                metadata("RetrieveInstanceMetadata"),
+                resource(
+                    "frames/{frameList}",
+                    vec![octets("RetrieveFrames", [frames].into_iter().chain(compressed_frames).collect())],
+                    rendered("RetrieveRenderedFrames", "RetrieveFrameThumbnail").into(),
+                ),
+                resource(
+                    "bulkdata/{tag}",
+                    vec![octets("RetrieveBulkdata", vec![frames, "application/octet-stream"])],
+                    Vec::new(),
+                ),
+            ],
+        ),
     );
     let series = resource(
         "{SeriesInstanceUID}",
         vec![retrieve("RetrieveSeries", false)],
-        vec![
-            metadata("RetrieveSeriesMetadata"),
-            resource("instances", vec![search("SearchForStudySeriesInstances", Level::Instance)], vec![instance]),
-        ],
+        with_rendered(
+            "RetrieveRenderedSeries",
+            "RetrieveSeriesThumbnail",
+            vec![
+                metadata("RetrieveSeriesMetadata"),
+                resource("instances", vec![search("SearchForStudySeriesInstances", Level::Instance)], vec![instance]),
+            ],
+        ),
     );
     let study = resource(
         "{StudyInstanceUID}",
         vec![retrieve("RetrieveStudy", false), store("StoreStudyInstances")],
-        vec![
-            metadata("RetrieveStudyMetadata"),
-            resource("series", vec![search("SearchForStudySeries", Level::Series)], vec![series]),
-            resource("instances", vec![search("SearchForStudyInstances", Level::Instance)], Vec::new()),
-        ],
+        with_rendered(
+            "RetrieveRenderedStudy",
+            "RetrieveStudyThumbnail",
+            vec![
+                metadata("RetrieveStudyMetadata"),
+                resource("series", vec![search("SearchForStudySeries", Level::Series)], vec![series]),
+                resource("instances", vec![search("SearchForStudyInstances", Level::Instance)], Vec::new()),
+            ],
+        ),
     );
     resource(
         "",
@@ -412,7 +474,8 @@ mod tests {
                 "frames/{frameList}"
             ])
         );
-        assert_eq!(path("/studies/1.2/rendered"), None);
+        assert_eq!(path("/studies/1.2/rendered").map(|p| p.len()), Some(4));
+        assert_eq!(path("/studies/1.2/pixeldata"), None);
         assert_eq!(path("/nothing"), None);
     }
 
@@ -429,6 +492,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "ids are unique");
-        assert_eq!(count, 16);
+        assert_eq!(count, 24);
     }
 }

@@ -104,6 +104,16 @@ where
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::frames(archive, context, &record, &frames, request.headers()).await
         }
+        Endpoint::Rendered { study, series, instance, frames, thumbnail } => {
+            let kind = if thumbnail { wado::rendered::Kind::Thumbnail } else { wado::rendered::Kind::Rendered };
+            let target = wado::rendered::Target {
+                study: &study,
+                series: series.as_deref(),
+                instance: instance.as_deref(),
+                frames: frames.as_deref(),
+            };
+            wado::rendered::retrieve(archive, context, kind, target, request.uri().query(), request.headers()).await
+        }
         Endpoint::Capabilities { path } => capabilities::describe(context, &path, request.headers()),
         Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
         Endpoint::Bulkdata { study, series, instance, tag } => {

@@ -215,8 +215,8 @@ fn dos_time(now: SystemTime) -> (u16, u16) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     let year = year.clamp(1980, 2107);
-    let time = ((rest / 3600) << 11 | (rest % 3600 / 60) << 5 | (rest % 60) / 2) as u16;
-    let date = ((year - 1980) << 9 | month << 5 | day) as u16;
+    let time = (((rest / 3600) << 11) | ((rest % 3600 / 60) << 5) | ((rest % 60) / 2)) as u16;
+    let date = (((year - 1980) << 9) | (month << 5) | day) as u16;
     (time, date)
 }
 

@@ -28,6 +28,15 @@ pub enum Endpoint {
     Bulkdata { study: String, series: String, instance: String, tag: String },
     /// WADO-URI, PS3.18 Chapter 9: `GET {wado path}?requestType=WADO&…`.
     WadoUri,
+    /// WADO-RS rendered (§10.4.1.1.3) and thumbnail (§10.4.1.1.4) resources: `…/rendered`,
+    /// `…/thumbnail` at study, series and instance level, and under `…/frames/{frames}`.
+    Rendered {
+        study: String,
+        series: Option<String>,
+        instance: Option<String>,
+        frames: Option<String>,
+        thumbnail: bool,
+    },
     /// Retrieve Capabilities, PS3.18 §8.9: `OPTIONS {root}/` (or a resource below it).
     Capabilities { path: String },
 }
@@ -44,6 +53,8 @@ impl Endpoint {
             Endpoint::Bulkdata { .. } => "wado-bulkdata",
             Endpoint::WadoUri => "wado-uri",
             Endpoint::Capabilities { .. } => "capabilities",
+            Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
+            Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
         }
     }
 }
@@ -121,6 +132,46 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
             instance: checked_uid(instance, "SOPInstanceUID")?,
             tag: tag.to_string(),
         },
+        ["studies", study, kind @ ("rendered" | "thumbnail")] if get => Endpoint::Rendered {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: None,
+            instance: None,
+            frames: None,
+            thumbnail: *kind == "thumbnail",
+        },
+        ["studies", study, "series", series, kind @ ("rendered" | "thumbnail")] if get => Endpoint::Rendered {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: None,
+            frames: None,
+            thumbnail: *kind == "thumbnail",
+        },
+        ["studies", study, "series", series, "instances", instance, kind @ ("rendered" | "thumbnail")] if get => {
+            Endpoint::Rendered {
+                study: checked_uid(study, "StudyInstanceUID")?,
+                series: Some(checked_uid(series, "SeriesInstanceUID")?),
+                instance: Some(checked_uid(instance, "SOPInstanceUID")?),
+                frames: None,
+                thumbnail: *kind == "thumbnail",
+            }
+        }
+        [
+            "studies",
+            study,
+            "series",
+            series,
+            "instances",
+            instance,
+            "frames",
+            frames,
+            kind @ ("rendered" | "thumbnail"),
+        ] if get => Endpoint::Rendered {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: Some(checked_uid(instance, "SOPInstanceUID")?),
+            frames: Some(frames.to_string()),
+            thumbnail: *kind == "thumbnail",
+        },
         ["series" | "instances"]
         | ["studies", _, "series" | "instances"]
         | ["studies", _, "series", _]
@@ -162,7 +213,17 @@ mod tests {
         assert_eq!(get("/studies/1.2.abc").unwrap_err().kind, ErrorKind::BadRequest);
         assert_eq!(get("/nothing").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route(&Method::DELETE, "/studies").unwrap_err().kind, ErrorKind::MethodNotAllowed);
-        assert_eq!(get("/studies/1.2/series/1.3/rendered").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(get("/studies/1.2/series/1.3/pixeldata").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(
+            get("/studies/1.2/series/1.3/instances/1.4/frames/2/thumbnail").unwrap(),
+            Endpoint::Rendered {
+                study: "1.2".into(),
+                series: Some("1.3".into()),
+                instance: Some("1.4".into()),
+                frames: Some("2".into()),
+                thumbnail: true
+            }
+        );
         assert_eq!(
             get("/studies/1.2/series/1.3/instances/1.4/frames/1,3").unwrap(),
             Endpoint::Frames {

@@ -44,7 +44,7 @@ def test_every_described_resource_answers(kura):
     assert resources.get("base") == f"{kura.url}/"
 
     described = list(_resources(resources))
-    assert len(described) == 14
+    assert len(described) == 22
     ids = set()
     for template, resource in described:
         path = template

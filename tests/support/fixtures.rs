@@ -250,3 +250,21 @@ pub fn rle_instance(spec: &Spec) -> Vec<u8> {
     ));
     part10_in(object, uids::RLE_LOSSLESS)
 }
+
+/// What a rendered frame of [`rle_instance`] must look like: the instance has no window, so its
+/// values are spread min-max over 0..=255.
+pub fn normalised(frame: &[u8]) -> Vec<u8> {
+    let (low, high) = frame.iter().fold((u8::MAX, u8::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let span = f32::from(high - low).max(f32::EPSILON);
+    frame.iter().map(|v| (f32::from(v - low) / span * 255.0).round() as u8).collect()
+}
+
+/// The size and 8-bit grey pixels of a PNG.
+pub fn png_pixels(bytes: &[u8]) -> ((u32, u32), Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes.to_vec()));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    pixels.truncate(info.buffer_size());
+    ((info.width, info.height), pixels)
+}

@@ -3,6 +3,7 @@
 
 pub mod frames;
 pub mod metadata;
+pub mod rendered;
 pub mod uri;
 
 use std::sync::Arc;

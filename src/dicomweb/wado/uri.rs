@@ -1,5 +1,5 @@
 //! WADO-URI, the URI service (PS3.18 Chapter 9): Retrieve DICOM Instance (§9.4) as
-//! `application/dicom`. Retrieve Rendered Instance (§9.5) is not offered yet (406).
+//! `application/dicom`, and Retrieve Rendered Instance (§9.5) as image/jpeg or image/png.
 
 use std::sync::Arc;
 
@@ -7,6 +7,7 @@ use http::{HeaderMap, Response};
 
 use super::{EXPLICIT_VR_LITTLE_ENDIAN, representation, single_instance};
 use crate::archive::Archive;
+use crate::dicom::render::{ImageFormat, RenderOptions, Viewport};
 use crate::dicom::uid;
 use crate::dicomweb::query::pairs;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types};
@@ -59,23 +60,41 @@ pub async fn retrieve(
         return Err(Error::bad_request("anonymize is not supported (PS3.18 §9.4.1.2.1 lets the server refuse it)"));
     }
 
-    // §9.3: the selected media type decides between DICOM and rendered retrieval.
-    let wants_dicom = match one("contentType")? {
+    // §9.3: the selected media type decides between DICOM and rendered retrieval; contentType's
+    // types are in preference order, and without it Accept decides (`*/*` → image/jpeg).
+    let selected = match one("contentType")? {
         Some(types) => {
             if types.contains(';') {
                 return Err(Error::bad_request(
                     "contentType may not carry parameters (§9.1.2.2.1); use transferSyntax",
                 ));
             }
-            types.split(',').any(|t| t.trim().eq_ignore_ascii_case(APPLICATION_DICOM))
+            types.split(',').map(|t| t.trim().to_ascii_lowercase()).find_map(|t| selectable(&t)).ok_or_else(|| {
+                Error::new(ErrorKind::NotAcceptable, "contentType may be application/dicom, image/jpeg or image/png")
+            })?
         }
-        None => accepted_types(headers).is_some_and(|accepted| accepted.iter().any(|m| m.is(APPLICATION_DICOM))),
+        None => match accepted_types(headers) {
+            None => Selected::Rendered(ImageFormat::Jpeg),
+            Some(accepted) => accepted
+                .iter()
+                .find_map(|m| {
+                    if m.essence == "*/*" {
+                        Some(Selected::Rendered(ImageFormat::Jpeg))
+                    } else {
+                        selectable(&m.essence)
+                    }
+                })
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotAcceptable,
+                        "the URI service answers application/dicom, image/jpeg or image/png",
+                    )
+                })?,
+        },
     };
-    if !wants_dicom {
-        return Err(Error::new(
-            ErrorKind::NotAcceptable,
-            "rendered images (image/jpeg) are not available yet; ask with contentType=application/dicom",
-        ));
+    if let Selected::Rendered(format) = selected {
+        let record = archive.instance_in(&context.principal, &study, &series, &object)?;
+        return rendered(archive, context, &record, &params, format).await;
     }
     if let Some((name, _)) = params.iter().find(|(name, _)| RENDERED_ONLY.contains(&name.as_str())) {
         return Err(Error::bad_request(format!("{name} applies to rendered images, not to application/dicom")));
@@ -99,4 +118,139 @@ pub async fn retrieve(
         )
     })?;
     single_instance(archive, context, &record, served).await
+}
+
+/// What a WADO-URI request asks for (§9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Selected {
+    Dicom,
+    Rendered(ImageFormat),
+}
+
+fn selectable(media_type: &str) -> Option<Selected> {
+    match media_type {
+        APPLICATION_DICOM => Some(Selected::Dicom),
+        "image/jpeg" | "image/*" => Some(Selected::Rendered(ImageFormat::Jpeg)),
+        "image/png" => Some(Selected::Rendered(ImageFormat::Png)),
+        _ => None,
+    }
+}
+
+/// Retrieve Rendered Instance (§9.5): one frame as JPEG or PNG, with `frameNumber`, `rows` and
+/// `columns` (maxima, aspect kept), `region` (normalised crop), `windowCenter`/`windowWidth`
+/// and `imageQuality`. Presentation states are not supported (400); annotation is ignored with
+/// a Warning.
+async fn rendered(
+    archive: &Arc<Archive>,
+    context: &RequestContext,
+    record: &crate::store::InstanceRecord,
+    params: &[(String, String)],
+    format: ImageFormat,
+) -> Result<Response<ResponseBody>, Error> {
+    let value = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if value("transferSyntax").is_some() {
+        return Err(Error::bad_request("transferSyntax applies to application/dicom only (§9.5)"));
+    }
+    if value("presentationUID").is_some() || value("presentationSeriesUID").is_some() {
+        return Err(Error::bad_request("presentation states are not supported (§9.5.2.3)"));
+    }
+    let positive = |name: &str| -> Result<Option<u32>, Error> {
+        value(name)
+            .map(|v| {
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| Error::bad_request(format!("{name}={v:?} is not a positive integer")))
+            })
+            .transpose()
+    };
+    let frames = super::rendered::frame_total(record);
+    let frame = match positive("frameNumber")? {
+        Some(n) if n > frames => {
+            return Err(Error::bad_request(format!("frameNumber {n}: the instance has {frames} frame(s) (§9.5.2.1)")));
+        }
+        Some(n) => n - 1,
+        None => 0,
+    };
+    let mut options = RenderOptions { format, quality: 90, viewport: None, window: None };
+    if let Some(q) = value("imageQuality") {
+        options.quality = q
+            .parse::<u8>()
+            .ok()
+            .filter(|q| (1..=100).contains(q))
+            .ok_or_else(|| Error::bad_request(format!("imageQuality={q:?} is not an integer from 1 to 100")))?;
+    }
+    match (value("windowCenter"), value("windowWidth")) {
+        (Some(center), Some(width)) => {
+            let center: f64 =
+                center.parse().map_err(|_| Error::bad_request(format!("windowCenter={center:?} is not a number")))?;
+            let width: f64 = width
+                .parse()
+                .ok()
+                .filter(|w: &f64| *w > 0.0)
+                .ok_or_else(|| Error::bad_request(format!("windowWidth={width:?} is not a positive number")))?;
+            options.window = Some((center, width, dicom_pixeldata::VoiLutFunction::Linear));
+        }
+        (None, None) => {}
+        _ => return Err(Error::bad_request("windowCenter and windowWidth go together (§9.5.1.2.6)")),
+    }
+    let (rows, columns) = (positive("rows")?, positive("columns")?);
+    let region = match value("region") {
+        None => None,
+        Some(text) => {
+            let numbers: Vec<f64> = text.split(',').filter_map(|v| v.trim().parse().ok()).collect();
+            match numbers[..] {
+                [x0, y0, x1, y1]
+                    if (0.0..=1.0).contains(&x0)
+                        && (0.0..=1.0).contains(&y0)
+                        && x0 < x1
+                        && y0 < y1
+                        && x1 <= 1.0
+                        && y1 <= 1.0 =>
+                {
+                    Some((x0, y0, x1, y1))
+                }
+                _ => {
+                    return Err(Error::bad_request(format!(
+                        "region={text:?} is not xmin,ymin,xmax,ymax within 0..1 (§9.5.2.4)"
+                    )));
+                }
+            }
+        }
+    };
+    if rows.is_some() || columns.is_some() || region.is_some() {
+        let number = |tag| super::rendered::attribute_number(record, tag).unwrap_or(1) as f64;
+        let (height, width) = (number(dicom_dictionary_std::tags::ROWS), number(dicom_dictionary_std::tags::COLUMNS));
+        let (x0, y0, x1, y1) = region.unwrap_or((0.0, 0.0, 1.0, 1.0));
+        let (sx, sy) = ((x0 * width).floor() as i64, (y0 * height).floor() as i64);
+        let (sw, sh) = (((x1 - x0) * width).round().max(1.0) as i64, ((y1 - y0) * height).round().max(1.0) as i64);
+        // Only one of rows and columns: the other follows from the aspect ratio (§9.5.2.5).
+        let (vw, vh) = match (columns, rows) {
+            (Some(c), Some(r)) => (c, r),
+            (Some(c), None) => (c, u32::MAX),
+            (None, Some(r)) => (u32::MAX, r),
+            (None, None) => (sw as u32, sh as u32),
+        };
+        options.viewport =
+            Some(Viewport { width: vw.min(16_384), height: vh.min(16_384), sx, sy, sw: Some(sw), sh: Some(sh) });
+    }
+    let image = archive.rendered_frames(record, vec![frame], options).await?.swap_remove(0);
+    let mut response = Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, format.media_type())
+        .header(http::header::CONTENT_LENGTH, image.len())
+        .header(
+            http::header::CONTENT_LOCATION,
+            format!(
+                "{}/rendered",
+                context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid)
+            ),
+        );
+    if value("annotation").is_some() || value("imageAnnotation").is_some() {
+        response = response.header(
+            http::header::WARNING,
+            format!("299 {}: annotation is not supported and was ignored", context.base_url),
+        );
+    }
+    Ok(response.body(crate::dicomweb::full_body(bytes::Bytes::from(image))).expect("valid response"))
 }
