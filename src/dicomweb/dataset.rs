@@ -140,24 +140,7 @@ impl Dataset {
                     for (i, value) in values.iter().enumerate() {
                         let number = i + 1;
                         if *vr == VR::PN {
-                            let _ = write!(out, "<PersonName number=\"{number}\">");
-                            for (name, group) in ["Alphabetic", "Ideographic", "Phonetic"].iter().zip(value.split('='))
-                            {
-                                if group.is_empty() {
-                                    continue;
-                                }
-                                let _ = write!(out, "<{name}>");
-                                let parts = ["FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"];
-                                for (part, component) in parts.iter().zip(group.split('^')) {
-                                    if !component.is_empty() {
-                                        let _ = write!(out, "<{part}>");
-                                        escape_xml(component, out);
-                                        let _ = write!(out, "</{part}>");
-                                    }
-                                }
-                                let _ = write!(out, "</{name}>");
-                            }
-                            out.push_str("</PersonName>");
+                            write_person_name(out, number, COMPONENT_GROUPS.iter().copied().zip(value.split('=')));
                         } else {
                             let _ = write!(out, "<Value number=\"{number}\">");
                             escape_xml(value, out);
@@ -219,21 +202,9 @@ fn write_json_elements(object: &Map<String, Json>, out: &mut String) {
                         out.push_str("</Item>");
                     }
                     Json::Object(groups) if vr == "PN" => {
-                        let _ = write!(out, "<PersonName number=\"{number}\">");
-                        for name in ["Alphabetic", "Ideographic", "Phonetic"] {
-                            let Some(group) = groups.get(name).and_then(Json::as_str) else { continue };
-                            let _ = write!(out, "<{name}>");
-                            let parts = ["FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"];
-                            for (part, component) in parts.iter().zip(group.split('^')) {
-                                if !component.is_empty() {
-                                    let _ = write!(out, "<{part}>");
-                                    escape_xml(component, out);
-                                    let _ = write!(out, "</{part}>");
-                                }
-                            }
-                            let _ = write!(out, "</{name}>");
-                        }
-                        out.push_str("</PersonName>");
+                        let present =
+                            COMPONENT_GROUPS.iter().filter_map(|name| Some((*name, groups.get(*name)?.as_str()?)));
+                        write_person_name(out, number, present);
                     }
                     Json::Null => {
                         let _ = write!(out, "<Value number=\"{number}\"/>");
@@ -251,6 +222,27 @@ fn write_json_elements(object: &Map<String, Json>, out: &mut String) {
         }
         out.push_str("</DicomAttribute>");
     }
+}
+
+const COMPONENT_GROUPS: [&str; 3] = ["Alphabetic", "Ideographic", "Phonetic"];
+
+/// A `<PersonName>` of PS3.19 Annex A: each non-empty component group, split into its named
+/// components.
+fn write_person_name<'a>(out: &mut String, number: usize, groups: impl Iterator<Item = (&'a str, &'a str)>) {
+    let _ = write!(out, "<PersonName number=\"{number}\">");
+    for (name, group) in groups.filter(|(_, group)| !group.is_empty()) {
+        let _ = write!(out, "<{name}>");
+        let parts = ["FamilyName", "GivenName", "MiddleName", "NamePrefix", "NameSuffix"];
+        for (part, component) in parts.iter().zip(group.split('^')) {
+            if !component.is_empty() {
+                let _ = write!(out, "<{part}>");
+                escape_xml(component, out);
+                let _ = write!(out, "</{part}>");
+            }
+        }
+        let _ = write!(out, "</{name}>");
+    }
+    out.push_str("</PersonName>");
 }
 
 fn keyword_of(tag: Tag) -> String {

@@ -49,10 +49,14 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// A numeric attribute the record keeps (Rows, Columns, Number of Frames, Instance Number…).
+    pub fn number(&self, tag: dicom_core::Tag) -> Option<u64> {
+        self.attributes.iter().find(|v| v.tag() == tag)?.values.first()?.trim().parse().ok()
+    }
+
     /// Bits Allocated (0028,0100), when the instance has it.
     pub fn bits_allocated(&self) -> Option<u16> {
-        let tag = (0x0028u32 << 16) | 0x0100;
-        self.attributes.iter().find(|v| v.tag == tag)?.values.first()?.trim().parse().ok()
+        self.number(dicom_dictionary_std::tags::BITS_ALLOCATED).and_then(|n| u16::try_from(n).ok())
     }
 }
 

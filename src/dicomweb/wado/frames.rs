@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use futures_util::{StreamExt, stream};
 use http::{HeaderMap, Response, StatusCode, header};
@@ -22,10 +21,6 @@ use crate::store::InstanceRecord;
 
 const OCTET_STREAM: &str = "application/octet-stream";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
-
-fn number(record: &InstanceRecord, tag: Tag) -> Option<u64> {
-    record.attributes.iter().find(|v| v.tag() == tag)?.values.first()?.trim().parse().ok()
-}
 
 fn frame_error(error: FrameError) -> Error {
     match error {
@@ -45,7 +40,7 @@ struct Frames {
 
 fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Error> {
     let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
-    let number_of_frames = number(record, tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    let number_of_frames = record.number(tags::NUMBER_OF_FRAMES).unwrap_or(1);
     let ts = record.transfer_syntax_uid.as_str();
     if layout.length.is_some() {
         if !frames::is_native_little_endian(ts) {
@@ -55,10 +50,10 @@ fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Erro
             ));
         }
         let geometry = Geometry {
-            rows: number(record, tags::ROWS).unwrap_or(0),
-            columns: number(record, tags::COLUMNS).unwrap_or(0),
-            samples_per_pixel: number(record, tags::SAMPLES_PER_PIXEL).unwrap_or(1),
-            bits_allocated: number(record, tags::BITS_ALLOCATED).unwrap_or(16),
+            rows: record.number(tags::ROWS).unwrap_or(0),
+            columns: record.number(tags::COLUMNS).unwrap_or(0),
+            samples_per_pixel: record.number(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+            bits_allocated: record.number(tags::BITS_ALLOCATED).unwrap_or(16),
             number_of_frames,
         };
         let frames = frames::native(layout, geometry).map_err(frame_error)?;
@@ -142,7 +137,7 @@ fn not_acceptable(frames: &Frames) -> Error {
 }
 
 /// Parses `{frames}`: comma-separated frame numbers from 1 (PS3.18 §8.2).
-fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Error> {
+pub(crate) fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Error> {
     let mut numbers = Vec::new();
     for item in list.split(',') {
         let number: usize = item

@@ -44,14 +44,9 @@ pub struct Target<'a> {
     pub frames: Option<&'a str>,
 }
 
-/// A numeric attribute the record keeps (Rows, Columns, Number of Frames, Instance Number).
-pub(crate) fn attribute_number(record: &InstanceRecord, tag: dicom_core::Tag) -> Option<u64> {
-    record.attributes.iter().find(|v| v.tag() == tag)?.values.first()?.trim().parse().ok()
-}
-
 /// Number of Frames, 1 when absent.
 pub(crate) fn frame_total(record: &InstanceRecord) -> u32 {
-    attribute_number(record, tags::NUMBER_OF_FRAMES).unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32
+    record.number(tags::NUMBER_OF_FRAMES).unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32
 }
 
 /// Parses the rendering parameters of §8.3.5.1; returns them and whether `annotation` was given
@@ -195,19 +190,8 @@ fn images(
     if let Some(list) = target.frames {
         let record = records.swap_remove(0);
         let count = frame_total(&record);
-        let mut frames = Vec::new();
-        for item in list.split(',') {
-            let n: u32 = item
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| Error::bad_request(format!("frame number {item:?} is not a positive integer")))?;
-            if n > count {
-                return Err(Error::not_found(format!("frame {n} does not exist; the instance has {count} frame(s)")));
-            }
-            frames.push(n - 1);
-        }
+        let numbers = super::frames::frame_numbers(list, count as usize)?;
+        let mut frames: Vec<u32> = numbers.into_iter().map(|n| n as u32 - 1).collect();
         if kind == Kind::Thumbnail {
             frames.truncate(1);
         }
@@ -215,14 +199,14 @@ fn images(
     }
     if kind == Kind::Thumbnail {
         // The middle image: in a series sorted by Instance Number, or of a multi-frame instance.
-        records.sort_by_key(|r| (r.series_uid.clone(), attribute_number(r, tags::INSTANCE_NUMBER).unwrap_or(0)));
+        records.sort_by_key(|r| (r.series_uid.clone(), r.number(tags::INSTANCE_NUMBER).unwrap_or(0)));
         let series = records[0].series_uid.clone();
         records.retain(|r| r.series_uid == series);
         let record = records.swap_remove(records.len() / 2);
         let frame = frame_total(&record) / 2;
         return Ok(vec![(record, vec![frame])]);
     }
-    records.sort_by_key(|r| (r.series_uid.clone(), attribute_number(r, tags::INSTANCE_NUMBER).unwrap_or(0)));
+    records.sort_by_key(|r| (r.series_uid.clone(), r.number(tags::INSTANCE_NUMBER).unwrap_or(0)));
     Ok(records.into_iter().map(|r| (r.clone(), (0..frame_total(&r)).collect())).collect())
 }
 

@@ -219,7 +219,7 @@ async fn rendered(
         }
     };
     if rows.is_some() || columns.is_some() || region.is_some() {
-        let number = |tag| super::rendered::attribute_number(record, tag).unwrap_or(1) as f64;
+        let number = |tag| record.number(tag).unwrap_or(1) as f64;
         let (height, width) = (number(dicom_dictionary_std::tags::ROWS), number(dicom_dictionary_std::tags::COLUMNS));
         let (x0, y0, x1, y1) = region.unwrap_or((0.0, 0.0, 1.0, 1.0));
         let (sx, sy) = ((x0 * width).floor() as i64, (y0 * height).floor() as i64);
