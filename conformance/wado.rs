@@ -363,6 +363,23 @@ async fn wado_015_frames_by_number() {
     assert_eq!(wrong.status, StatusCode::NOT_ACCEPTABLE, "no transcoding to JPEG");
 }
 
+/// PS3.18 §10.4.1.1.5, PS3.5 §A.4: frames split over several fragments are found by the
+/// Extended Offset Table when the Basic Offset Table is empty (here no fragment starts with a
+/// marker, so nothing else could tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wado_022_frames_by_the_extended_offset_table() {
+    let spec = Spec::new(322, 1, 1).size(8, 8, 3);
+    let (file, frames) = extended_offset_table_instance(&spec, 3);
+    let server = Server::with(&[file]).await;
+    let url = format!("{}/frames/2,3", spec.instance_url(&server.base));
+    let reply = get(&url, "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let parts = split_multipart(reply.content_type(), &reply.body);
+    assert!(parts[0].0.contains("image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"), "{}", parts[0].0);
+    assert_eq!(parts[0].1, frames[1], "frame 2: its three fragments, joined");
+    assert_eq!(parts[1].1, frames[2]);
+}
+
 /// PS3.18 §10.4.1.1.4: bulk data as multipart/related application/octet-stream, and as a single
 /// part with HTTP Range (206 and Content-Range).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

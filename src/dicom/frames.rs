@@ -2,8 +2,9 @@
 //!
 //! Native pixel data: frame N is `rows × columns × samples × bits/8` bytes at a fixed step.
 //! Encapsulated pixel data (PS3.5 §A.4): one fragment per frame when the counts agree; else the
-//! Basic Offset Table; else, for a single frame, all fragments; else a new frame starts at each
-//! fragment that opens with a JPEG SOI or JPEG 2000 SOC marker.
+//! Basic Offset Table, or the Extended Offset Table when the Basic one is empty; else, for a
+//! single frame, all fragments; else a new frame starts at each fragment that opens with a JPEG
+//! SOI or JPEG 2000 SOC marker.
 
 use super::layout::PixelDataLayout;
 
@@ -52,12 +53,13 @@ pub fn native(layout: &PixelDataLayout, geometry: Geometry) -> Result<Vec<FrameR
     Ok((0..frames).map(|i| vec![(layout.offset + i * frame_size, frame_size)]).collect())
 }
 
-/// The frames of encapsulated pixel data. `first_bytes(offset)` reads up to 4 bytes at an
-/// offset of the stored file (for the marker scan).
+/// The frames of encapsulated pixel data. `offset_table` is the Basic Offset Table, or the
+/// Extended one when that is empty (both count from the first item after the table);
+/// `first_bytes(offset)` reads up to 4 bytes at an offset of the stored file (for the marker scan).
 pub fn encapsulated(
     layout: &PixelDataLayout,
     number_of_frames: u64,
-    basic_offset_table: &[u32],
+    offset_table: &[u64],
     mut first_bytes: impl FnMut(u64) -> Vec<u8>,
 ) -> Result<Vec<FrameRanges>, FrameError> {
     let fragments: Vec<(u64, u64)> = layout.fragments.iter().skip(1).map(|(o, l)| (*o, u64::from(*l))).collect();
@@ -73,8 +75,8 @@ pub fn encapsulated(
     }
     // Item headers are 8 bytes; Basic Offset Table offsets count from the first item header.
     let base = fragments[0].0 - 8;
-    let starts: Vec<u64> = if basic_offset_table.len() as u64 == frames {
-        basic_offset_table.iter().map(|o| base + u64::from(*o)).collect()
+    let starts: Vec<u64> = if offset_table.len() as u64 == frames {
+        offset_table.iter().map(|o| base.saturating_add(*o)).collect()
     } else {
         fragments
             .iter()

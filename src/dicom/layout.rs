@@ -13,6 +13,8 @@ const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_DELIMITATION: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_DELIMITATION: (u16, u16) = (0xFFFE, 0xE0DD);
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+/// Extended Offset Table (PS3.5 §A.4): recorded whatever its size, to find frames by it.
+pub const EXTENDED_OFFSET_TABLE: u32 = 0x7FE0_0001;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// Nesting beyond this is refused: no real object needs it, and it bounds the recursion.
 const MAX_DEPTH: u32 = 32;
@@ -167,7 +169,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                     });
                 }
                 let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
-                if top_level && length as usize > super::json::INLINE_BINARY_MAX {
+                if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
                     self.large_values.push(LargeValue {
                         tag: number,
                         offset: self.position,

@@ -268,3 +268,39 @@ pub fn png_pixels(bytes: &[u8]) -> ((u32, u32), Vec<u8>) {
     pixels.truncate(info.buffer_size());
     ((info.width, info.height), pixels)
 }
+
+/// An instance whose frames are each split over several fragments, with an empty Basic Offset
+/// Table and an Extended Offset Table (PS3.5 §A.4), in JPEG 2000 Lossless whose fragments start
+/// with no marker, so that only the Extended Offset Table tells where frames begin. Returns the
+/// file and each frame's bytes.
+pub fn extended_offset_table_instance(spec: &Spec, fragments_per_frame: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    use dicom_core::Length;
+    use dicom_core::value::PixelFragmentSequence;
+    let mut object = dataset(spec);
+    put(&mut object, tags::NUMBER_OF_FRAMES, VR::IS, spec.frames.to_string());
+    let mut fragments = Vec::new();
+    let mut frames = Vec::new();
+    let (mut offsets, mut lengths) = (Vec::new(), Vec::new());
+    let mut position = 0u64;
+    for frame in 0..spec.frames as usize {
+        offsets.push(position);
+        let mut bytes = Vec::new();
+        for part in 0..fragments_per_frame {
+            let fragment: Vec<u8> = (0..10 + 2 * part).map(|i| (frame * 31 + part * 7 + i) as u8 | 0x01).collect();
+            position += 8 + fragment.len() as u64;
+            bytes.extend_from_slice(&fragment);
+            fragments.push(fragment);
+        }
+        lengths.push(bytes.len() as u64);
+        frames.push(bytes);
+    }
+    put(&mut object, tags::EXTENDED_OFFSET_TABLE, VR::OV, PrimitiveValue::U64(offsets.into()));
+    put(&mut object, tags::EXTENDED_OFFSET_TABLE_LENGTHS, VR::OV, PrimitiveValue::U64(lengths.into()));
+    object.put(DataElement::new_with_len(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Length::UNDEFINED,
+        PixelFragmentSequence::new(Vec::<u32>::new(), fragments),
+    ));
+    (part10_in(object, uids::JPEG2000_LOSSLESS), frames)
+}

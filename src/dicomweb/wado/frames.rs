@@ -68,10 +68,17 @@ fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Erro
     let (media_type, video) = frames::media_type(ts).ok_or_else(|| {
         Error::new(ErrorKind::NotAcceptable, format!("frames of transfer syntax {ts} cannot be served"))
     })?;
-    let offset_table = match layout.fragments.first() {
-        Some((offset, length)) if *length > 0 && *length <= 4 * 1_000_000 => {
+    // Offset tables of up to a million frames are read; beyond that the marker scan decides.
+    let basic = layout.fragments.first().filter(|(_, length)| *length > 0 && *length <= 4 * 1_000_000);
+    let extended = record.large_values.iter().find(|v| v.tag == crate::dicom::layout::EXTENDED_OFFSET_TABLE);
+    let offset_table: Vec<u64> = match (basic, extended) {
+        (Some((offset, length)), _) => {
             let bytes = archive.read_bytes(record, *offset, *length as usize)?;
-            bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            bytes.chunks_exact(4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
+        }
+        (None, Some(table)) if table.length <= 8 * 1_000_000 => {
+            let bytes = archive.read_bytes(record, table.offset, table.length as usize)?;
+            bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
         }
         _ => Vec::new(),
     };
