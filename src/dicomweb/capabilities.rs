@@ -63,6 +63,7 @@ fn search(id: &'static str, level: Level) -> Method {
         ("limit", "unsigned integer"),
         ("offset", "unsigned integer"),
         ("accept", "media types"),
+        ("charset", "UTF-8"),
     ] {
         query.push((name.to_string(), syntax.to_string()));
     }

@@ -76,6 +76,7 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display + Send + Sync,
 {
+    check_charset_parameter(request.uri().query())?;
     // The URI service names its media types with contentType instead (§9.1.2.2.1).
     if endpoint != Endpoint::WadoUri {
         let query = request.uri().query().map(str::to_string);
@@ -165,6 +166,28 @@ fn apply_accept_parameter(query: Option<&str>, headers: &mut HeaderMap) -> Resul
     let value = http::HeaderValue::from_str(&merged.join(", "))
         .map_err(|_| Error::bad_request("the accept query parameter holds characters not allowed in a header"))?;
     headers.insert(http::header::ACCEPT, value);
+    Ok(())
+}
+
+/// The `charset` query parameter (PS3.18 §8.3.3.2, §9.1.2.2.2): Kura answers in UTF-8 only, so
+/// a list that names neither `UTF-8` nor the Defined Term `ISO_IR 192` is 400, as is a
+/// wildcard. Accept-Charset needs no check: an unsupported value there falls back to the media
+/// type's default, UTF-8 (§8.8.5).
+fn check_charset_parameter(query: Option<&str>) -> Result<(), Error> {
+    for pair in query.unwrap_or_default().split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "charset" {
+            continue;
+        }
+        let value = percent_encoding::percent_decode_str(&value.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let names: Vec<&str> = value.split(',').map(|v| v.split(';').next().unwrap_or_default().trim()).collect();
+        let supported = names.iter().any(|n| n.eq_ignore_ascii_case("utf-8") || n.eq_ignore_ascii_case("iso_ir 192"));
+        if names.contains(&"*") || !supported {
+            return Err(Error::bad_request(format!(
+                "charset={value:?}: Kura answers in UTF-8 only; ask for UTF-8 or leave charset out (PS3.18 §8.3.3.2)"
+            )));
+        }
+    }
     Ok(())
 }
 
