@@ -52,7 +52,7 @@ impl InstanceRecord {
     /// Bits Allocated (0028,0100), when the instance has it.
     pub fn bits_allocated(&self) -> Option<u16> {
         let tag = (0x0028u32 << 16) | 0x0100;
-        self.attributes.iter().find(|v| v.tag == tag)?.values.first()?.trim().parse().ok()
+        self.attributes.iter().find(|v| v.tag == tag && v.sequence.is_none())?.values.first()?.trim().parse().ok()
     }
 }
 

@@ -18,7 +18,7 @@ use super::group_commit::GroupCommit;
 use super::keys;
 use super::record::*;
 use super::*;
-use crate::dicom::attrs::{self, Level};
+use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
 
 /// The largest payload chunk; see the module docs for why it must stay small.
@@ -173,7 +173,7 @@ impl SledStore {
         let mut sop_classes = BTreeSet::new();
         for series in &all_series {
             for attribute in &series.attributes {
-                if attribute.tag() == dicom_dictionary_std::tags::MODALITY {
+                if attribute.sequence.is_none() && attribute.tag() == dicom_dictionary_std::tags::MODALITY {
                     modalities.extend(attribute.values.iter().filter(|v| !v.is_empty()).cloned());
                 }
             }
@@ -204,7 +204,7 @@ impl SledStore {
 
 /// The attributes of `level` among an instance's values.
 pub(crate) fn level_attributes(values: &[AttributeValue], level: Level) -> Vec<AttributeValue> {
-    values.iter().filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == level)).cloned().collect()
+    values.iter().filter(|v| v.attribute().is_some_and(|a| a.level == level)).cloned().collect()
 }
 
 fn put_or_remove<T: serde::Serialize>(batch: &mut Batch, key: Vec<u8>, value: Option<&T>) {
