@@ -202,33 +202,31 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                         search.include = IncludeFields::All;
                         continue;
                     }
-                    let (tags, paths) = match &mut search.include {
-                        IncludeFields::All => continue,
-                        IncludeFields::These(tags, paths) => (tags, paths),
-                        include => {
-                            *include = IncludeFields::These(Vec::new(), Vec::new());
-                            let IncludeFields::These(tags, paths) = include else { unreachable!() };
-                            (tags, paths)
-                        }
-                    };
-                    if item.contains('.') {
-                        // A path outside the table is accepted and not returned, as other
-                        // attributes outside it are.
+                    // A path outside the table is accepted and not returned, as other
+                    // attributes outside it are.
+                    let (tag, path) = if item.contains('.') {
                         match attrs::lookup(item) {
-                            Some(attribute) => paths.push(attribute.keyword),
-                            None if dictionary_path(item) => {}
+                            Some(attribute) => (None, Some(attribute.keyword)),
+                            None if dictionary_path(item) => (None, None),
                             None => {
                                 return Err(Error::bad_request(format!(
                                     "includefield: {item:?} is not a DICOM attribute path"
                                 )));
                             }
                         }
-                        continue;
+                    } else {
+                        let tag = dictionary_tag(item).ok_or_else(|| {
+                            Error::bad_request(format!("includefield: {item:?} is not a DICOM attribute"))
+                        })?;
+                        (Some(tag), None)
+                    };
+                    if let IncludeFields::Defaults = search.include {
+                        search.include = IncludeFields::These(Vec::new(), Vec::new());
                     }
-                    let tag = dictionary_tag(item).ok_or_else(|| {
-                        Error::bad_request(format!("includefield: {item:?} is not a DICOM attribute"))
-                    })?;
-                    tags.push(tag);
+                    if let IncludeFields::These(tags, paths) = &mut search.include {
+                        tags.extend(tag);
+                        paths.extend(path);
+                    }
                 }
             }
             "emptyvaluematching" => {
