@@ -1,7 +1,8 @@
 //! QIDO-RS requirements (PS3.18 §10.6, §8.3.4; PS3.4 C.2.2) that tests/it/qido.rs does not
 //! already show.
 
-use dicom_core::VR;
+use dicom_core::value::DataSetSequence;
+use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use http::StatusCode;
@@ -17,20 +18,55 @@ fn with(spec: &Spec, change: impl FnOnce(&mut InMemDicomObject)) -> Vec<u8> {
     part10(object)
 }
 
+/// Puts a sequence whose items hold the given (tag, VR, value) elements.
+fn put_sequence(object: &mut InMemDicomObject, sequence: Tag, items: &[&[(Tag, VR, &str)]]) {
+    let items: Vec<InMemDicomObject> = items
+        .iter()
+        .map(|elements| {
+            let mut item = InMemDicomObject::new_empty();
+            for (tag, vr, value) in elements.iter() {
+                put(&mut item, *tag, *vr, *value);
+            }
+            item
+        })
+        .collect();
+    object.put(DataElement::new(sequence, VR::SQ, DataSetSequence::from(items)));
+}
+
 /// Three studies, four series, five instances:
 /// - S201 Smith^John, 20240105 101500, ACC201: series 1 (CT, two instances, InstitutionName,
-///   Performed Procedure Step start 20240105 101600) and series 2 (SR, one instance);
-/// - S202 Yamada^Tarou=山田^太郎=やまだ^たろう, 20240210 083000, ACC202, MR;
+///   Performed Procedure Step start 20240105 101600, RequestAttributesSequence with two items:
+///   RP1/SPS1 with AccessionNumber ACC201 and the study's UID, and RP2/SPS2) and series 2 (SR,
+///   one instance);
+/// - S202 Yamada^Tarou=山田^太郎=やまだ^たろう, 20240210 083000, ACC202, MR, OtherPatientIDsSequence
+///   with OTHER-202 (issuer HOSP-A) and ALT-9 (issuer HOSP-B);
 /// - S203 jones^bob, 20231231 235900, empty AccessionNumber, CT.
 async fn archive() -> Server {
     let mut parts = Vec::new();
     for number in 1..=2 {
         let mut spec = Spec::new(201, 1, number);
         spec.patient_name = "Smith^John".into();
+        let study_uid = spec.study_uid();
         parts.push(with(&spec, |object| {
             put(object, tags::INSTITUTION_NAME, VR::LO, "Kura General");
             put(object, tags::PERFORMED_PROCEDURE_STEP_START_DATE, VR::DA, "20240105");
             put(object, tags::PERFORMED_PROCEDURE_STEP_START_TIME, VR::TM, "101600");
+            put_sequence(
+                object,
+                tags::REQUEST_ATTRIBUTES_SEQUENCE,
+                &[
+                    &[
+                        (tags::ACCESSION_NUMBER, VR::SH, "ACC201"),
+                        (tags::STUDY_INSTANCE_UID, VR::UI, &study_uid),
+                        (tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, "SPS1"),
+                        (tags::REQUESTED_PROCEDURE_ID, VR::SH, "RP1"),
+                    ],
+                    &[
+                        (tags::SCHEDULED_PROCEDURE_STEP_ID, VR::SH, "SPS2"),
+                        (tags::REQUESTED_PROCEDURE_ID, VR::SH, "RP2"),
+                    ],
+                ],
+            );
         }));
     }
     let mut spec = Spec::new(201, 2, 1);
@@ -42,7 +78,16 @@ async fn archive() -> Server {
     spec.study_date = "20240210".into();
     spec.study_time = "083000".into();
     spec.modality = "MR".into();
-    parts.push(instance(&spec));
+    parts.push(with(&spec, |object| {
+        put_sequence(
+            object,
+            tags::OTHER_PATIENT_I_DS_SEQUENCE,
+            &[
+                &[(tags::PATIENT_ID, VR::LO, "OTHER-202"), (tags::ISSUER_OF_PATIENT_ID, VR::LO, "HOSP-A")],
+                &[(tags::PATIENT_ID, VR::LO, "ALT-9"), (tags::ISSUER_OF_PATIENT_ID, VR::LO, "HOSP-B")],
+            ],
+        );
+    }));
     let mut spec = Spec::new(203, 1, 1);
     spec.patient_name = "jones^bob".into();
     spec.study_date = "20231231".into();
@@ -100,9 +145,8 @@ async fn qido_007_json_by_default_and_multipart_xml_on_request() {
     assert_eq!(refused.json()["status"], 406);
 }
 
-/// PS3.18 Table 10.6.1-5: the required matching keys of each level.
-/// FIXME: RequestAttributesSequence (0040,0275) with its item keys ScheduledProcedureStepID and
-/// RequestedProcedureID is not supported (no sequence matching): 400 today.
+/// PS3.18 Table 10.6.1-5: the required matching keys of each level, RequestAttributesSequence
+/// with ScheduledProcedureStepID and RequestedProcedureID included (PS3.4 C.2.2.2.6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qido_008_required_matching_keys() {
     let server = archive().await;
@@ -136,12 +180,9 @@ async fn qido_008_required_matching_keys() {
     let sop = Spec::new(201, 1, 2).sop_uid();
     assert_eq!(qido(&server.base, &format!("{instances}?SOPInstanceUID={sop}")).await.len(), 1);
     assert_eq!(qido(&server.base, &format!("{instances}?InstanceNumber=2")).await.len(), 1);
-    // FIXME: sequence matching (PS3.4 C.2.2.2.6) is not implemented.
-    for key in ["RequestAttributesSequence.RequestedProcedureID", "RequestAttributesSequence.ScheduledProcedureStepID"]
-    {
-        let path = format!("/studies/{}/series?{key}=RP1", study.study_uid());
-        assert_eq!(status(&server, &path).await, StatusCode::BAD_REQUEST, "{key}");
-    }
+    assert_eq!(series("RequestAttributesSequence.RequestedProcedureID=RP2".into()).await, 1);
+    assert_eq!(series("RequestAttributesSequence.ScheduledProcedureStepID=SPS1".into()).await, 1);
+    assert_eq!(series("RequestAttributesSequence.ScheduledProcedureStepID=SPS3".into()).await, 0);
 }
 
 /// PS3.4 C.2.2.2.1: single value matching is exact and case-sensitive for every VR but PN.
@@ -288,7 +329,8 @@ async fn qido_019_includefield() {
 
 /// PS3.18 Tables 10.6.3-3 to 10.6.3-5: the attributes each level returns, and the higher
 /// levels' attributes of the relational resources (§10.6.3.3).
-/// FIXME: RequestAttributesSequence (0040,0275), Type C at series level, is never returned.
+/// RequestAttributesSequence (0040,0275), Type C at series level, comes with its items'
+/// ScheduledProcedureStepID and RequestedProcedureID when the series has it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qido_021_attributes_returned_per_level() {
     let server = archive().await;
@@ -310,10 +352,16 @@ async fn qido_021_attributes_returned_per_level() {
     assert_eq!(value_of(row, "00080056").as_deref(), Some("ONLINE"));
     assert_eq!(value_of(row, "00201206").as_deref(), Some("2"));
     assert_eq!(value_of(row, "00201208").as_deref(), Some("3"));
-    for row in qido(&server.base, &format!("/studies/{}/series", spec.study_uid())).await {
-        has(&row, &series_keys, "/studies/{study}/series");
-        assert!(row.get("00400275").is_none(), "FIXME: RequestAttributesSequence");
+    let rows = qido(&server.base, &format!("/studies/{}/series", spec.study_uid())).await;
+    for row in &rows {
+        has(row, &series_keys, "/studies/{study}/series");
     }
+    let requests = json!({"vr": "SQ", "Value": [
+        {"00400009": {"vr": "SH", "Value": ["SPS1"]}, "00401001": {"vr": "SH", "Value": ["RP1"]}},
+        {"00400009": {"vr": "SH", "Value": ["SPS2"]}, "00401001": {"vr": "SH", "Value": ["RP2"]}},
+    ]});
+    assert_eq!(rows[0]["00400275"], requests, "series 1");
+    assert!(rows[1].get("00400275").is_none(), "series 2 has no RequestAttributesSequence");
     let rows =
         qido(&server.base, &format!("/studies/{}/series/{}/instances", spec.study_uid(), spec.series_uid())).await;
     for row in &rows {
@@ -505,11 +553,87 @@ async fn qido_035_result_rows_follow_the_store() {
     assert!(instances.iter().all(|r| value_of(r, "00201208").as_deref() == Some("4")));
 }
 
-/// PS3.18 §8.3.1, PS3.4 C.2.2.2.6: sequence keys as dotted paths. FIXME: not supported; 400.
+/// PS3.18 §8.3.1, PS3.4 C.2.2.2.6: sequence keys as dotted paths of keywords or tags. An entity
+/// matches when one item matches every key on the sequence; the result carries the matching
+/// items with the requested item attributes. A valid path outside Kura's table is ignored with
+/// the Warning, as other unsupported attributes are; a path that is not valid is 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qido_031_sequence_keys_are_refused() {
+async fn qido_031_sequence_matching_with_dotted_paths() {
     let server = archive().await;
-    for query in ["/studies?OtherPatientIDsSequence.PatientID=X", "/studies?00101002.00100020=X"] {
+    let study = Spec::new(201, 1, 1);
+    let series = |query: String| {
+        let (base, study_uid) = (server.base.clone(), study.study_uid());
+        async move { qido(&base, &format!("/studies/{study_uid}/series?{query}")).await }
+    };
+    let item = |sps: &str, rp: &str| json!({"00400009": {"vr": "SH", "Value": [sps]}, "00401001": {"vr": "SH", "Value": [rp]}});
+    // Only the matching item is returned.
+    let rows = series("RequestAttributesSequence.RequestedProcedureID=RP2".into()).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["00400275"]["Value"], json!([item("SPS2", "RP2")]));
+    // Tags, wildcards, and both spellings mixed.
+    for query in ["00400275.00401001=RP*", "RequestAttributesSequence.00401001=R?1", "00400275.RequestedProcedureID=*2"]
+    {
+        assert_eq!(series(query.into()).await.len(), 1, "{query}");
+    }
+    assert_eq!(series("00400275.00401001=RP?".into()).await[0]["00400275"]["Value"].as_array().unwrap().len(), 2);
+    assert_eq!(series("00400275.00401001=*".into()).await.len(), 2, "universal matching, as for other keys");
+    assert_eq!(series("00400275.00401001=R?1,RP2".into()).await.len(), 0, "a wildcard value, not a list");
+    // Several keys on one sequence must match in the same item.
+    let same_item =
+        "RequestAttributesSequence.RequestedProcedureID=RP1&RequestAttributesSequence.ScheduledProcedureStepID=SPS1";
+    assert_eq!(series(same_item.into()).await[0]["00400275"]["Value"], json!([item("SPS1", "RP1")]));
+    let across =
+        "RequestAttributesSequence.RequestedProcedureID=RP1&RequestAttributesSequence.ScheduledProcedureStepID=SPS2";
+    assert_eq!(series(across.into()).await.len(), 0, "RP1 and SPS2 are in different items");
+    // UID list matching in an item, and item attributes returned only when asked for.
+    let uids = format!("RequestAttributesSequence.StudyInstanceUID=1.2.3,{}", study.study_uid());
+    let rows = series(uids).await;
+    assert_eq!(rows.len(), 1);
+    let returned = &rows[0]["00400275"]["Value"];
+    assert_eq!(returned.as_array().unwrap().len(), 1);
+    assert_eq!(returned[0]["0020000D"]["Value"], json!([study.study_uid()]));
+    assert!(returned[0].get("00080050").is_none(), "AccessionNumber of the item was not asked for");
+    let rows = series("includefield=RequestAttributesSequence.AccessionNumber".into()).await;
+    assert_eq!(rows[0]["00400275"]["Value"][0]["00080050"]["Value"], json!(["ACC201"]));
+    assert_eq!(rows[0]["00400275"]["Value"][1]["00080050"], json!({"vr": "SH"}), "an item without it: empty");
+    // Empty Value Matching: series 2 has no RequestAttributesSequence.
+    let empty = "RequestAttributesSequence.RequestedProcedureID=RP1&emptyvaluematching=true";
+    assert_eq!(series(empty.into()).await.len(), 2);
+    // Relational and study-level sequences.
+    let rows = qido(&server.base, "/series?PatientID=PID00201&00400275.00400009=SPS2").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(studies(&server, "OtherPatientIDsSequence.PatientID=ALT*").await, ["S202"]);
+    let rows = qido(&server.base, "/studies?00101002.00100020=OTHER-202").await;
+    assert_eq!(study_ids(&rows), ["S202"]);
+    assert_eq!(rows[0]["00101002"], json!({"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": ["OTHER-202"]}}]}));
+    let rows = qido(&server.base, "/studies?PatientID=PID00202&includefield=OtherPatientIDsSequence").await;
+    let items = &rows[0]["00101002"]["Value"];
+    assert_eq!(
+        items[1],
+        json!({"00100020": {"vr": "LO", "Value": ["ALT-9"]}, "00100021": {"vr": "LO", "Value": ["HOSP-B"]}})
+    );
+    assert!(qido(&server.base, "/studies?PatientID=PID00202").await[0].get("00101002").is_none(), "not asked for");
+    // The sequence itself as an empty key asks for it, like includefield.
+    let rows = qido(&server.base, "/studies?PatientID=PID00202&OtherPatientIDsSequence=").await;
+    assert_eq!(rows[0]["00101002"]["Value"].as_array().unwrap().len(), 2);
+    // A key of a level the resource does not search, as for other keys.
+    assert_eq!(
+        status(&server, "/studies?RequestAttributesSequence.RequestedProcedureID=RP1").await,
+        StatusCode::BAD_REQUEST
+    );
+    // A valid path outside the table: ignored with the Warning.
+    let reply =
+        get(&format!("{}/studies?ReferencedStudySequence.ReferencedSOPInstanceUID=1.2.3", server.base), "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json().as_array().unwrap().len(), 3);
+    assert!(reply.warnings().contains("ReferencedStudySequence.ReferencedSOPInstanceUID"), "{}", reply.warnings());
+    // Not a path: the first component is no sequence, or a component is no attribute.
+    for query in [
+        "/studies?PatientName.PatientID=X",
+        "/studies?OtherPatientIDsSequence.NoSuchKeyword=X",
+        "/studies?OtherPatientIDsSequence=X",
+        "/studies?includefield=PatientName.PatientID",
+    ] {
         assert_eq!(status(&server, query).await, StatusCode::BAD_REQUEST, "{query}");
     }
 }

@@ -5,26 +5,22 @@ use std::collections::BTreeSet;
 
 use dicom_dictionary_std::tags;
 
-use crate::dicom::attrs::{self, Level};
+use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
 use crate::error::Error;
 use crate::index::{DocKey, IndexDoc, IndexOp};
 use crate::store::{Change, InstanceRecord, SeriesRecord, Store, StudyRecord};
 
-fn tag_number(tag: dicom_core::Tag) -> u32 {
-    (u32::from(tag.group()) << 16) | u32::from(tag.element())
-}
-
 /// Study-level values including the computed ones (ModalitiesInStudy, SOPClassesInStudy).
 pub fn study_values(study: &StudyRecord) -> Vec<AttributeValue> {
     let mut values = study.attributes.clone();
-    values.push(AttributeValue { tag: tag_number(tags::MODALITIES_IN_STUDY), values: study.modalities.clone() });
-    values.push(AttributeValue { tag: tag_number(tags::SOP_CLASSES_IN_STUDY), values: study.sop_classes.clone() });
+    values.push(AttributeValue::new(tags::MODALITIES_IN_STUDY, study.modalities.clone()));
+    values.push(AttributeValue::new(tags::SOP_CLASSES_IN_STUDY, study.sop_classes.clone()));
     values
 }
 
 fn count(tag: dicom_core::Tag, n: u64) -> AttributeValue {
-    AttributeValue { tag: tag_number(tag), values: vec![n.to_string()] }
+    AttributeValue::new(tag, vec![n.to_string()])
 }
 
 /// What a search returns for a study: its attributes, ModalitiesInStudy, SOPClassesInStudy and
@@ -45,12 +41,7 @@ pub fn series_row(series: &SeriesRecord) -> Vec<AttributeValue> {
 
 /// What a search returns for an instance: the instance-level attributes.
 pub fn instance_row(instance: &InstanceRecord) -> Vec<AttributeValue> {
-    instance
-        .attributes
-        .iter()
-        .filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == Level::Instance))
-        .cloned()
-        .collect()
+    instance.attributes.iter().filter(|v| v.attribute().is_some_and(|a| a.level == Level::Instance)).cloned().collect()
 }
 
 fn study_op(study_uid: &str, study: Option<StudyRecord>) -> IndexOp {
@@ -110,8 +101,8 @@ pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<Inde
                 let mut values = instance.attributes.clone();
                 if let Some(study) = store.study(&instance.study_uid)? {
                     values.extend(study_values(&study).into_iter().filter(|v| {
-                        v.tag == tag_number(tags::MODALITIES_IN_STUDY)
-                            || v.tag == tag_number(tags::SOP_CLASSES_IN_STUDY)
+                        v.sequence.is_none()
+                            && (v.tag() == tags::MODALITIES_IN_STUDY || v.tag() == tags::SOP_CLASSES_IN_STUDY)
                     }));
                 }
                 ops.push(IndexOp::Upsert(IndexDoc {

@@ -24,17 +24,50 @@ pub fn has_dicm_prefix(head: &[u8]) -> bool {
     head.len() >= HEADER_LEN && &head[PREAMBLE_LEN..HEADER_LEN] == b"DICM"
 }
 
-/// Values of one table attribute, as decoded strings (PN keeps its `=` groups).
+/// Values of one table attribute, as decoded strings (PN keeps its `=` groups). For an
+/// attribute of the items of a sequence, one value per item, in item order, empty where the
+/// item lacks it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AttributeValue {
     /// The tag as `(group << 16) | element`.
     pub tag: u32,
     pub values: Vec<String>,
+    /// For an attribute of the items of a sequence: the sequence's tag, encoded as `tag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u32>,
+}
+
+fn tag_of(number: u32) -> Tag {
+    Tag((number >> 16) as u16, (number & 0xFFFF) as u16)
+}
+
+/// A tag as `(group << 16) | element`.
+pub fn tag_number(tag: Tag) -> u32 {
+    (u32::from(tag.group()) << 16) | u32::from(tag.element())
 }
 
 impl AttributeValue {
+    /// A top-level attribute's values.
+    pub fn new(tag: Tag, values: Vec<String>) -> AttributeValue {
+        AttributeValue { tag: tag_number(tag), values, sequence: None }
+    }
+
     pub fn tag(&self) -> Tag {
-        Tag((self.tag >> 16) as u16, (self.tag & 0xFFFF) as u16)
+        tag_of(self.tag)
+    }
+
+    pub fn sequence(&self) -> Option<Tag> {
+        self.sequence.map(tag_of)
+    }
+
+    /// Whether these are the values of `attribute` (same tag, same sequence or none).
+    pub fn is(&self, attribute: &attrs::Attribute) -> bool {
+        self.tag() == attribute.tag && self.sequence() == attribute.sequence
+    }
+
+    /// The table row these values belong to.
+    pub fn attribute(&self) -> Option<&'static attrs::Attribute> {
+        attrs::find(self.tag(), self.sequence())
     }
 }
 
@@ -148,12 +181,12 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
         attributes: attrs::ATTRIBUTES
             .iter()
             .filter(|attribute| !attribute.computed)
-            .filter_map(|attribute| {
-                let values = text(attribute.tag)?;
-                Some(AttributeValue {
-                    tag: (u32::from(attribute.tag.group()) << 16) | u32::from(attribute.tag.element()),
-                    values,
-                })
+            .filter_map(|attribute| match attribute.sequence {
+                None => Some(AttributeValue::new(attribute.tag, text(attribute.tag)?)),
+                Some(sequence) => Some(AttributeValue {
+                    sequence: Some(tag_number(sequence)),
+                    ..AttributeValue::new(attribute.tag, item_values(&object, sequence, attribute.tag)?)
+                }),
             })
             .collect(),
         pixel_data: framing.pixel_data.clone(),
@@ -176,6 +209,22 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
     };
     let metadata = serde_json::to_vec(&json::instance_json(&context, &object)).expect("json");
     Ok(ParsedInstance { metadata, ..parsed })
+}
+
+/// The value of `tag` in each item of the sequence `sequence` (the first value; empty where an
+/// item lacks it), or `None` when the data set has no such sequence.
+fn item_values(object: &dicom_object::DefaultDicomObject, sequence: Tag, tag: Tag) -> Option<Vec<String>> {
+    let items = object.element_opt(sequence).ok().flatten()?.value().items()?;
+    Some(
+        items
+            .iter()
+            .map(|item| {
+                let value = item.element_opt(tag).ok().flatten().and_then(|e| e.value().to_str().ok());
+                let first = value.as_deref().unwrap_or("").split('\\').next().unwrap_or("");
+                first.trim_end_matches(['\0', ' ']).trim_start().to_string()
+            })
+            .collect(),
+    )
 }
 
 /// Decodes the bytes of a UN element whose dictionary VR is `vr` (little endian).

@@ -9,7 +9,7 @@ use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::dataset::Dataset;
+use super::dataset::{Dataset, Values};
 use super::query::{self, IncludeFields, Search};
 use super::{RequestContext, ResponseBody, accepted_types, full_body};
 use crate::archive::Archive;
@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::dicom::attrs::{self, Level, Return};
 use crate::dicom::part10::AttributeValue;
 use crate::error::{Error, ErrorKind};
-use crate::index::Hit;
+use crate::index::search::has_wildcard;
+use crate::index::{Criterion, Hit};
 use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
 use crate::media::multipart;
 use crate::server::router::Endpoint;
@@ -91,6 +92,8 @@ pub async fn search(
 
     // The index search and the rendering of up to --qido-max-results rows are CPU work: they
     // run on the blocking pool, so that a large listing does not hold up the async workers.
+    // Capping concurrent searches at the number of cores (a semaphore) was measured and cost a
+    // quarter of the 8-client throughput (benches/README.md), so they are not capped.
     let (archive, blocking_context) = (archive.clone(), context.clone());
     let (content_type, body, remaining) =
         tokio::task::spawn_blocking(move || respond(&archive, &blocking_context, &search, levels, representation))
@@ -151,10 +154,10 @@ fn respond(
 
 /// Adds the attributes of `level` that the request returns (§10.6.3.3).
 fn put_level(dataset: &mut Dataset, level: Level, values: &[AttributeValue], search: &Search) {
-    for attribute in attrs::at_level(level).filter(|a| !a.computed) {
-        let found = values.iter().find(|v| v.tag() == attribute.tag);
+    for attribute in attrs::at_level(level).filter(|a| !a.computed && a.sequence.is_none()) {
+        let found = values.iter().find(|v| v.is(attribute));
         let has_value = found.is_some_and(|v| v.values.iter().any(|s| !s.is_empty()));
-        let named = search.matched.contains(&attribute.tag) || search.include.includes(attribute.tag);
+        let named = search.named(attribute);
         let wanted = match attribute.ret {
             Return::Always => true,
             Return::IfPresent => has_value || named,
@@ -164,17 +167,98 @@ fn put_level(dataset: &mut Dataset, level: Level, values: &[AttributeValue], sea
             dataset.put_strings(attribute.tag, attribute.vr, found.map(|v| v.values.clone()).unwrap_or_default());
         }
     }
+    put_sequences(dataset, level, values, search);
+}
+
+/// Adds the sequences of `level` whose item attributes the request returns: the items that
+/// match the query's keys on the sequence, with the item attributes that were asked for (or are
+/// returned unasked), as PS3.4 C.2.2.2.6 says. A sequence is returned when one of its item
+/// attributes was named, or when one that is returned unasked has items.
+fn put_sequences(dataset: &mut Dataset, level: Level, values: &[AttributeValue], search: &Search) {
+    for sequence in attrs::sequences_at(level) {
+        let in_sequence = || attrs::at_level(level).filter(move |a| a.sequence == Some(sequence));
+        let wanted: Vec<_> = in_sequence().filter(|a| a.ret != Return::OnRequest || search.named(a)).collect();
+        let item_values =
+            |attribute: &attrs::Attribute| values.iter().find(|v| v.is(attribute)).map_or(&[][..], |v| &v.values[..]);
+        let n_items = in_sequence().map(|a| item_values(a).len()).max().unwrap_or(0);
+        // Named by a key or by includefield other than `all` (which returns only what exists).
+        let asked = in_sequence().any(|a| {
+            search.matched.iter().any(|m| m.keyword == a.keyword)
+                || (!matches!(search.include, IncludeFields::All) && search.include.includes(a))
+        });
+        if wanted.is_empty() || !(asked || n_items > 0) {
+            continue;
+        }
+        let filters: Vec<_> = search.query.filters.iter().filter(|f| f.attribute.sequence == Some(sequence)).collect();
+        let value = |attribute: &attrs::Attribute, index: usize| {
+            item_values(attribute).get(index).map(String::as_str).unwrap_or("")
+        };
+        let mut items = Vec::new();
+        for index in 0..n_items {
+            let matches = filters.iter().all(|f| {
+                let value = value(f.attribute, index);
+                item_matches(&f.criterion, value) || (search.query.empty_value_matching && value.is_empty())
+            });
+            if !matches {
+                continue;
+            }
+            let mut item = Dataset::new();
+            for attribute in &wanted {
+                let value = value(attribute, index);
+                let values = if value.is_empty() { Vec::new() } else { vec![value.to_string()] };
+                item.put_strings(attribute.tag, attribute.vr, values);
+            }
+            items.push(item);
+        }
+        dataset.put(sequence, VR::SQ, Values::Items(items));
+    }
+}
+
+/// Whether one item's value of a text or UID attribute matches a criterion (PS3.4 C.2.2.2.1,
+/// C.2.2.2.2, C.2.2.2.4), as the index matched it.
+fn item_matches(criterion: &Criterion, value: &str) -> bool {
+    match criterion {
+        Criterion::UidList(uids) => uids.iter().any(|uid| uid == value),
+        Criterion::Text(pattern) if has_wildcard(pattern) => wildcard_matches(pattern, value),
+        Criterion::Text(pattern) => pattern == value,
+        Criterion::Empty => value.is_empty(),
+        _ => true,
+    }
+}
+
+/// `*` (any run of characters) and `?` (one character) matching of a whole value.
+fn wildcard_matches(pattern: &str, value: &str) -> bool {
+    let (pattern, value): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
+    // Greedy matching with backtracking to the last `*`.
+    let (mut p, mut v, mut star, mut mark) = (0, 0, None, 0);
+    while v < value.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == value[v]) {
+            p += 1;
+            v += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            mark = v;
+            p += 1;
+        } else if let Some(star) = star {
+            p = star + 1;
+            mark += 1;
+            v = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
 }
 
 fn strings(values: &[AttributeValue], tag: Tag) -> Vec<String> {
-    values.iter().find(|v| v.tag() == tag).map(|v| v.values.clone()).unwrap_or_default()
+    values.iter().find(|v| v.tag() == tag && v.sequence.is_none()).map(|v| v.values.clone()).unwrap_or_default()
 }
 
 /// The study's values (PS3.18 Table 10.6.3-3) as the index or `Archive::study_row` gives them.
 fn put_study(row: &mut Dataset, values: &[AttributeValue], search: &Search) {
     put_level(row, Level::Study, values, search);
     row.put_strings(tags::MODALITIES_IN_STUDY, VR::CS, strings(values, tags::MODALITIES_IN_STUDY));
-    if search.include.includes(tags::SOP_CLASSES_IN_STUDY) || search.matched.contains(&tags::SOP_CLASSES_IN_STUDY) {
+    if search.named(attrs::by_tag(tags::SOP_CLASSES_IN_STUDY).expect("in table")) {
         row.put_strings(tags::SOP_CLASSES_IN_STUDY, VR::UI, strings(values, tags::SOP_CLASSES_IN_STUDY));
     }
     for tag in [tags::NUMBER_OF_STUDY_RELATED_SERIES, tags::NUMBER_OF_STUDY_RELATED_INSTANCES] {
@@ -247,4 +331,24 @@ fn result_rows(
         rows.push(row);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_whole_values() {
+        for (pattern, value, expected) in [
+            ("RP*", "RP1", true),
+            ("RP?", "RP12", false),
+            ("*1", "RP1", true),
+            ("R*P*1", "RXPY1", true),
+            ("*", "", true),
+            ("a*b", "acbcb", true),
+            ("a*b", "acbc", false),
+        ] {
+            assert_eq!(wildcard_matches(pattern, value), expected, "{pattern} {value}");
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! QIDO-RS query parameters (PS3.18 §8.3.4, Table 8.3.4-1) into a [`SearchQuery`] plus the
 //! set of attributes to return.
 
-use dicom_core::Tag;
-use dicom_core::dictionary::DataDictionary;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::{StandardDataDictionary, tags};
 
 use crate::dicom::attrs::{self, Attribute, Level, Matching};
@@ -19,15 +19,20 @@ pub enum IncludeFields {
     #[default]
     Defaults,
     All,
-    These(Vec<Tag>),
+    /// Top-level attributes (a sequence stands for all its item attributes), and the dotted
+    /// paths of item attributes (their table keywords).
+    These(Vec<Tag>, Vec<&'static str>),
 }
 
 impl IncludeFields {
-    pub fn includes(&self, tag: Tag) -> bool {
-        match self {
-            IncludeFields::Defaults => false,
-            IncludeFields::All => true,
-            IncludeFields::These(tags) => tags.contains(&tag),
+    pub fn includes(&self, attribute: &Attribute) -> bool {
+        match (self, attribute.sequence) {
+            (IncludeFields::Defaults, _) => false,
+            (IncludeFields::All, _) => true,
+            (IncludeFields::These(tags, _), None) => tags.contains(&attribute.tag),
+            (IncludeFields::These(tags, paths), Some(sequence)) => {
+                tags.contains(&sequence) || paths.contains(&attribute.keyword)
+            }
         }
     }
 }
@@ -38,7 +43,7 @@ pub struct Search {
     pub query: SearchQuery,
     pub include: IncludeFields,
     /// Attributes named by a match key: returned whatever their return rule (§10.6.3.3).
-    pub matched: Vec<Tag>,
+    pub matched: Vec<&'static Attribute>,
     /// `fuzzymatching=true` was asked for.
     pub fuzzy_requested: bool,
     /// `emptyvaluematching=true` was asked for (PS3.18 §8.3.4.5).
@@ -46,6 +51,13 @@ pub struct Search {
     /// Parameters that are valid DICOM attributes but not supported as match keys; ignored
     /// as §8.3 requires, and named in a Warning.
     pub ignored: Vec<String>,
+}
+
+impl Search {
+    /// Whether the request named `attribute` by a match key or `includefield`.
+    pub fn named(&self, attribute: &Attribute) -> bool {
+        self.matched.iter().any(|m| m.keyword == attribute.keyword) || self.include.includes(attribute)
+    }
 }
 
 /// Decodes one query component: `%XX` as UTF-8 bytes and `+` as space (as HTML forms and
@@ -74,11 +86,25 @@ fn unsigned(name: &str, value: &str) -> Result<usize, Error> {
 
 /// Resolves a keyword or tag that names a DICOM attribute at all (for 400 vs. ignore).
 fn dictionary_tag(name: &str) -> Option<Tag> {
-    if name.len() == 8 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let value = u32::from_str_radix(name, 16).ok()?;
-        return Some(Tag((value >> 16) as u16, (value & 0xFFFF) as u16));
+    if let Some(tag) = attrs::hex_tag(name) {
+        return Some(tag);
     }
     StandardDataDictionary.by_name(name).map(|entry| entry.tag.inner())
+}
+
+/// Whether the dictionary declares `tag` a sequence (SQ).
+fn is_sequence(tag: Tag) -> bool {
+    StandardDataDictionary.by_tag(tag).is_some_and(|entry| entry.vr() == VirtualVr::Exact(VR::SQ))
+}
+
+/// Whether `name` is a valid attribute path of PS3.18 §8.3.1: keywords or tags separated by
+/// dots, every one but the last a sequence (SQ), the last not one.
+fn dictionary_path(name: &str) -> bool {
+    let components: Vec<&str> = name.split('.').collect();
+    components.iter().enumerate().all(|(index, component)| match dictionary_tag(component) {
+        Some(tag) => is_sequence(tag) == (index + 1 < components.len()),
+        None => false,
+    })
 }
 
 /// A DA or TM value or range. A time range whose start is after its end is left for
@@ -176,13 +202,30 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                         search.include = IncludeFields::All;
                         continue;
                     }
-                    let tag = dictionary_tag(item).ok_or_else(|| {
-                        Error::bad_request(format!("includefield: {item:?} is not a DICOM attribute"))
-                    })?;
-                    match &mut search.include {
-                        IncludeFields::All => {}
-                        IncludeFields::These(tags) => tags.push(tag),
-                        include => *include = IncludeFields::These(vec![tag]),
+                    // A path outside the table is accepted and not returned, as other
+                    // attributes outside it are.
+                    let (tag, path) = if item.contains('.') {
+                        match attrs::lookup(item) {
+                            Some(attribute) => (None, Some(attribute.keyword)),
+                            None if dictionary_path(item) => (None, None),
+                            None => {
+                                return Err(Error::bad_request(format!(
+                                    "includefield: {item:?} is not a DICOM attribute path"
+                                )));
+                            }
+                        }
+                    } else {
+                        let tag = dictionary_tag(item).ok_or_else(|| {
+                            Error::bad_request(format!("includefield: {item:?} is not a DICOM attribute"))
+                        })?;
+                        (Some(tag), None)
+                    };
+                    if let IncludeFields::Defaults = search.include {
+                        search.include = IncludeFields::These(Vec::new(), Vec::new());
+                    }
+                    if let IncludeFields::These(tags, paths) = &mut search.include {
+                        tags.extend(tag);
+                        paths.extend(path);
                     }
                 }
             }
@@ -198,18 +241,39 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
             _ => {
                 let attribute = match attrs::lookup(&name) {
                     Some(attribute) => attribute,
-                    None if dictionary_tag(&name).is_some() => {
+                    // A sequence is matched through its item attributes (§8.3.1); empty, it asks
+                    // for the sequence to be returned (C.2.2.2.6).
+                    None if dictionary_tag(&name).is_some_and(is_sequence) => {
+                        if !value.is_empty() {
+                            return Err(Error::bad_request(format!(
+                                "{name} is a sequence: match its attributes as {name}.<attribute> (PS3.18 §8.3.1)"
+                            )));
+                        }
+                        let tag = dictionary_tag(&name).expect("resolved above");
+                        if !attrs::ATTRIBUTES.iter().any(|a| a.sequence == Some(tag)) {
+                            search.ignored.push(name.clone());
+                        }
+                        match &mut search.include {
+                            IncludeFields::All => {}
+                            IncludeFields::These(tags, _) => tags.push(tag),
+                            include => *include = IncludeFields::These(vec![tag], Vec::new()),
+                        }
+                        continue;
+                    }
+                    None if dictionary_tag(&name).is_some() || (name.contains('.') && dictionary_path(&name)) => {
                         search.ignored.push(name.clone());
                         continue;
                     }
                     None => {
-                        return Err(Error::bad_request(format!("{name:?} is not a DICOM attribute keyword or tag")));
+                        return Err(Error::bad_request(format!(
+                            "{name:?} is not a DICOM attribute keyword or tag, or a path of them (PS3.18 §8.3.1)"
+                        )));
                     }
                 };
-                if seen.contains(&attribute.tag) {
+                if seen.contains(&attribute.keyword) {
                     return Err(Error::bad_request(format!("{name} appears more than once (PS3.18 §8.3.4.1)")));
                 }
-                seen.push(attribute.tag);
+                seen.push(attribute.keyword);
                 // Modality on /studies means "a series of this modality": ModalitiesInStudy.
                 let attribute = if attribute.tag == tags::MODALITY && level == Level::Study {
                     attrs::by_tag(tags::MODALITIES_IN_STUDY).expect("in table")
@@ -222,7 +286,7 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                         crate::archive::level_name(attribute.level)
                     )));
                 }
-                search.matched.push(attribute.tag);
+                search.matched.push(attribute);
                 // PS3.18 §8.3.4.1.1, PS3.4 C.2.2.2.1.3: not a match key, but the time zone in
                 // which the query's dates and times are meant.
                 if attribute.tag == tags::TIMEZONE_OFFSET_FROM_UTC {

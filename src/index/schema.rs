@@ -11,7 +11,8 @@ use crate::dicom::attrs::{ATTRIBUTES, Attribute, DATE_TIME_PAIRS, Matching};
 
 /// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
 /// 4: stored result rows (`_row`), combined date-time fields (`_dt.*`, `_utc.*`).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 5: attributes of sequence items (`Sequence.Attribute`, `Sequence.Attribute.items`).
+pub const SCHEMA_VERSION: u32 = 5;
 /// Tokenizer of person-name fields: the whole value, lower-cased.
 pub const PN_TOKENIZER: &str = "kura_pn";
 
@@ -35,6 +36,9 @@ pub struct Fields {
     by_keyword: HashMap<&'static str, Field>,
     /// Person-name attributes: their name components, normalised for fuzzy matching.
     name_words: HashMap<&'static str, Field>,
+    /// Attributes of sequence items: their values prefixed with the item's number
+    /// (`search::item_term`), so that several keys can be required of one item.
+    items: HashMap<&'static str, Field>,
 }
 
 impl Fields {
@@ -53,7 +57,12 @@ impl Fields {
         );
         let mut by_keyword = HashMap::new();
         let mut name_words = HashMap::new();
+        let mut items = HashMap::new();
         for attribute in ATTRIBUTES {
+            if attribute.sequence.is_some() {
+                items
+                    .insert(attribute.keyword, builder.add_text_field(&format!("{}.items", attribute.keyword), STRING));
+            }
             let field = match attribute.matching {
                 Matching::Uid | Matching::Text => builder.add_text_field(attribute.keyword, STRING),
                 Matching::PersonName => builder.add_text_field(attribute.keyword, pn_options.clone()),
@@ -86,7 +95,13 @@ impl Fields {
             date_times,
             by_keyword,
             name_words,
+            items,
         }
+    }
+
+    /// The per-item field of an attribute of sequence items.
+    pub fn items_of(&self, attribute: &Attribute) -> Option<Field> {
+        self.items.get(attribute.keyword).copied()
     }
 
     pub fn of(&self, attribute: &Attribute) -> Field {

@@ -156,18 +156,72 @@ pub(super) fn build_query(fields: &Fields, query: &SearchQuery) -> IndexResult<B
     if let Some(series) = &query.series_uid {
         clauses.push((Occur::Must, term_query(Term::from_field_text(fields.series_uid, series))));
     }
-    for filter in &query.filters {
-        let mut clause = criterion_query(fields, filter)?;
+    let with_empty = |clause: Box<dyn Query>, filter: &Filter| -> Box<dyn Query> {
         if query.empty_value_matching && filter.criterion != Criterion::Empty {
             let empty = term_query(Term::from_field_text(fields.empty, filter.attribute.keyword));
-            clause = Box::new(BooleanQuery::new(vec![(Occur::Should, clause), (Occur::Should, empty)]));
+            Box::new(BooleanQuery::new(vec![(Occur::Should, clause), (Occur::Should, empty)]))
+        } else {
+            clause
         }
-        clauses.push((Occur::Must, clause));
+    };
+    let mut sequences_done = Vec::new();
+    for filter in &query.filters {
+        // Several keys on one sequence must match in one item (PS3.4 C.2.2.2.6).
+        if let Some(sequence) = filter.attribute.sequence {
+            let keys: Vec<&Filter> = query.filters.iter().filter(|f| f.attribute.sequence == Some(sequence)).collect();
+            if keys.len() > 1 {
+                if !sequences_done.contains(&sequence) {
+                    sequences_done.push(sequence);
+                    let mut any_item: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                    for index in 0..MAX_ITEMS {
+                        let mut all_keys: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                        for key in &keys {
+                            all_keys.push((Occur::Must, with_empty(item_query(fields, key, index)?, key)));
+                        }
+                        any_item.push((Occur::Should, Box::new(BooleanQuery::new(all_keys))));
+                    }
+                    clauses.push((Occur::Must, Box::new(BooleanQuery::new(any_item))));
+                }
+                continue;
+            }
+        }
+        let clause = criterion_query(fields, filter)?;
+        clauses.push((Occur::Must, with_empty(clause, filter)));
     }
     if clauses.is_empty() {
         return Ok(Box::new(AllQuery));
     }
     Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// Items of a sequence whose attributes the index can require together (PS3.4 C.2.2.2.6);
+/// later items are matched key by key only.
+pub const MAX_ITEMS: usize = 16;
+
+/// The per-item term of an item attribute's value: the item's number, `:`, the value.
+pub fn item_term(index: usize, value: &str) -> String {
+    format!("{index}:{value}")
+}
+
+/// A key on an attribute of sequence items, against item number `index` only.
+fn item_query(fields: &Fields, filter: &Filter, index: usize) -> IndexResult<Box<dyn Query>> {
+    let invalid = |e: tantivy::TantivyError| IndexError::InvalidQuery(e.to_string());
+    let field = fields
+        .items_of(filter.attribute)
+        .ok_or_else(|| IndexError::InvalidQuery(format!("{} is not in a sequence", filter.attribute.keyword)))?;
+    Ok(match &filter.criterion {
+        Criterion::UidList(uids) => {
+            Box::new(TermSetQuery::new(uids.iter().map(|uid| Term::from_field_text(field, &item_term(index, uid)))))
+        }
+        Criterion::Text(value) if has_wildcard(value) => {
+            let pattern = format!("{index}:{}", wildcard_to_regex(value));
+            Box::new(RegexQuery::from_pattern(&pattern, field).map_err(invalid)?)
+        }
+        Criterion::Text(value) => term_query(Term::from_field_text(field, &item_term(index, value))),
+        // `""`: the entity has no value of the attribute in any item.
+        Criterion::Empty => term_query(Term::from_field_text(fields.empty, filter.attribute.keyword)),
+        _ => return Err(IndexError::InvalidQuery(format!("{} takes text or UIDs", filter.attribute.keyword))),
+    })
 }
 
 fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Query>> {

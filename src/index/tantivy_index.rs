@@ -314,7 +314,8 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
     out.add_u64(fields.created, doc.created);
     out.add_bytes(fields.row, &super::stored::encode(&doc.row));
     let first = |tag| {
-        doc.values.iter().find(|v| v.tag() == tag).and_then(|v| v.values.first()).map(String::as_str).unwrap_or("")
+        let top_level = |v: &&AttributeValue| v.tag() == tag && v.sequence.is_none();
+        doc.values.iter().find(top_level).and_then(|v| v.values.first()).map(String::as_str).unwrap_or("")
     };
     for (date_tag, time_tag) in DATE_TIME_PAIRS {
         let date_attribute = attrs::by_tag(*date_tag).expect("pairs are table attributes");
@@ -337,10 +338,18 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
         let values: Vec<&str> = doc
             .values
             .iter()
-            .filter(|v| v.tag() == attribute.tag)
+            .filter(|v| v.is(attribute))
             .flat_map(|v| v.values.iter().map(String::as_str))
             .filter(|v| !v.is_empty())
             .collect();
+        if let Some(items_field) = fields.items_of(attribute) {
+            let item_values = doc.values.iter().filter(|v| v.is(attribute)).flat_map(|v| v.values.iter());
+            for (index, value) in item_values.enumerate().take(search::MAX_ITEMS) {
+                if !value.is_empty() {
+                    out.add_text(items_field, search::item_term(index, value));
+                }
+            }
+        }
         if values.is_empty() {
             out.add_text(fields.empty, attribute.keyword);
         }

@@ -51,7 +51,8 @@ pub enum DuplicatePolicy {
 /// The result of [`Store::put_instance`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
-    /// The instance is new, or replaced a different object under the Overwrite policy.
+    /// The instance is new, or replaced a different object under the Overwrite policy, or the
+    /// same object whose records this version of Kura refreshed with more recorded values.
     Stored { replaced: bool },
     /// The same bytes were already stored; nothing changed and the new payload was discarded.
     AlreadyStored,

@@ -51,7 +51,7 @@ pub struct InstanceRecord {
 impl InstanceRecord {
     /// A numeric attribute the record keeps (Rows, Columns, Number of Frames, Instance Number…).
     pub fn number(&self, tag: dicom_core::Tag) -> Option<u64> {
-        self.attributes.iter().find(|v| v.tag() == tag)?.values.first()?.trim().parse().ok()
+        self.attributes.iter().find(|v| v.tag() == tag && v.sequence.is_none())?.values.first()?.trim().parse().ok()
     }
 
     /// Bits Allocated (0028,0100), when the instance has it.

@@ -18,7 +18,7 @@ use super::group_commit::GroupCommit;
 use super::keys;
 use super::record::*;
 use super::*;
-use crate::dicom::attrs::{self, Level};
+use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
 
 /// The largest payload chunk; see the module docs for why it must stay small.
@@ -173,7 +173,7 @@ impl SledStore {
         let mut sop_classes = BTreeSet::new();
         for series in &all_series {
             for attribute in &series.attributes {
-                if attribute.tag() == dicom_dictionary_std::tags::MODALITY {
+                if attribute.sequence.is_none() && attribute.tag() == dicom_dictionary_std::tags::MODALITY {
                     modalities.extend(attribute.values.iter().filter(|v| !v.is_empty()).cloned());
                 }
             }
@@ -204,7 +204,7 @@ impl SledStore {
 
 /// The attributes of `level` among an instance's values.
 pub(crate) fn level_attributes(values: &[AttributeValue], level: Level) -> Vec<AttributeValue> {
-    values.iter().filter(|v| attrs::by_tag(v.tag()).is_some_and(|a| a.level == level)).cloned().collect()
+    values.iter().filter(|v| v.attribute().is_some_and(|a| a.level == level)).cloned().collect()
 }
 
 fn put_or_remove<T: serde::Serialize>(batch: &mut Batch, key: Vec<u8>, value: Option<&T>) {
@@ -259,10 +259,15 @@ impl Store for SledStore {
         let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
         let previous: Option<InstanceRecord> = self.get(&keys::instance(&record.sop_instance_uid))?;
         if let Some(previous) = &previous {
-            if previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length {
+            let same_object =
+                previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length;
+            // The same object again changes nothing, unless this version of Kura records more of
+            // it than the one that stored it (e.g. the values of sequence items): then the
+            // records are refreshed as for a replacement, whatever the policy.
+            if same_object && previous.attributes == record.attributes {
                 return Ok(PutOutcome::AlreadyStored);
             }
-            if policy == DuplicatePolicy::Reject {
+            if !same_object && policy == DuplicatePolicy::Reject {
                 return Ok(PutOutcome::Conflict);
             }
         }
@@ -278,7 +283,9 @@ impl Store for SledStore {
         if let Some(old) = &previous {
             batch.remove(keys::hierarchy(&old.study_uid, &old.series_uid, &sop));
             // The old payload is swept once the batch is durable; the marker survives a crash.
-            batch.insert(keys::pending_payload(old.payload.id), &[]);
+            if old.payload.id != record.payload.id {
+                batch.insert(keys::pending_payload(old.payload.id), &[]);
+            }
             let moved = old.study_uid != study || old.series_uid != series;
             if moved {
                 let old_series = self.get(&keys::series(&old.study_uid, &old.series_uid))?;
@@ -317,7 +324,9 @@ impl Store for SledStore {
 
         if let Some(old) = previous {
             // Best effort: if this fails or the process dies, `recover` sweeps the marker.
-            let _ = self.discard_payload(old.payload.id);
+            if old.payload.id != record.payload.id {
+                let _ = self.discard_payload(old.payload.id);
+            }
             return Ok(PutOutcome::Stored { replaced: true });
         }
         Ok(PutOutcome::Stored { replaced: false })

@@ -86,6 +86,13 @@ class Corpus:
         return {study for study, ds in self.studies().items() if predicate(ds)}
 
 
+def _request(requested_procedure_id: str, scheduled_step_id: str) -> Dataset:
+    item = Dataset()
+    item.RequestedProcedureID = requested_procedure_id
+    item.ScheduledProcedureStepID = scheduled_step_id
+    return item
+
+
 def _generated() -> dict[str, list[Dataset]]:
     """The generated studies, grouped by the store call that sends them."""
     s1 = [
@@ -105,6 +112,9 @@ def _generated() -> dict[str, list[Dataset]]:
                    modality="MR", study_date="20200315", accession="ACC-2", series_number=1)
         for i in (1, 2)
     ]
+    for ds in s2:
+        # Two requests for the MR series, for sequence matching (PS3.4 C.2.2.2.6).
+        ds.RequestAttributesSequence = [_request("RP-21", "SPS-21"), _request("RP-22", "SPS-22")]
     s3 = [
         make_image(patient=P_JANE, study_uid=S3, series_uid=S3_CT, instance_number=1,
                    study_date="20210610", accession="ACC-3", series_number=1),
@@ -378,6 +388,23 @@ def test_search_all_series_by_modality(corpus, client):
     assert {value(r, "SeriesInstanceUID") for r in rows} == expected
     rows = client.search_for_series(S3, search_filters={"Modality": "OT"})
     assert [value(r, "SeriesInstanceUID") for r in rows] == [S3_MF]
+
+
+def test_search_series_by_request_attributes_sequence(corpus, client):
+    # PS3.18 8.3.1 dotted paths, PS3.4 C.2.2.2.6: the series matches when one item matches every
+    # key on the sequence, and only the matching items are returned.
+    rows = client.search_for_series(search_filters={"RequestAttributesSequence.RequestedProcedureID": "RP-2*"})
+    assert [value(r, "SeriesInstanceUID") for r in rows] == [S2_MR]
+    assert len(values(rows[0], "RequestAttributesSequence")) == 2
+    rows = client.search_for_series(
+        S2, search_filters={"00400275.00401001": "RP-22", "RequestAttributesSequence.ScheduledProcedureStepID": "SPS-22"}
+    )
+    [item] = values(rows[0], "RequestAttributesSequence")
+    assert (value(item, "RequestedProcedureID"), value(item, "ScheduledProcedureStepID")) == ("RP-22", "SPS-22")
+    rows = client.search_for_series(
+        search_filters={"00400275.00401001": "RP-22", "RequestAttributesSequence.ScheduledProcedureStepID": "SPS-21"}
+    )
+    assert rows == []
 
 
 def test_search_series_with_study_level_key(client):

@@ -1,5 +1,6 @@
 use http::{Method, StatusCode};
-use kura::store::DuplicatePolicy;
+use kura::dicom::part10::AttributeValue;
+use kura::store::{DuplicatePolicy, InstanceRecord, PayloadRef, PutOutcome, SledStore, SledStoreOptions, Store};
 
 use crate::support::*;
 
@@ -235,4 +236,41 @@ async fn limits_refuse_oversized_parts_headers_and_requests() {
     }
     // The server is still up and stored exactly what it acknowledged.
     assert_eq!(qido(&server.base, "/instances").await.len(), 1 + 3);
+}
+
+/// An identical re-send of an object that an older Kura stored with fewer recorded values (the
+/// items of RequestAttributesSequence were not recorded before schema 5) refreshes its records,
+/// so that a re-send is how such instances become searchable by the new keys; a re-send that
+/// would record nothing new stays a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_resend_refreshes_records_of_an_older_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path(), SledStoreOptions::default()).expect("open");
+    let old_values = vec![AttributeValue::new(dicom_dictionary_std::tags::MODALITY, vec!["CT".into()])];
+    let record = |attributes: Vec<AttributeValue>| InstanceRecord {
+        version: kura::store::record::RECORD_VERSION,
+        owner: "test".into(),
+        study_uid: "1.2.3".into(),
+        series_uid: "1.2.3.4".into(),
+        sop_instance_uid: "1.2.3.4.5".into(),
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+        transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
+        payload: PayloadRef { id: 1, length: 10, chunk_size: 65536, sha256: "ab".into() },
+        attributes,
+        seq: 0,
+        pixel_data: None,
+        large_values: Vec::new(),
+    };
+    let put = |attributes| store.put_instance(record(attributes), b"{}", DuplicatePolicy::Reject).expect("put");
+    assert!(matches!(put(old_values.clone()), PutOutcome::Stored { replaced: false }));
+    assert!(matches!(put(old_values.clone()), PutOutcome::AlreadyStored));
+    let mut new_values = old_values;
+    new_values.push(AttributeValue {
+        sequence: Some(0x0040_0275),
+        ..AttributeValue::new(dicom_dictionary_std::tags::REQUESTED_PROCEDURE_ID, vec!["RP1".into()])
+    });
+    assert!(matches!(put(new_values.clone()), PutOutcome::Stored { replaced: true }));
+    let series = store.series("1.2.3", "1.2.3.4").expect("series").expect("a series record");
+    assert!(series.attributes.iter().any(|v| v.sequence.is_some()), "{:?}", series.attributes);
+    assert!(matches!(put(new_values), PutOutcome::AlreadyStored));
 }
