@@ -38,7 +38,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -49,22 +48,17 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+#[path = "support/mod.rs"]
+mod support;
 
-const BOUNDARY: &str = "kura-qido-bench";
+use support::{HttpClient, KuraChild, Rng, element, env_or, proc_status_kib, stow};
+
 /// UID root of the generated objects (the Kura benchmark arc).
 const ROOT: &str = "1.2.826.0.1.3680043.10.543.20";
 const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value.parse().unwrap_or_else(|_| panic!("{name}={value:?} is not valid")),
-        Err(_) => default,
-    }
-}
 
 #[derive(Clone)]
 struct Scale {
@@ -89,48 +83,6 @@ impl Scale {
     /// The regular studies complete among the first `loaded` instances (loading order).
     fn complete_studies(&self, loaded: usize) -> usize {
         (loaded.saturating_sub(self.big_series) / (self.series * self.instances)).min(self.studies)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small deterministic generator (SplitMix64): the same seed gives the same archive on every
-// machine and with every version of every crate.
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64, index: u64) -> Rng {
-        Rng(mix(mix(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93)) ^ index))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-
-    /// Picks with a skew towards the front of the list (common names are common).
-    fn pick_skewed<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        &items[((u * u * items.len() as f64) as usize).min(items.len() - 1)]
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
     }
 }
 
@@ -527,24 +479,6 @@ fn locate(scale: &Scale, g: usize) -> (usize, usize, usize) {
 // ---------------------------------------------------------------------------------------------
 // PS3.10 encoding, by hand
 
-fn element(out: &mut Vec<u8>, group: u16, number: u16, vr: &[u8; 2], value: &[u8]) {
-    let pad = value.len() % 2 == 1;
-    let length = value.len() + pad as usize;
-    out.extend_from_slice(&group.to_le_bytes());
-    out.extend_from_slice(&number.to_le_bytes());
-    out.extend_from_slice(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR") {
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&(length as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(length as u16).to_le_bytes());
-    }
-    out.extend_from_slice(value);
-    if pad {
-        out.push(if vr == b"UI" || vr == b"OB" { 0 } else { b' ' });
-    }
-}
-
 /// Text in the character set of the instance (UTF-8 for ISO_IR 192 and the default repertoire,
 /// which is ASCII here; Latin-1 for ISO_IR 100).
 fn text(charset: Option<&str>, value: &str) -> Vec<u8> {
@@ -644,34 +578,6 @@ async fn get(client: &HttpClient, url: &str) -> Result<(u16, Bytes), String> {
     tokio::time::timeout(QUERY_TIMEOUT, exchange).await.map_err(|_| format!("timeout: {url}"))?
 }
 
-async fn stow(client: &HttpClient, url: &str, parts: &[Vec<u8>]) -> Result<(), String> {
-    let mut body = Vec::with_capacity(parts.iter().map(|p| p.len() + 80).sum());
-    for part in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
-        body.extend_from_slice(part);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    let request = http::Request::post(url)
-        .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
-        .header("accept", "application/dicom+json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if status != 200 {
-            return Err(format!(
-                "STOW-RS answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(600)])
-            ));
-        }
-        Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(600), exchange).await.map_err(|_| "STOW-RS timed out".to_string())?
-}
-
 /// Percent-encodes a query value (`*` and unreserved characters stay as they are).
 fn encode(value: &str) -> String {
     let mut out = String::new();
@@ -722,7 +628,7 @@ async fn load(client: &HttpClient, base: &str, scale: &Scale) -> (usize, f64, u6
                     .collect();
                 let n = parts.len();
                 let size: usize = parts.iter().map(Vec::len).sum();
-                if let Err(error) = stow(&client, &url, &parts).await {
+                if let Err(error) = stow(&client, &url, &parts, Duration::from_secs(600)).await {
                     panic!("loading instances {first}..{}: {error}", first + n);
                 }
                 stored.fetch_add(n, Ordering::Relaxed);
@@ -1007,52 +913,6 @@ fn du(path: &Path) -> u64 {
     total
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-struct KuraChild {
-    child: Child,
-    base: String,
-}
-
-impl KuraChild {
-    async fn start(data: &Path) -> KuraChild {
-        let binary = std::env::var("KURA_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kura").to_string());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        let base = format!("http://127.0.0.1:{port}/dicomweb");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(1800), "kura did not start listening");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        eprintln!("kura (pid {}) listening at {base} after {:.1} s", child.id(), started.elapsed().as_secs_f64());
-        KuraChild { child, base }
-    }
-
-    /// SIGTERM (graceful shutdown checkpoints the index), then SIGKILL after 60 s.
-    fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 fn mib(bytes: u64) -> String {
@@ -1085,7 +945,7 @@ fn main() {
         Some(_) => None,
         None => Some(runtime.block_on(KuraChild::start(&data))),
     };
-    let base = external.clone().unwrap_or_else(|| child.as_ref().unwrap().base.clone());
+    let base = external.clone().unwrap_or_else(|| child.as_ref().unwrap().base());
     let pid: Option<u32> = std::env::var("KURA_BENCH_PID")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -52,7 +52,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,9 +63,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+#[path = "support/mod.rs"]
+mod support;
 
-const BOUNDARY: &str = "kura-wado-bench";
+use support::{HttpClient, KuraChild, Rng, element, env_or, proc_status_kib, stow};
+
 /// UID root of the generated objects (the Kura benchmark arc).
 const ROOT: &str = "1.2.826.0.1.3680043.10.543.21";
 const SIDE: usize = 512;
@@ -77,60 +79,8 @@ const ACCEPT_JSON: &str = "application/dicom+json";
 /// Multipart framing allowed per part (boundary line, Content-Type, Content-Location, ...).
 const FRAMING_PER_PART: u64 = 1024;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value.parse().unwrap_or_else(|_| panic!("{name}={value:?} is not valid")),
-        Err(_) => default,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small deterministic generator (SplitMix64), as in qido_load.
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64, index: u64) -> Rng {
-        Rng(mix(mix(seed ^ stream.wrapping_mul(0xD6E8_FEB8_6659_FD93)) ^ index))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The series: PS3.10 encoding by hand
-
-fn element(out: &mut Vec<u8>, group: u16, number: u16, vr: &[u8; 2], value: &[u8]) {
-    let pad = value.len() % 2 == 1;
-    let length = value.len() + pad as usize;
-    out.extend_from_slice(&group.to_le_bytes());
-    out.extend_from_slice(&number.to_le_bytes());
-    out.extend_from_slice(vr);
-    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT" | b"UC" | b"UR") {
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&(length as u32).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(length as u16).to_le_bytes());
-    }
-    out.extend_from_slice(value);
-    if pad {
-        out.push(if vr == b"UI" || vr == b"OB" { 0 } else { b' ' });
-    }
-}
 
 struct Series {
     seed: u64,
@@ -311,34 +261,6 @@ async fn get_counted(client: &HttpClient, url: &str, accept: &str) -> Result<u64
     tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| format!("timeout: {url}"))?
 }
 
-async fn stow(client: &HttpClient, url: &str, parts: &[Vec<u8>]) -> Result<(), String> {
-    let mut body = Vec::with_capacity(parts.iter().map(|p| p.len() + 80).sum());
-    for part in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
-        body.extend_from_slice(part);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    let request = http::Request::post(url)
-        .header("content-type", format!("multipart/related; type=\"application/dicom\"; boundary={BOUNDARY}"))
-        .header("accept", ACCEPT_JSON)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
-        let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        if status != 200 {
-            return Err(format!(
-                "STOW-RS answered {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(600)])
-            ));
-        }
-        Ok(())
-    };
-    tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| "STOW-RS timed out".to_string())?
-}
-
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let first = needle[0];
     let mut at = from;
@@ -429,11 +351,6 @@ fn cpu_seconds(pid: u32, children: bool) -> f64 {
     total as f64 / 100.0
 }
 
-fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// CPU seconds of the server (if known) and of this process (without the kura child), from when
 /// it was made.
 struct CpuMeter {
@@ -481,45 +398,6 @@ fn conditions() -> String {
 
 // ---------------------------------------------------------------------------------------------
 // The servers
-
-struct KuraChild {
-    child: Child,
-    port: u16,
-}
-
-impl KuraChild {
-    async fn start(data: &std::path::Path) -> KuraChild {
-        let binary = std::env::var("KURA_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kura").to_string());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(&binary)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        wait_listening(("127.0.0.1", port)).await;
-        KuraChild { child, port }
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}/dicomweb", self.port)
-    }
-
-    /// SIGTERM (graceful shutdown checkpoints the index), then SIGKILL after 60 s.
-    fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn wait_listening(address: (&str, u16)) {
     let started = Instant::now();
@@ -869,7 +747,7 @@ fn main() {
         let started = Instant::now();
         runtime.block_on(async {
             for (i, chunk) in expected.instances.chunks(batch.max(1)).enumerate() {
-                stow(&client, &format!("{base}/studies"), chunk)
+                stow(&client, &format!("{base}/studies"), chunk, TIMEOUT)
                     .await
                     .unwrap_or_else(|e| panic!("STOW-RS of batch {i}: {e}"));
             }
