@@ -51,7 +51,7 @@ use hyper_util::rt::TokioExecutor;
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{HttpClient, KuraChild, Rng, element, env_or, proc_status_kib, stow};
+use support::{HttpClient, KuraChild, Rng, element, env_or, file_meta, proc_status_kib, stow};
 
 /// UID root of the generated objects (the Kura benchmark arc).
 const ROOT: &str = "1.2.826.0.1.3680043.10.543.20";
@@ -493,17 +493,7 @@ fn instance(study: &Study, s: usize, k: usize) -> Vec<u8> {
     let class = sop_class(series.modality);
     let sop = format!("{}.{}", series.uid, k + 1);
     let charset = study.patient.charset;
-    let mut meta = Vec::new();
-    element(&mut meta, 2, 1, b"OB", &[0, 1]);
-    element(&mut meta, 2, 2, b"UI", class.as_bytes());
-    element(&mut meta, 2, 3, b"UI", sop.as_bytes());
-    element(&mut meta, 2, 0x10, b"UI", b"1.2.840.10008.1.2.1");
-    element(&mut meta, 2, 0x12, b"UI", format!("{ROOT}.0.1").as_bytes());
-    element(&mut meta, 2, 0x13, b"SH", b"KURA_QIDO_BENCH");
-    let mut out = vec![0u8; 128];
-    out.extend_from_slice(b"DICM");
-    element(&mut out, 2, 0, b"UL", &(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
+    let mut out = file_meta(class, &sop, &format!("{ROOT}.0.1"), "KURA_QIDO_BENCH");
     let d = &mut out;
     if let Some(charset) = charset {
         element(d, 8, 5, b"CS", charset.as_bytes());

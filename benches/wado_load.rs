@@ -66,7 +66,7 @@ use sha2::{Digest, Sha256};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{HttpClient, KuraChild, Rng, element, env_or, proc_status_kib, stow};
+use support::{HttpClient, KuraChild, Rng, element, env_or, file_meta, proc_status_kib, stow};
 
 /// UID root of the generated objects (the Kura benchmark arc).
 const ROOT: &str = "1.2.826.0.1.3680043.10.543.21";
@@ -133,17 +133,7 @@ impl Series {
     fn instance(&self, k: usize) -> Vec<u8> {
         let class = "1.2.840.10008.5.1.4.1.1.2";
         let sop = self.sop_uid(k);
-        let mut meta = Vec::new();
-        element(&mut meta, 2, 1, b"OB", &[0, 1]);
-        element(&mut meta, 2, 2, b"UI", class.as_bytes());
-        element(&mut meta, 2, 3, b"UI", sop.as_bytes());
-        element(&mut meta, 2, 0x10, b"UI", b"1.2.840.10008.1.2.1");
-        element(&mut meta, 2, 0x12, b"UI", format!("{ROOT}.0.1").as_bytes());
-        element(&mut meta, 2, 0x13, b"SH", b"KURA_WADO_BENCH");
-        let mut out = vec![0u8; 128];
-        out.extend_from_slice(b"DICM");
-        element(&mut out, 2, 0, b"UL", &(meta.len() as u32).to_le_bytes());
-        out.extend_from_slice(&meta);
+        let mut out = file_meta(class, &sop, &format!("{ROOT}.0.1"), "KURA_WADO_BENCH");
         let d = &mut out;
         let z = format!("{:.2}", -100.0 - k as f64 * 1.25);
         element(d, 8, 5, b"CS", b"ISO_IR 100");

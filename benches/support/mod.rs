@@ -85,6 +85,23 @@ pub fn element(out: &mut Vec<u8>, group: u16, number: u16, vr: &[u8; 2], value: 
     }
 }
 
+/// The preamble, `DICM` and the File Meta group of an Explicit VR Little Endian instance; the
+/// data set elements follow.
+pub fn file_meta(sop_class: &str, sop_uid: &str, implementation_uid: &str, version_name: &str) -> Vec<u8> {
+    let mut meta = Vec::new();
+    element(&mut meta, 2, 1, b"OB", &[0, 1]);
+    element(&mut meta, 2, 2, b"UI", sop_class.as_bytes());
+    element(&mut meta, 2, 3, b"UI", sop_uid.as_bytes());
+    element(&mut meta, 2, 0x10, b"UI", b"1.2.840.10008.1.2.1");
+    element(&mut meta, 2, 0x12, b"UI", implementation_uid.as_bytes());
+    element(&mut meta, 2, 0x13, b"SH", version_name.as_bytes());
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    element(&mut out, 2, 0, b"UL", &(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
