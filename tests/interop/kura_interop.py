@@ -6,6 +6,7 @@ and pixel data from fixed formulas, so a failure reproduces byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -504,6 +505,19 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def kura_servers(binary: Path, count: int):
+    """`count` servers with empty archives, stopped on the way out whatever happened."""
+    servers: list[KuraServer] = []
+    try:
+        for _ in range(count):
+            servers.append(KuraServer(binary).start())
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 class KuraServer:

@@ -40,6 +40,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ImplicitVRLittleEndian
 
 from kura_interop import (
+    kura_servers,
     ACCEPT_ANY_TS,
     EXPLICIT_VR_LITTLE_ENDIAN,
     UNIQUE_SAMPLES,
@@ -247,17 +248,11 @@ class Archives:
 
 @pytest.fixture(scope="module")
 def archives(kura_bin, dcmtk):
-    servers = []
-    try:
-        for _ in LAYERS:
-            servers.append(KuraServer(kura_bin).start())
+    with kura_servers(kura_bin, len(LAYERS)) as servers:
         archives = Archives(servers)
         for name, data in ITEMS.items():
             archives.stow_responses[name] = stow(archives.url(name), [data])
         yield archives
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kura_interop import (
+    kura_servers,
     EXPLICIT_VR_LITTLE_ENDIAN,
     assert_same_content,
     is_transcoded,
@@ -117,18 +118,12 @@ class Archives:
 
 @pytest.fixture(scope="module")
 def archives(kura_bin):
-    servers = []
-    try:
-        for _ in LAYERS:
-            servers.append(KuraServer(kura_bin).start())
+    with kura_servers(kura_bin, len(LAYERS)) as servers:
         archives = Archives(servers)
         # One instance per request: what is tested here is the content, not the framing.
         for name, data in ITEMS.items():
             archives.stow_responses[name] = stow(archives.url(name), [data])
         yield archives
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def _expected_bytes(data: bytes) -> bytes:
