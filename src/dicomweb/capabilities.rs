@@ -77,31 +77,32 @@ fn search(id: &'static str, level: Level) -> Method {
     }
 }
 
+/// A WADO-RS GET: the `accept` query parameter, the Accept header's options, which are also the
+/// 200 response's media types, then the other responses.
+fn get(id: &'static str, accept: Vec<&'static str>, others: Vec<(u16, Vec<&'static str>)>) -> Method {
+    let mut responses = vec![(200, accept.clone())];
+    responses.extend(others);
+    Method {
+        name: "GET",
+        id,
+        query: vec![("accept".into(), "media types".into())],
+        accept,
+        consumes: Vec::new(),
+        responses,
+    }
+}
+
 fn retrieve(id: &'static str, single_part: bool) -> Method {
     let mut accept =
         vec![DICOM_MULTIPART, "multipart/related; type=\"application/dicom\"; transfer-syntax=*", "application/zip"];
     if single_part {
         accept.push("application/dicom");
     }
-    Method {
-        name: "GET",
-        id,
-        query: vec![("accept".into(), "media types".into())],
-        accept: accept.clone(),
-        consumes: Vec::new(),
-        responses: vec![(200, accept), (404, vec![APPLICATION_JSON]), (406, vec![APPLICATION_JSON])],
-    }
+    get(id, accept, vec![(404, vec![APPLICATION_JSON]), (406, vec![APPLICATION_JSON])])
 }
 
 fn metadata(id: &'static str) -> Resource {
-    let method = Method {
-        name: "GET",
-        id,
-        query: vec![("accept".into(), "media types".into())],
-        accept: vec![DICOM_JSON, DICOM_XML_MULTIPART],
-        consumes: Vec::new(),
-        responses: vec![(200, vec![DICOM_JSON, DICOM_XML_MULTIPART]), (304, Vec::new()), (404, vec![APPLICATION_JSON])],
-    };
+    let method = get(id, vec![DICOM_JSON, DICOM_XML_MULTIPART], vec![(304, Vec::new()), (404, vec![APPLICATION_JSON])]);
     resource("metadata", vec![method], Vec::new())
 }
 
@@ -174,14 +175,7 @@ fn store(id: &'static str) -> Method {
 }
 
 fn octets(id: &'static str, accept: Vec<&'static str>) -> Method {
-    Method {
-        name: "GET",
-        id,
-        query: vec![("accept".into(), "media types".into())],
-        accept: accept.clone(),
-        consumes: Vec::new(),
-        responses: vec![(200, accept), (206, vec!["application/octet-stream"]), (404, vec![APPLICATION_JSON])],
-    }
+    get(id, accept, vec![(206, vec!["application/octet-stream"]), (404, vec![APPLICATION_JSON])])
 }
 
 /// Every resource Kura serves under the DICOMweb root (Annex H Table H-1, the implemented part).
