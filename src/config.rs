@@ -112,7 +112,7 @@ fn default_qido_max_results() -> usize {
     1000
 }
 fn default_cache_mib() -> u64 {
-    128
+    32
 }
 
 /// Validated settings of a running server.
@@ -173,7 +173,8 @@ impl Config {
                     DuplicateArg::Overwrite => DuplicatePolicy::Overwrite,
                 },
                 max_instance_bytes: args.max_instance_bytes,
-                store: SledStoreOptions { cache_capacity: args.cache_mib * 1024 * 1024, ..SledStoreOptions::default() },
+                store: SledStoreOptions { cache_capacity: args.cache_mib * 1024 * 1024 },
+                blob_dir: None,
             },
         })
     }

@@ -85,6 +85,12 @@ impl From<crate::store::StoreError> for Error {
     }
 }
 
+impl From<crate::blob::BlobError> for Error {
+    fn from(error: crate::blob::BlobError) -> Error {
+        Error::internal(error)
+    }
+}
+
 impl From<crate::index::IndexError> for Error {
     fn from(error: crate::index::IndexError) -> Error {
         match error {

@@ -7,9 +7,11 @@
 
 pub mod archive;
 pub mod auth;
+pub mod blob;
 pub mod config;
 pub mod dicom;
 pub mod dicomweb;
+pub mod durable_fs;
 pub mod error;
 pub mod index;
 pub mod media;

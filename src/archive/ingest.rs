@@ -9,9 +9,9 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
+use crate::blob::{BlobError, BlobWrite, SharedBlobStore};
 use crate::dicom::part10::{self, HEADER_LEN, ParseError, ParsedInstance};
 use crate::error::FailureReason;
-use crate::store::payload::PayloadReader;
 use crate::store::record::RECORD_VERSION;
 use crate::store::{DuplicatePolicy, InstanceRecord, PayloadRef, PutOutcome, Store};
 
@@ -66,10 +66,11 @@ pub struct IngestLimits {
     pub policy: DuplicatePolicy,
 }
 
-/// Streams one instance into the store. The caller must drive `Store::commit` before
-/// acknowledging it.
+/// Streams one instance into the blob store and records it in the catalog. The caller must
+/// drive `Store::commit` before acknowledging it.
 pub async fn ingest<S, E>(
     store: &Arc<dyn Store>,
+    blobs: &SharedBlobStore,
     principal: &Principal,
     expected_study: Option<&str>,
     limits: &IngestLimits,
@@ -78,56 +79,80 @@ pub async fn ingest<S, E>(
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
-    let chunk_size = store.chunk_size() as usize;
-    let mut pending: Vec<u8> = Vec::with_capacity(chunk_size);
+    let mut header: Vec<u8> = Vec::with_capacity(HEADER_LEN);
     let mut hasher = Sha256::new();
-    let mut payload: Option<u64> = None;
-    let mut n_chunks: u32 = 0;
+    let mut writer: Option<(u64, Box<dyn BlobWrite>)> = None;
     let mut length: u64 = 0;
     let mut too_large = false;
-    let internal = |error: crate::store::StoreError| {
+    let internal = |error: BlobError| {
         tracing::warn!(error = %error, "payload write failed");
-        InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
+        IngestError::Instance(InstanceFailure::anonymous(
+            FailureReason::ProcessingFailure,
+            "the archive could not store the instance",
+        ))
     };
 
     while let Some(next) = body.next().await {
-        let bytes = next.map_err(IngestError::Stream)?;
+        let bytes = match next {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                // A cut-off upload leaves nothing behind.
+                if let Some((_, writer)) = writer.take() {
+                    let _ = writer.abort().await;
+                }
+                return Err(IngestError::Stream(error));
+            }
+        };
         if too_large {
             continue; // Drain the part so that the request's other parts can still be read.
         }
         length += bytes.len() as u64;
         if length > limits.max_instance_bytes {
             too_large = true;
-            if let Some(id) = payload.take() {
-                let _ = tokio::task::block_in_place(|| store.discard_payload(id));
+            if let Some((_, writer)) = writer.take() {
+                let _ = writer.abort().await;
             }
             continue;
         }
-        pending.extend_from_slice(&bytes);
-        if payload.is_none() {
-            if pending.len() < HEADER_LEN {
+        let mut bytes = &bytes[..];
+        if writer.is_none() {
+            let wanted = (HEADER_LEN - header.len()).min(bytes.len());
+            header.extend_from_slice(&bytes[..wanted]);
+            bytes = &bytes[wanted..];
+            if header.len() < HEADER_LEN {
                 continue;
             }
-            if !part10::has_dicm_prefix(&pending) {
+            if !part10::has_dicm_prefix(&header) {
                 return Err(IngestError::Instance(InstanceFailure::anonymous(
                     FailureReason::CannotUnderstand,
                     ParseError::NotPart10.to_string(),
                 )));
             }
             // CVE-2019-11687: a preamble may make the file a polyglot executable. Zero it.
-            pending[..part10::PREAMBLE_LEN].fill(0);
-            let id = tokio::task::block_in_place(|| store.allocate_payload())
-                .map_err(|e| IngestError::Instance(internal(e)))?;
-            payload = Some(id);
+            header[..part10::PREAMBLE_LEN].fill(0);
+            let id = tokio::task::block_in_place(|| store.allocate_payload()).map_err(|e| {
+                tracing::warn!(error = %e, "payload id allocation failed");
+                IngestError::Instance(InstanceFailure::anonymous(
+                    FailureReason::ProcessingFailure,
+                    "the archive could not store the instance",
+                ))
+            })?;
+            let mut new = blobs.create(id).await.map_err(internal)?;
+            hasher.update(&header);
+            if let Err(e) = new.write(&header).await {
+                let _ = new.abort().await;
+                return Err(internal(e));
+            }
+            writer = Some((id, new));
         }
-        let id = payload.expect("allocated above");
-        while pending.len() >= chunk_size {
-            let rest = pending.split_off(chunk_size);
-            hasher.update(&pending);
-            let chunk = std::mem::replace(&mut pending, rest);
-            tokio::task::block_in_place(|| store.write_chunk(id, n_chunks, &chunk))
-                .map_err(|e| IngestError::Instance(internal(e)))?;
-            n_chunks += 1;
+        if !bytes.is_empty() {
+            let (_, open) = writer.as_mut().expect("created above");
+            hasher.update(bytes);
+            if let Err(e) = open.write(bytes).await {
+                let (_, open) = writer.take().expect("present");
+                let _ = open.abort().await;
+                return Err(internal(e));
+            }
         }
     }
     if too_large {
@@ -136,43 +161,39 @@ where
             format!("the instance is larger than the limit of {} bytes", limits.max_instance_bytes),
         )));
     }
-    let Some(id) = payload else {
+    let Some((id, writer)) = writer else {
         return Err(IngestError::Instance(InstanceFailure::anonymous(
             FailureReason::CannotUnderstand,
             ParseError::NotPart10.to_string(),
         )));
     };
-    let outcome = finish(store, principal, expected_study, limits, id, &mut hasher, pending, n_chunks, length).await;
+    // Durable before any record can point at it (the blob store's contract).
+    let written = writer.finish().await.map_err(internal)?;
+    debug_assert_eq!(written, length);
+    let sha256 = format!("{:x}", hasher.finalize());
+    let payload = PayloadRef { id, length, sha256 };
+    let outcome = finish(store, blobs, principal, expected_study, limits, payload).await;
     if outcome.is_err() || outcome.as_ref().is_ok_and(|stored| stored.already_stored) {
-        let _ = tokio::task::block_in_place(|| store.discard_payload(id));
+        // Not referenced by any record: remove it now (a crash here leaves it to the sweep).
+        let _ = blobs.delete(id).await;
     }
     outcome.map_err(IngestError::Instance)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn finish(
     store: &Arc<dyn Store>,
+    blobs: &SharedBlobStore,
     principal: &Principal,
     expected_study: Option<&str>,
     limits: &IngestLimits,
-    id: u64,
-    hasher: &mut Sha256,
-    last: Vec<u8>,
-    n_chunks: u32,
-    length: u64,
+    payload: PayloadRef,
 ) -> Result<StoredInstance, InstanceFailure> {
-    if !last.is_empty() {
-        hasher.update(&last);
-        tokio::task::block_in_place(|| store.write_chunk(id, n_chunks, &last)).map_err(|e| {
-            tracing::warn!(error = %e, "payload write failed");
-            InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
-        })?;
-    }
-    let sha256 = format!("{:x}", hasher.clone().finalize());
-
+    let length = payload.length;
+    let reader = blobs.reader(payload.id).map_err(|e| {
+        tracing::warn!(error = %e, "payload read failed");
+        InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
+    })?;
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
-    let payload = PayloadRef { id, length, chunk_size: store.chunk_size(), sha256 };
-    let reader = PayloadReader::new(store.clone(), payload.clone());
     let parsed = tokio::task::spawn_blocking(move || {
         std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
     })
@@ -213,7 +234,7 @@ async fn finish(
             InstanceFailure::of(&parsed, FailureReason::ProcessingFailure, "the archive could not store the instance")
         })?;
     let (already_stored, replaced) = match outcome {
-        PutOutcome::Stored { replaced } => (false, replaced),
+        PutOutcome::Stored { replaced, .. } => (false, replaced),
         PutOutcome::AlreadyStored => (true, false),
         PutOutcome::Conflict => {
             return Err(InstanceFailure::of(

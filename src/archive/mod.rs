@@ -3,6 +3,7 @@
 
 mod indexing;
 pub mod ingest;
+mod migrate;
 pub mod reindex;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use futures_util::Stream;
 pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
 
 use crate::auth::Principal;
+use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
 use crate::error::Error;
@@ -31,6 +33,8 @@ pub struct ArchiveOptions {
     pub duplicate_policy: DuplicatePolicy,
     pub max_instance_bytes: u64,
     pub store: SledStoreOptions,
+    /// Where payload blobs go; `None` means `{data}/blobs`.
+    pub blob_dir: Option<PathBuf>,
 }
 
 impl Default for ArchiveOptions {
@@ -39,6 +43,7 @@ impl Default for ArchiveOptions {
             duplicate_policy: DuplicatePolicy::Reject,
             max_instance_bytes: 4 * 1024 * 1024 * 1024,
             store: SledStoreOptions::default(),
+            blob_dir: None,
         }
     }
 }
@@ -46,6 +51,7 @@ impl Default for ArchiveOptions {
 pub struct Archive {
     data_dir: PathBuf,
     store: Arc<dyn Store>,
+    blobs: SharedBlobStore,
     index: Arc<dyn Index>,
     limits: IngestLimits,
     /// One index refresh at a time: each one reads the store after the previous one applied,
@@ -62,17 +68,29 @@ impl Archive {
     /// Opens the archive in `data_dir` (`store/` and `index/` beneath it), sweeps what a crash
     /// left half-written, and brings the index up to date with the store.
     pub async fn open(data_dir: &Path, options: ArchiveOptions) -> Result<Archive, Error> {
-        std::fs::create_dir_all(data_dir).map_err(Error::internal)?;
-        let store = SledStore::open(&data_dir.join("store"), options.store.clone())?;
-        let recovered = store.recover()?;
-        if recovered.orphan_payloads > 0 {
-            tracing::info!(orphans = recovered.orphan_payloads, "swept payloads of unacknowledged instances");
+        crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
+        let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
+        let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
+        let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir)?;
+        let unclean = sled.mark_open()?;
+        sled.commit().await?;
+        if sled.is_legacy_format() {
+            migrate::payloads_out_of_sled(&sled, blobs.as_ref()).await?;
         }
-        let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"))?;
+        let store: Arc<dyn Store> = sled;
+        if unclean {
+            let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
+            if swept > 0 {
+                tracing::info!(blobs = swept, "swept the blobs of instances a crash left unrecorded");
+            }
+        }
+        collect_garbage(store.as_ref(), blobs.as_ref()).await?;
+        let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"), &data_dir.join(REBUILD_MARKER))?;
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
         let archive = Archive {
             data_dir: data_dir.to_path_buf(),
             store,
+            blobs,
             index,
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             index_sync: tokio::sync::Mutex::new(()),
@@ -104,15 +122,21 @@ impl Archive {
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
     {
-        ingest::ingest(&self.store, principal, expected_study, &self.limits, body).await
+        ingest::ingest(&self.store, &self.blobs, principal, expected_study, &self.limits, body).await
     }
 
     /// Makes every instance stored so far durable (group commit), then visible to searches.
     pub async fn make_durable_and_visible(&self) -> Result<(), Error> {
         let started = std::time::Instant::now();
+        // Garbage read before the commit is garbage in durable state after it: only then may
+        // its blobs go (a replaced instance's old payload).
+        let garbage = self.store.garbage()?;
         self.store.commit().await?;
         let durable = started.elapsed();
         self.sync_index().await?;
+        if !garbage.is_empty() {
+            delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
+        }
         tracing::debug!(
             store_commit_us = durable.as_micros() as u64,
             index_us = (started.elapsed() - durable).as_micros() as u64,
@@ -250,22 +274,23 @@ impl Archive {
             .ok_or_else(|| Error::internal(StoreError::Corrupt("instance has no metadata".into())))
     }
 
-    /// `length` stored bytes of an instance from `offset`, as a stream of chunks.
+    /// `length` stored bytes of an instance from `offset` (clamped to its end), as a stream.
     pub fn payload_range(
         &self,
         record: &InstanceRecord,
         offset: u64,
         length: u64,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
-        crate::store::payload::stream_range(self.store.clone(), record.payload.clone(), offset, length)
+    ) -> impl Stream<Item = Result<Bytes, BlobError>> + Send + 'static + use<> {
+        let end = offset.saturating_add(length).min(record.payload.length);
+        self.blobs.read_range(record.payload.id, offset.min(end), end - offset.min(end))
     }
 
     /// A few stored bytes of an instance (offset tables, markers); at most `length` bytes.
     pub fn read_bytes(&self, record: &InstanceRecord, offset: u64, length: usize) -> Result<Vec<u8>, Error> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        let mut reader = self.blobs.reader(record.payload.id)?;
         reader.seek(SeekFrom::Start(offset)).map_err(Error::internal)?;
-        let mut bytes = Vec::with_capacity(length);
+        let mut bytes = Vec::with_capacity(length.min(1 << 20));
         reader.take(length as u64).read_to_end(&mut bytes).map_err(Error::internal)?;
         Ok(bytes)
     }
@@ -273,7 +298,7 @@ impl Archive {
     /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was
     /// compressed (see `dicom::transcode`).
     pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
-        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        let reader = self.blobs.reader(record.payload.id)?;
         let bits_allocated = record.bits_allocated();
         let bytes = self
             .run_codec(move || crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated))
@@ -283,7 +308,7 @@ impl Archive {
 
     /// Native bytes of the given frames (0-based) of a compressed instance.
     pub async fn decoded_frames(&self, record: &InstanceRecord, frames: Vec<u32>) -> Result<Vec<Vec<u8>>, Error> {
-        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        let reader = self.blobs.reader(record.payload.id)?;
         self.run_codec(move || crate::dicom::transcode::decode_frames(reader, &frames)).await
     }
 
@@ -294,7 +319,7 @@ impl Archive {
         frames: Vec<u32>,
         options: crate::dicom::render::RenderOptions,
     ) -> Result<Vec<Vec<u8>>, Error> {
-        let reader = crate::store::payload::PayloadReader::new(self.store.clone(), record.payload.clone());
+        let reader = self.blobs.reader(record.payload.id)?;
         self.run_codec(move || crate::dicom::render::render_frames(reader, &frames, &options)).await
     }
 
@@ -324,12 +349,52 @@ impl Archive {
         }
     }
 
-    /// The stored bytes of an instance, as a stream of chunks.
+    /// The stored bytes of an instance, as a stream.
     pub fn payload(
         &self,
         record: &InstanceRecord,
-    ) -> impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static + use<> {
-        crate::store::payload::stream(self.store.clone(), record.payload.clone())
+    ) -> impl Stream<Item = Result<Bytes, BlobError>> + Send + 'static + use<> {
+        self.blobs.read_range(record.payload.id, 0, record.payload.length)
+    }
+
+    /// Deletes the instances of a study, of a series of it, or one instance (PS3.18 has no
+    /// DELETE transaction; this is the form dcm4chee, Google's and Microsoft's archives and
+    /// dicomweb-client use). Durable, and gone from searches and retrievals, when it returns;
+    /// the payload blobs are removed after that. `NotFound` when nothing matched.
+    pub async fn delete(
+        &self,
+        _principal: &Principal,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+    ) -> Result<usize, Error> {
+        let removed = {
+            let store = self.store.clone();
+            let (study, series, sop) =
+                (study_uid.to_string(), series_uid.map(str::to_string), sop_uid.map(str::to_string));
+            tokio::task::spawn_blocking(move || store.delete(&study, series.as_deref(), sop.as_deref()))
+                .await
+                .map_err(Error::internal)??
+        };
+        if removed.is_empty() {
+            let level = match (series_uid, sop_uid) {
+                (_, Some(_)) => Level::Instance,
+                (Some(_), None) => Level::Series,
+                _ => Level::Study,
+            };
+            return Err(Error::not_found(format!("no such {}", level_name(level))));
+        }
+        let garbage = self.store.garbage()?;
+        self.store.commit().await?;
+        self.sync_index().await?;
+        delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
+        Ok(removed.len())
+    }
+
+    /// Records a clean stop: the next open needs no sweep of unreferenced blobs.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.checkpoint_index().await?;
+        Ok(self.store.mark_closed().await?)
     }
 
     /// Number of instances in the store.
@@ -342,12 +407,41 @@ impl Archive {
         let _guard = self.index_sync.lock().await;
         // A rebuild spans several index commits; the marker makes an interrupted one restart.
         let marker = self.data_dir.join(REBUILD_MARKER);
-        std::fs::write(&marker, b"").map_err(Error::internal)?;
+        crate::durable_fs::write_file(&marker, b"").map_err(Error::internal)?;
         let n = reindex::rebuild(self.store.as_ref(), self.index.as_ref()).await?;
         self.applied.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        std::fs::remove_file(&marker).map_err(Error::internal)?;
+        crate::durable_fs::remove_file(&marker).map_err(Error::internal)?;
         Ok(n)
     }
+}
+
+/// Deletes the blobs of garbage payloads (whose unreferencing is durable), then forgets them.
+async fn delete_blobs(store: &dyn Store, blobs: &dyn BlobStore, garbage: &[u64]) -> Result<(), Error> {
+    for id in garbage {
+        blobs.delete(*id).await?;
+    }
+    Ok(store.forget_garbage(garbage)?)
+}
+
+/// At open: the garbage a crash left before its blobs were deleted.
+async fn collect_garbage(store: &dyn Store, blobs: &dyn BlobStore) -> Result<(), Error> {
+    let garbage = store.garbage()?;
+    delete_blobs(store, blobs, &garbage).await?;
+    store.commit().await?;
+    Ok(())
+}
+
+/// After an unclean stop: blobs that no record references were written for instances that were
+/// never acknowledged (their records were not durable, or their ingest was cut off).
+async fn sweep_unreferenced(store: &dyn Store, blobs: &dyn BlobStore) -> Result<u64, Error> {
+    let mut swept = 0;
+    for id in blobs.list()? {
+        if !store.is_referenced(id)? {
+            blobs.delete(id).await?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
 }
 
 pub fn level_name(level: Level) -> &'static str {

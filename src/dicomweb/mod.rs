@@ -3,6 +3,7 @@
 
 pub mod capabilities;
 pub mod dataset;
+pub mod delete;
 pub mod qido;
 pub mod query;
 pub mod stow;
@@ -117,6 +118,9 @@ where
         }
         Endpoint::Capabilities { path } => capabilities::describe(context, &path, request.headers()),
         Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
+        Endpoint::Delete { study, series, instance } => {
+            delete::delete(archive, context, &study, series.as_deref(), instance.as_deref()).await
+        }
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
             wado::frames::bulkdata(archive, context, &record, &tag, request.headers()).await

@@ -85,25 +85,30 @@ fn open_tier(index: TantivyRawIndex, memory: usize) -> IndexResult<Tier> {
 
 impl TantivyIndex {
     /// Opens the index under `dir`, creating it if needed. An index written with another schema
-    /// version is wiped; the returned flag says the caller must rebuild it from the store.
-    pub fn open(dir: &Path) -> IndexResult<(Arc<TantivyIndex>, bool)> {
+    /// version is wiped; the returned flag says the caller must rebuild it from the store. In
+    /// that case `rebuild_marker` is created (durably) before the new version is recorded, so a
+    /// crash before the rebuild ends still finds the rebuild to do; the rebuild removes it.
+    pub fn open(dir: &Path, rebuild_marker: &Path) -> IndexResult<(Arc<TantivyIndex>, bool)> {
         let version_path = dir.join(VERSION_FILE);
         let current = std::fs::read_to_string(&version_path).ok();
-        let mut rebuild = false;
-        if current.as_deref().map(str::trim) != Some(&SCHEMA_VERSION.to_string()) {
+        // A missing or unreadable version file (a power cut can leave either) also means a
+        // rebuild: the store may hold instances this index never saw. On an empty store a
+        // rebuild costs nothing.
+        let rebuild = current.as_deref().map(str::trim) != Some(&SCHEMA_VERSION.to_string());
+        if rebuild {
+            crate::durable_fs::write_file(rebuild_marker, b"").map_err(backend)?;
             if dir.exists() {
                 std::fs::remove_dir_all(dir).map_err(backend)?;
             }
-            rebuild = current.is_some();
         }
-        std::fs::create_dir_all(dir).map_err(backend)?;
+        crate::durable_fs::create_dir_all(dir).map_err(backend)?;
         let fields = Arc::new(Fields::build());
         let directory = MmapDirectory::open(dir).map_err(backend)?;
         let disk = open_tier(
             TantivyRawIndex::open_or_create(directory, fields.schema.clone()).map_err(backend)?,
             DISK_WRITER_MEMORY,
         )?;
-        std::fs::write(&version_path, SCHEMA_VERSION.to_string()).map_err(backend)?;
+        crate::durable_fs::write_file(&version_path, SCHEMA_VERSION.to_string().as_bytes()).map_err(backend)?;
         let recent = open_tier(TantivyRawIndex::create_in_ram(fields.schema.clone()), RECENT_WRITER_MEMORY)?;
 
         let snapshot = Arc::new(Mutex::new(Snapshot {

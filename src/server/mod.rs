@@ -74,7 +74,7 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         tracing::warn!("some connections did not finish within the drain timeout");
     }
     app.archive().make_durable_and_visible().await.map_err(std::io::Error::other)?;
-    app.archive().checkpoint_index().await.map_err(std::io::Error::other)?;
+    app.archive().close().await.map_err(std::io::Error::other)?;
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -39,6 +39,9 @@ pub enum Endpoint {
     },
     /// Retrieve Capabilities, PS3.18 §8.9: `OPTIONS {root}/` (or a resource below it).
     Capabilities { path: String },
+    /// Delete (not a PS3.18 transaction; the form dcm4chee, Google's and Microsoft's archives
+    /// and dicomweb-client use): `DELETE /studies/{study}[/series/{series}[/instances/{instance}]]`.
+    Delete { study: String, series: Option<String>, instance: Option<String> },
 }
 
 impl Endpoint {
@@ -53,6 +56,7 @@ impl Endpoint {
             Endpoint::Bulkdata { .. } => "wado-bulkdata",
             Endpoint::WadoUri => "wado-uri",
             Endpoint::Capabilities { .. } => "capabilities",
+            Endpoint::Delete { .. } => "delete",
             Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
             Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
         }
@@ -76,7 +80,21 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
     let segments: Vec<&str> = relative_path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
+    let delete = method == Method::DELETE;
     let endpoint = match segments.as_slice() {
+        ["studies", study] if delete => {
+            Endpoint::Delete { study: checked_uid(study, "StudyInstanceUID")?, series: None, instance: None }
+        }
+        ["studies", study, "series", series] if delete => Endpoint::Delete {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: None,
+        },
+        ["studies", study, "series", series, "instances", instance] if delete => Endpoint::Delete {
+            study: checked_uid(study, "StudyInstanceUID")?,
+            series: Some(checked_uid(series, "SeriesInstanceUID")?),
+            instance: Some(checked_uid(instance, "SOPInstanceUID")?),
+        },
         ["studies"] if post => Endpoint::Store { study: None },
         ["studies"] if get => Endpoint::SearchStudies,
         ["studies"] => return Err(method_not_allowed("GET, HEAD, POST")),
@@ -84,7 +102,7 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
         ["studies", study] if get => {
             Endpoint::Retrieve { study: checked_uid(study, "StudyInstanceUID")?, series: None, instance: None }
         }
-        ["studies", _] => return Err(method_not_allowed("GET, HEAD, POST")),
+        ["studies", _] => return Err(method_not_allowed("GET, HEAD, POST, DELETE")),
         ["series"] if get => Endpoint::SearchSeries { study: None },
         ["instances"] if get => Endpoint::SearchInstances { study: None, series: None },
         ["studies", study, "series"] if get => {
@@ -172,11 +190,14 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
             frames: Some(frames.to_string()),
             thumbnail: *kind == "thumbnail",
         },
+        ["studies", _, "series", _] | ["studies", _, "series", _, "instances", _] => {
+            return Err(method_not_allowed("GET, HEAD, DELETE"));
+        }
         ["series" | "instances"]
         | ["studies", _, "series" | "instances"]
-        | ["studies", _, "series", _]
-        | ["studies", _, "series", _, "instances"]
-        | ["studies", _, "series", _, "instances", _] => return Err(method_not_allowed("GET, HEAD")),
+        | ["studies", _, "series", _, "instances"] => {
+            return Err(method_not_allowed("GET, HEAD"));
+        }
         _ => return Err(Error::not_found("no such DICOMweb resource")),
     };
     Ok(endpoint)

@@ -146,7 +146,7 @@ fn add_cors_headers(headers: &mut http::HeaderMap, origin: &HeaderValue) {
 fn preflight(origin: &HeaderValue) -> Response<ResponseBody> {
     let mut response = Response::builder()
         .status(http::StatusCode::NO_CONTENT)
-        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, POST, OPTIONS")
+        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, HEAD, POST, DELETE, OPTIONS")
         .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "Accept, Content-Type, Authorization, If-None-Match, Range")
         .header(header::ACCESS_CONTROL_MAX_AGE, "600")
         .body(dicomweb::empty_body())

@@ -8,12 +8,19 @@ pub const HIERARCHY: u8 = b'h';
 pub const SERIES: u8 = b'e';
 pub const STUDY: u8 = b's';
 pub const CHANGE: u8 = b'c';
+/// Legacy (format 1): a payload written but not yet recorded.
 pub const PENDING_PAYLOAD: u8 = b'p';
+/// A payload a record references (the sweep after an unclean stop keeps these).
+pub const PAYLOAD_REF: u8 = b'b';
+/// A payload no record references any more, whose blob is deleted once that is durable.
+pub const GARBAGE: u8 = b'd';
 pub const META: u8 = b'm';
 pub const METADATA: u8 = b'j';
 
 /// The catalog's on-disk format; a store with another value is refused at open.
-pub const FORMAT_VERSION: &[u8] = b"kura-catalog-1";
+pub const FORMAT_VERSION: &[u8] = b"kura-catalog-2";
+/// Format 1: payload chunks in sled, every value in one key. Migrated at open.
+pub const FORMAT_VERSION_1: &[u8] = b"kura-catalog-1";
 
 fn with_prefix(prefix: u8, parts: &[&str]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
@@ -73,6 +80,44 @@ pub fn pending_payload(id: u64) -> Vec<u8> {
     let mut key = vec![PENDING_PAYLOAD];
     key.extend_from_slice(&id.to_be_bytes());
     key
+}
+
+pub fn payload_ref(id: u64) -> Vec<u8> {
+    let mut key = vec![PAYLOAD_REF];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub fn garbage(id: u64) -> Vec<u8> {
+    let mut key = vec![GARBAGE];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Piece `n` of a value stored in pieces under `base` (see `SledStore`'s module docs).
+pub fn piece(base: &[u8], n: u16) -> Vec<u8> {
+    let mut key = Vec::with_capacity(base.len() + 3);
+    key.extend_from_slice(base);
+    key.push(0);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// Prefix of every piece of the value under `base`.
+pub fn pieces_prefix(base: &[u8]) -> Vec<u8> {
+    let mut key = base.to_vec();
+    key.push(0);
+    key
+}
+
+/// Whether `key` is the first piece of a value (used to count values).
+pub fn is_first_piece(key: &[u8]) -> bool {
+    key.len() >= 3 && key[key.len() - 3..] == [0, 0, 0]
+}
+
+/// The base key of a piece key.
+pub fn piece_base(key: &[u8]) -> &[u8] {
+    &key[..key.len().saturating_sub(3)]
 }
 
 pub fn meta(name: &str) -> Vec<u8> {

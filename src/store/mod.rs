@@ -1,19 +1,22 @@
-//! The store: the archive's source of truth (payload bytes, instance/series/study records, and
-//! the change log the index replays). sled is the embedded backend; the trait keeps room for an
-//! S3-compatible payload store and a PostgreSQL catalog later.
+//! The store: the archive's catalog and source of truth (instance/series/study records, the
+//! DICOM JSON metadata, the change log the index replays, and which payload blobs are in use).
+//! The payload bytes themselves live in the blob store (`crate::blob`). sled is the embedded
+//! backend; the trait keeps room for a PostgreSQL catalog later.
 //!
 //! # Durability contract
 //! Writes become visible to readers of the same process at once, and become **durable** only
 //! when a later [`Store::commit`] returns `Ok`. Every implementation must guarantee that after
 //! `commit` returns, a process crash or a power loss cannot lose or tear anything written
-//! before `commit` was called. [`Store::put_instance`] is atomic: after a crash either the whole
-//! instance record (with its series, study and change-log updates) is there or none of it is.
-//! Payload chunks are written before the record that references them, so a record never points
-//! at missing chunks; chunks without a record are swept at [`Store::recover`].
-
+//! before `commit` was called. [`Store::put_instance`] and [`Store::delete`] are atomic: after a
+//! crash either the whole change (records, series, study, payload references and change-log
+//! entry) is there or none of it is. The caller writes (and makes durable) a payload blob
+//! before the record that references it, so a record never points at a missing blob.
+//!
+//! Payloads a change stops referencing become *garbage* in the same atomic write; their blobs
+//! are deleted once the change is durable, and [`Store::forget_garbage`] then drops the
+//! entries. A crash in between leaves the entries, and the archive retries at the next open.
 pub mod group_commit;
 pub mod keys;
-pub mod payload;
 pub mod record;
 mod sled_store;
 
@@ -22,7 +25,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 pub use record::{Change, InstanceRecord, PayloadRef, SeriesRecord, StudyRecord};
-pub use sled_store::{SledStore, SledStoreOptions};
+pub use sled_store::{LegacyPayload, SledStore, SledStoreOptions};
 
 /// Errors of the storage backend. Always a server-side failure for the client.
 #[derive(Debug, thiserror::Error)]
@@ -53,34 +56,39 @@ pub enum DuplicatePolicy {
 pub enum PutOutcome {
     /// The instance is new, or replaced a different object under the Overwrite policy, or the
     /// same object whose records this version of Kura refreshed with more recorded values.
-    Stored { replaced: bool },
-    /// The same bytes were already stored; nothing changed and the new payload was discarded.
+    /// `garbage` names the replaced payload when the record now points at another one.
+    Stored { replaced: bool, garbage: Option<u64> },
+    /// The same bytes were already stored; nothing changed and the new payload is not used.
     AlreadyStored,
     /// Different bytes are stored under this SOP Instance UID and the policy is Reject.
     Conflict,
 }
 
-/// The largest metadata document stored with an instance (far below sled's blob threshold).
+/// The largest metadata document stored with an instance.
 pub const MAX_METADATA_BYTES: usize = 512 * 1024;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The archive's persistent state. See the module docs for the durability contract.
+/// The archive's catalog. See the module docs for the durability contract.
 pub trait Store: Send + Sync + 'static {
-    /// Reserves a new payload id. Chunks written under it are orphans until a record names it.
+    /// A new payload id, never handed out before (it names a blob).
     fn allocate_payload(&self) -> StoreResult<u64>;
-    /// Writes chunk `index` of `payload`. Chunks must be at most [`SledStoreOptions::chunk_size`].
-    fn write_chunk(&self, payload: u64, index: u32, bytes: &[u8]) -> StoreResult<()>;
-    fn read_chunk(&self, payload: u64, index: u32) -> StoreResult<Option<Bytes>>;
-    /// Removes every chunk of a payload that no record references.
-    fn discard_payload(&self, payload: u64) -> StoreResult<()>;
-    /// The chunk size this store writes payloads with.
-    fn chunk_size(&self) -> u32;
 
     /// Atomically records an instance with its DICOM JSON metadata, updates its series and
-    /// study, and logs a change. `metadata` must be at most [`MAX_METADATA_BYTES`].
+    /// study, marks its payload as referenced, and logs a change. `metadata` must be at most
+    /// [`MAX_METADATA_BYTES`].
     fn put_instance(&self, record: InstanceRecord, metadata: &[u8], policy: DuplicatePolicy)
     -> StoreResult<PutOutcome>;
+    /// Atomically removes the instances of a study, of one series of it, or one instance
+    /// (`sop_uid` must then be in that series), with their series and study updates and a
+    /// change-log entry; their payloads become garbage. Returns the removed records (empty
+    /// when nothing matched).
+    fn delete(
+        &self,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+    ) -> StoreResult<Vec<InstanceRecord>>;
     /// The DICOM JSON metadata stored with an instance.
     fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
 
@@ -96,6 +104,13 @@ pub trait Store: Send + Sync + 'static {
     /// Number of stored instances.
     fn count_instances(&self) -> StoreResult<u64>;
 
+    /// Whether a record references this payload (the sweep after an unclean stop).
+    fn is_referenced(&self, payload: u64) -> StoreResult<bool>;
+    /// Payloads no record references any more whose blobs may still exist.
+    fn garbage(&self) -> StoreResult<Vec<u64>>;
+    /// Drops garbage entries whose blobs are deleted.
+    fn forget_garbage(&self, payloads: &[u64]) -> StoreResult<()>;
+
     /// Changes not yet acknowledged by the index, in sequence order.
     fn pending_changes(&self) -> StoreResult<Vec<Change>>;
     /// Drops change-log entries the index has committed.
@@ -104,12 +119,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable. Concurrent callers share one flush.
     fn commit(&self) -> BoxFuture<'_, StoreResult<()>>;
 
-    /// Crash recovery at open: discards payloads that were written but never recorded.
-    fn recover(&self) -> StoreResult<RecoveryReport>;
-}
-
-/// What [`Store::recover`] found.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RecoveryReport {
-    pub orphan_payloads: u64,
+    /// Records that the archive is open (durable after the next commit) and says whether the
+    /// previous run ended without [`Store::mark_closed`]: then blobs may exist that no record
+    /// references (written for instances whose records a crash lost).
+    fn mark_open(&self) -> StoreResult<bool>;
+    /// Records a clean stop (after the last commit); durable when it returns.
+    fn mark_closed(&self) -> BoxFuture<'_, StoreResult<()>>;
 }

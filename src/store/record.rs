@@ -5,22 +5,17 @@ use serde::{Deserialize, Serialize};
 use crate::dicom::part10::AttributeValue;
 
 /// Bumped whenever a record's meaning changes; readers refuse records they do not know.
-pub const RECORD_VERSION: u32 = 1;
+/// Version 2: the payload is a blob in the blob store (version 1 kept it in sled chunks).
+pub const RECORD_VERSION: u32 = 2;
 
-/// Where an instance's bytes live in the payload tree.
+/// Where an instance's bytes live: a blob of the blob store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PayloadRef {
+    /// The blob's id (`crate::blob::BlobId`).
     pub id: u64,
     pub length: u64,
-    pub chunk_size: u32,
     /// SHA-256 of the stored bytes (after preamble zeroing), lower-case hex.
     pub sha256: String,
-}
-
-impl PayloadRef {
-    pub fn n_chunks(&self) -> u32 {
-        self.length.div_ceil(u64::from(self.chunk_size)) as u32
-    }
 }
 
 /// One stored SOP instance.

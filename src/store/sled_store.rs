@@ -1,14 +1,22 @@
-//! The sled backend of [`Store`].
+//! The sled backend of [`Store`]: the catalog only; payload bytes live in the blob store.
 //!
-//! sled 0.34.7 writes any serialised page larger than about a quarter of `segment_size` to a
-//! separate blob file, and never fsyncs blob files. Kura therefore raises `segment_size` to
-//! 8 MiB (blob threshold about 2 MiB) and writes payloads in chunks of at most 64 KiB, so that
-//! even a leaf node holding sled's maximum of 16 chunks stays far below the threshold: no blob
-//! file is ever written, and `flush_async` (which fsyncs the main log) covers everything.
-//! The test `store_never_writes_blob_files` holds this argument to account.
+//! Two facts about sled 0.34.7 shape this file (see ARCHITECTURE.md, "Why an acknowledged
+//! instance survives a power cut"):
+//! - `flush` makes the log stable with `sync_file_range`, which neither commits file metadata
+//!   (the log's growth) nor flushes the drive's cache; a real `fsync` runs only in sled's
+//!   background flusher. [`Store::commit`] therefore fsyncs the `db` file itself after the
+//!   flush (any descriptor of the file will do), and the store's directory.
+//! - A page larger than about a quarter of `segment_size` goes to a separate blob file that
+//!   sled never fsyncs. Every catalog value is therefore kept small: instance records and
+//!   metadata documents, which input can make large (fragment lists, per-frame functional
+//!   groups of enhanced objects), are split into pieces of at most [`PIECE_BYTES`] under keys
+//!   `{base}\0{n:u16}`, all written in the same atomic batch; with `segment_size` 8 MiB a leaf
+//!   of 16 such pieces stays far below the 2 MiB threshold. The test
+//!   `store_never_writes_blob_files` holds this to account.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -21,37 +29,42 @@ use super::*;
 use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
 
-/// The largest payload chunk; see the module docs for why it must stay small.
-pub const MAX_CHUNK_SIZE: u32 = 64 * 1024;
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// The largest piece of a catalog value; see the module docs.
+pub const PIECE_BYTES: usize = 16 * 1024;
+/// The most pieces one value may have (a u16 numbers them); 1 GiB, far above any limit.
+const MAX_PIECES: usize = u16::MAX as usize;
 
 /// Tunables of the sled store.
 #[derive(Debug, Clone)]
 pub struct SledStoreOptions {
-    /// sled's page cache, in bytes. Bounds the store's share of the server's memory.
+    /// sled's page cache, in bytes. Bounds the catalog's share of the server's memory.
     pub cache_capacity: u64,
-    /// Payload chunk size, at most [`MAX_CHUNK_SIZE`].
-    pub chunk_size: u32,
 }
 
 impl Default for SledStoreOptions {
     fn default() -> Self {
-        SledStoreOptions { cache_capacity: 128 * 1024 * 1024, chunk_size: MAX_CHUNK_SIZE }
+        SledStoreOptions { cache_capacity: 32 * 1024 * 1024 }
     }
 }
 
 pub struct SledStore {
     db: sled::Db,
     catalog: Tree,
-    payloads: Tree,
-    chunk_size: u32,
+    /// Format 1's payload chunks; empty once migrated.
+    legacy_payloads: Tree,
     /// Serialises catalog updates so that study and series aggregates are computed from a
     /// consistent view; payload writes happen outside it, in parallel.
     catalog_lock: Mutex<()>,
     group_commit: GroupCommit,
+    legacy_format: bool,
 }
 
 fn backend(error: sled::Error) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+fn io(error: std::io::Error) -> StoreError {
     StoreError::Backend(Box::new(error))
 }
 
@@ -63,10 +76,17 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records serialise")
 }
 
+/// The durable flush: sled's flush, then a real fsync of its log and of its directory.
+fn durable_flush(db: &sled::Db, log: &File, dir: &Path) -> Result<(), String> {
+    db.flush().map_err(|e| e.to_string())?;
+    log.sync_all().map_err(|e| e.to_string())?;
+    crate::durable_fs::sync_dir(dir).map_err(|e| e.to_string())
+}
+
 impl SledStore {
     /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime.
     pub fn open(dir: &Path, options: SledStoreOptions) -> StoreResult<Arc<SledStore>> {
-        let chunk_size = options.chunk_size.clamp(1024, MAX_CHUNK_SIZE);
+        crate::durable_fs::create_dir_all(dir).map_err(io)?;
         let db = sled::Config::new()
             .path(dir)
             .segment_size(SEGMENT_SIZE)
@@ -74,22 +94,36 @@ impl SledStore {
             .open()
             .map_err(backend)?;
         let catalog = db.open_tree("catalog").map_err(backend)?;
-        let payloads = db.open_tree("payloads").map_err(backend)?;
-        match catalog.get(keys::meta("format")).map_err(backend)? {
-            Some(found) if found.as_ref() != keys::FORMAT_VERSION => {
-                return Err(StoreError::UnknownFormat);
-            }
-            Some(_) => {}
+        let legacy_payloads = db.open_tree("payloads").map_err(backend)?;
+        let legacy_format = match catalog.get(keys::meta("format")).map_err(backend)? {
+            Some(found) if found.as_ref() == keys::FORMAT_VERSION => false,
+            Some(found) if found.as_ref() == keys::FORMAT_VERSION_1 => true,
+            Some(_) => return Err(StoreError::UnknownFormat),
             None => {
                 catalog.insert(keys::meta("format"), keys::FORMAT_VERSION).map_err(backend)?;
+                false
             }
-        }
+        };
+        // sled creates `conf`, `db` and `blobs/` without fsyncing them or the directory.
+        let log = File::open(dir.join("db")).map_err(io)?;
+        File::open(dir.join("conf")).and_then(|conf| conf.sync_all()).map_err(io)?;
+        let dir: PathBuf = dir.to_path_buf();
         let flush_db = db.clone();
+        let log = Arc::new(log);
         let group_commit = GroupCommit::start(move || {
-            let db = flush_db.clone();
-            async move { db.flush_async().await.map(|_| ()).map_err(|e| e.to_string()) }
+            let (db, log, dir) = (flush_db.clone(), log.clone(), dir.clone());
+            async move {
+                tokio::task::spawn_blocking(move || durable_flush(&db, &log, &dir)).await.map_err(|e| e.to_string())?
+            }
         });
-        Ok(Arc::new(SledStore { db, catalog, payloads, chunk_size, catalog_lock: Mutex::new(()), group_commit }))
+        Ok(Arc::new(SledStore {
+            db,
+            catalog,
+            legacy_payloads,
+            catalog_lock: Mutex::new(()),
+            group_commit,
+            legacy_format,
+        }))
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
@@ -97,6 +131,53 @@ impl SledStore {
             Some(bytes) => Ok(Some(decode(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// A value stored in pieces under `base`, joined.
+    fn get_pieces(&self, base: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        let mut out: Option<Vec<u8>> = None;
+        for item in self.catalog.scan_prefix(keys::pieces_prefix(base)) {
+            let (key, value) = item.map_err(backend)?;
+            if key.len() != base.len() + 3 {
+                continue; // A longer UID that shares the prefix.
+            }
+            out.get_or_insert_with(Vec::new).extend_from_slice(&value);
+        }
+        Ok(out)
+    }
+
+    fn piece_keys(&self, base: &[u8]) -> StoreResult<Vec<sled::IVec>> {
+        let mut out = Vec::new();
+        for item in self.catalog.scan_prefix(keys::pieces_prefix(base)) {
+            let (key, _) = item.map_err(backend)?;
+            if key.len() == base.len() + 3 {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `bytes` in pieces under `base` into `batch`, removing pieces of an older, longer
+    /// value.
+    fn put_pieces(&self, batch: &mut Batch, base: &[u8], bytes: &[u8]) -> StoreResult<()> {
+        let pieces: Vec<&[u8]> = if bytes.is_empty() { vec![&[][..]] } else { bytes.chunks(PIECE_BYTES).collect() };
+        if pieces.len() > MAX_PIECES {
+            return Err(StoreError::Corrupt(format!("a catalog value of {} bytes is over the limit", bytes.len())));
+        }
+        for key in self.piece_keys(base)?.into_iter().skip(pieces.len()) {
+            batch.remove(key);
+        }
+        for (n, piece) in pieces.into_iter().enumerate() {
+            batch.insert(keys::piece(base, n as u16), piece);
+        }
+        Ok(())
+    }
+
+    fn remove_pieces(&self, batch: &mut Batch, base: &[u8]) -> StoreResult<()> {
+        for key in self.piece_keys(base)? {
+            batch.remove(key);
+        }
+        Ok(())
     }
 
     fn scan_suffixes(&self, prefix: &[u8]) -> StoreResult<Vec<String>> {
@@ -113,98 +194,167 @@ impl SledStore {
         Ok(out)
     }
 
-    /// Recomputes a series record after one of its instances was added or removed.
-    fn refreshed_series(
-        &self,
-        previous: Option<SeriesRecord>,
-        study: &str,
-        series: &str,
-        latest: Option<&InstanceRecord>,
-        delta: i64,
-        seq: u64,
-    ) -> Option<SeriesRecord> {
-        let mut record = previous.unwrap_or(SeriesRecord {
-            version: RECORD_VERSION,
-            study_uid: study.to_string(),
-            series_uid: series.to_string(),
-            attributes: Vec::new(),
-            n_instances: 0,
-            sop_classes: Vec::new(),
-            created_seq: seq,
-        });
-        record.n_instances = (record.n_instances as i64 + delta).max(0) as u64;
-        if record.n_instances == 0 {
-            return None;
-        }
-        if let Some(instance) = latest {
-            record.attributes = level_attributes(&instance.attributes, Level::Series);
-            if !record.sop_classes.contains(&instance.sop_class_uid) {
-                record.sop_classes.push(instance.sop_class_uid.clone());
-                record.sop_classes.sort();
-            }
-        }
-        Some(record)
-    }
-
-    /// Recomputes a study record from its series records (with `pending` overriding the
-    /// stored value of the series being changed in the same batch).
-    fn refreshed_study(
-        &self,
-        study: &str,
-        pending: &[(String, Option<SeriesRecord>)],
-        latest: Option<&InstanceRecord>,
-        seq: u64,
-    ) -> StoreResult<Option<StudyRecord>> {
-        let mut all_series: Vec<SeriesRecord> = Vec::new();
+    fn all_series(&self, study: &str) -> StoreResult<Vec<SeriesRecord>> {
+        let mut out = Vec::new();
         for item in self.catalog.scan_prefix(keys::series_prefix(study)) {
             let (_, value) = item.map_err(backend)?;
-            let record: SeriesRecord = decode(&value)?;
-            if pending.iter().any(|(uid, _)| *uid == record.series_uid) {
-                continue;
-            }
-            all_series.push(record);
+            out.push(decode(&value)?);
         }
-        all_series.extend(pending.iter().filter_map(|(_, record)| record.clone()));
-        if all_series.is_empty() {
+        Ok(out)
+    }
+
+    /// A study record recomputed from all its series (with `pending` overriding the stored
+    /// records of the series changed in the same batch). Used when instances leave a study;
+    /// adding one updates the study record incrementally instead (see `put_instance`).
+    fn recomputed_study(
+        &self,
+        previous: StudyRecord,
+        pending: &[(String, Option<SeriesRecord>)],
+    ) -> StoreResult<Option<StudyRecord>> {
+        let mut series: Vec<SeriesRecord> = self
+            .all_series(&previous.study_uid)?
+            .into_iter()
+            .filter(|record| !pending.iter().any(|(uid, _)| *uid == record.series_uid))
+            .collect();
+        series.extend(pending.iter().filter_map(|(_, record)| record.clone()));
+        if series.is_empty() {
             return Ok(None);
         }
-        let previous: Option<StudyRecord> = self.get(&keys::study(study))?;
         let mut modalities = BTreeSet::new();
         let mut sop_classes = BTreeSet::new();
-        for series in &all_series {
-            for attribute in &series.attributes {
-                if attribute.sequence.is_none() && attribute.tag() == dicom_dictionary_std::tags::MODALITY {
-                    modalities.extend(attribute.values.iter().filter(|v| !v.is_empty()).cloned());
-                }
-            }
-            sop_classes.extend(series.sop_classes.iter().cloned());
+        for record in &series {
+            modalities.extend(series_modalities(record));
+            sop_classes.extend(record.sop_classes.iter().cloned());
         }
-        let (owner, attributes, created_seq) = match (&previous, latest) {
-            (_, Some(instance)) => (
-                instance.owner.clone(),
-                level_attributes(&instance.attributes, Level::Study),
-                previous.as_ref().map_or(seq, |p| p.created_seq),
-            ),
-            (Some(previous), None) => (previous.owner.clone(), previous.attributes.clone(), previous.created_seq),
-            (None, None) => return Ok(None),
-        };
         Ok(Some(StudyRecord {
-            version: RECORD_VERSION,
-            owner,
-            study_uid: study.to_string(),
-            attributes,
-            n_series: all_series.len() as u64,
-            n_instances: all_series.iter().map(|s| s.n_instances).sum(),
+            n_series: series.len() as u64,
+            n_instances: series.iter().map(|s| s.n_instances).sum(),
             modalities: modalities.into_iter().collect(),
             sop_classes: sop_classes.into_iter().collect(),
-            created_seq,
+            ..previous
         }))
     }
+
+    fn instance_record(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>> {
+        match self.get_pieces(&keys::instance(sop_uid))? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes one instance's keys into `batch`; its payload becomes garbage.
+    fn remove_instance_into(&self, batch: &mut Batch, record: &InstanceRecord) -> StoreResult<()> {
+        let sop = &record.sop_instance_uid;
+        batch.remove(keys::hierarchy(&record.study_uid, &record.series_uid, sop));
+        self.remove_pieces(batch, &keys::instance(sop))?;
+        self.remove_pieces(batch, &keys::metadata(sop))?;
+        batch.remove(keys::payload_ref(record.payload.id));
+        batch.insert(keys::garbage(record.payload.id), &[]);
+        Ok(())
+    }
+
+    // ----- Format 1 → 2 migration (payload chunks leave sled) -----
+
+    /// Whether the catalog is still in format 1 (payload chunks in sled).
+    pub fn is_legacy_format(&self) -> bool {
+        self.legacy_format
+    }
+
+    /// The format-1 instances whose payloads are still chunks in sled.
+    pub fn legacy_payloads(&self) -> StoreResult<Vec<LegacyPayload>> {
+        let mut out = Vec::new();
+        for item in self.catalog.scan_prefix([keys::INSTANCE]) {
+            let (key, value) = item.map_err(backend)?;
+            if keys::is_first_piece(&key) || value.first() != Some(&b'{') {
+                continue;
+            }
+            // A format-1 record: one JSON value under `i{sop}`.
+            let record: serde_json::Value = decode(&value)?;
+            let payload = &record["payload"];
+            let field = |name: &str| payload[name].as_u64();
+            let (Some(id), Some(length), Some(chunk_size)) = (field("id"), field("length"), field("chunk_size")) else {
+                return Err(StoreError::Corrupt("a format-1 record lacks its payload".into()));
+            };
+            let sop_uid = String::from_utf8_lossy(&key[1..]).into_owned();
+            let sha256 = payload["sha256"].as_str().unwrap_or_default().to_string();
+            out.push(LegacyPayload { sop_uid, id, length, chunk_size: chunk_size as u32, sha256 });
+        }
+        Ok(out)
+    }
+
+    /// Chunk `index` of a format-1 payload.
+    pub fn legacy_chunk(&self, payload: u64, index: u32) -> StoreResult<Option<sled::IVec>> {
+        self.legacy_payloads.get(keys::chunk(payload, index)).map_err(backend)
+    }
+
+    /// Rewrites one format-1 instance to point at its payload's new blob (atomic), and drops
+    /// its chunks. Durable after the next commit.
+    pub fn migrate_instance(&self, legacy: &LegacyPayload, blob: PayloadRef) -> StoreResult<()> {
+        let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old_key = keys::instance(&legacy.sop_uid);
+        let Some(value) = self.catalog.get(&old_key).map_err(backend)? else { return Ok(()) };
+        let mut record: serde_json::Value = decode(&value)?;
+        record["version"] = RECORD_VERSION.into();
+        record["payload"] = serde_json::to_value(&blob).expect("serialises");
+        let record: InstanceRecord = serde_json::from_value(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let metadata_key = keys::metadata(&legacy.sop_uid);
+        let metadata = self.catalog.get(&metadata_key).map_err(backend)?.unwrap_or_default();
+        let mut batch = Batch::default();
+        batch.remove(old_key.clone());
+        batch.remove(metadata_key.clone());
+        self.put_pieces(&mut batch, &old_key, &encode(&record))?;
+        self.put_pieces(&mut batch, &metadata_key, &metadata)?;
+        batch.insert(keys::payload_ref(blob.id), &[]);
+        self.catalog.apply_batch(batch).map_err(backend)?;
+        self.drop_legacy_chunks(legacy.id)
+    }
+
+    fn drop_legacy_chunks(&self, payload: u64) -> StoreResult<()> {
+        let mut batch = Batch::default();
+        for item in self.legacy_payloads.scan_prefix(keys::chunk_prefix(payload)) {
+            batch.remove(item.map_err(backend)?.0);
+        }
+        self.legacy_payloads.apply_batch(batch).map_err(backend)
+    }
+
+    /// Ends the migration: drops what is left of format 1 and records format 2.
+    pub fn finish_migration(&self) -> StoreResult<()> {
+        let mut batch = Batch::default();
+        for item in self.catalog.scan_prefix([keys::PENDING_PAYLOAD]) {
+            let (key, _) = item.map_err(backend)?;
+            if let Some(id) = keys::u64_suffix(&key) {
+                self.drop_legacy_chunks(id)?;
+            }
+            batch.remove(key);
+        }
+        batch.insert(keys::meta("format"), keys::FORMAT_VERSION);
+        self.catalog.apply_batch(batch).map_err(backend)?;
+        self.legacy_payloads.clear().map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// A format-1 payload to move into the blob store.
+#[derive(Debug, Clone)]
+pub struct LegacyPayload {
+    pub sop_uid: String,
+    pub id: u64,
+    pub length: u64,
+    pub chunk_size: u32,
+    pub sha256: String,
 }
 
 /// The attributes of `level` among an instance's values.
 pub(crate) fn level_attributes(values: &[AttributeValue], level: Level) -> Vec<AttributeValue> {
     values.iter().filter(|v| v.attribute().is_some_and(|a| a.level == level)).cloned().collect()
+}
+
+fn series_modalities(series: &SeriesRecord) -> impl Iterator<Item = String> + '_ {
+    series
+        .attributes
+        .iter()
+        .filter(|a| a.sequence.is_none() && a.tag() == dicom_dictionary_std::tags::MODALITY)
+        .flat_map(|a| a.values.iter().filter(|v| !v.is_empty()).cloned())
 }
 
 fn put_or_remove<T: serde::Serialize>(batch: &mut Batch, key: Vec<u8>, value: Option<&T>) {
@@ -214,37 +364,77 @@ fn put_or_remove<T: serde::Serialize>(batch: &mut Batch, key: Vec<u8>, value: Op
     }
 }
 
+/// A series record after one of its instances was added (`latest`, `delta` 1), replaced in
+/// place (`latest`, `delta` 0) or removed (`None`, `delta` -1); `None` when it is empty.
+fn series_after(
+    previous: Option<SeriesRecord>,
+    study: &str,
+    series: &str,
+    latest: Option<&InstanceRecord>,
+    delta: i64,
+    seq: u64,
+) -> Option<SeriesRecord> {
+    let mut record = previous.unwrap_or(SeriesRecord {
+        version: RECORD_VERSION,
+        study_uid: study.to_string(),
+        series_uid: series.to_string(),
+        attributes: Vec::new(),
+        n_instances: 0,
+        sop_classes: Vec::new(),
+        created_seq: seq,
+    });
+    record.n_instances = (record.n_instances as i64 + delta).max(0) as u64;
+    if record.n_instances == 0 {
+        return None;
+    }
+    if let Some(instance) = latest {
+        record.attributes = level_attributes(&instance.attributes, Level::Series);
+        if !record.sop_classes.contains(&instance.sop_class_uid) {
+            record.sop_classes.push(instance.sop_class_uid.clone());
+            record.sop_classes.sort();
+        }
+    }
+    Some(record)
+}
+
+/// A study record after `instance` was added to `series` (incremental: no scan of the study's
+/// other series, so a study with 100,000 series costs the same per instance as one with one).
+fn study_after_add(
+    previous: Option<StudyRecord>,
+    instance: &InstanceRecord,
+    series: &SeriesRecord,
+    new_instance: bool,
+    new_series: bool,
+    seq: u64,
+) -> StudyRecord {
+    let mut record = previous.unwrap_or(StudyRecord {
+        version: RECORD_VERSION,
+        owner: instance.owner.clone(),
+        study_uid: instance.study_uid.clone(),
+        attributes: Vec::new(),
+        n_series: 0,
+        n_instances: 0,
+        modalities: Vec::new(),
+        sop_classes: Vec::new(),
+        created_seq: seq,
+    });
+    record.attributes = level_attributes(&instance.attributes, Level::Study);
+    record.n_instances += u64::from(new_instance);
+    record.n_series += u64::from(new_series);
+    for modality in series_modalities(series) {
+        if let Err(at) = record.modalities.binary_search(&modality) {
+            record.modalities.insert(at, modality);
+        }
+    }
+    if let Err(at) = record.sop_classes.binary_search(&instance.sop_class_uid) {
+        record.sop_classes.insert(at, instance.sop_class_uid.clone());
+    }
+    record
+}
+
 impl Store for SledStore {
     fn allocate_payload(&self) -> StoreResult<u64> {
-        let id = self.db.generate_id().map_err(backend)?;
-        // The marker makes a crash between chunk writes and the record sweepable.
-        self.catalog.insert(keys::pending_payload(id), &[]).map_err(backend)?;
-        Ok(id)
-    }
-
-    fn write_chunk(&self, payload: u64, index: u32, bytes: &[u8]) -> StoreResult<()> {
-        debug_assert!(bytes.len() <= self.chunk_size as usize);
-        self.payloads.insert(keys::chunk(payload, index), bytes).map_err(backend)?;
-        Ok(())
-    }
-
-    fn read_chunk(&self, payload: u64, index: u32) -> StoreResult<Option<Bytes>> {
-        Ok(self.payloads.get(keys::chunk(payload, index)).map_err(backend)?.map(|v| Bytes::copy_from_slice(&v)))
-    }
-
-    fn discard_payload(&self, payload: u64) -> StoreResult<()> {
-        let mut batch = Batch::default();
-        for item in self.payloads.scan_prefix(keys::chunk_prefix(payload)) {
-            let (key, _) = item.map_err(backend)?;
-            batch.remove(key);
-        }
-        self.payloads.apply_batch(batch).map_err(backend)?;
-        self.catalog.remove(keys::pending_payload(payload)).map_err(backend)?;
-        Ok(())
-    }
-
-    fn chunk_size(&self) -> u32 {
-        self.chunk_size
+        self.db.generate_id().map_err(backend)
     }
 
     fn put_instance(
@@ -257,7 +447,7 @@ impl Store for SledStore {
             return Err(StoreError::Corrupt(format!("metadata of {} bytes is over the limit", metadata.len())));
         }
         let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let previous: Option<InstanceRecord> = self.get(&keys::instance(&record.sop_instance_uid))?;
+        let previous = self.instance_record(&record.sop_instance_uid)?;
         if let Some(previous) = &previous {
             let same_object =
                 previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length;
@@ -278,66 +468,117 @@ impl Store for SledStore {
 
         let mut batch = Batch::default();
         let mut touched = vec![(study.clone(), series.clone(), sop.clone())];
-        let mut series_updates: Vec<(String, String, Option<SeriesRecord>)> = Vec::new();
-
+        let mut garbage = None;
+        let same_place = previous.as_ref().is_some_and(|o| o.study_uid == study && o.series_uid == series);
+        // Where the instance was, when a replacement moves it: that series loses it.
+        let mut moved_from: Option<(String, Option<SeriesRecord>)> = None;
         if let Some(old) = &previous {
             batch.remove(keys::hierarchy(&old.study_uid, &old.series_uid, &sop));
-            // The old payload is swept once the batch is durable; the marker survives a crash.
             if old.payload.id != record.payload.id {
-                batch.insert(keys::pending_payload(old.payload.id), &[]);
+                batch.remove(keys::payload_ref(old.payload.id));
+                batch.insert(keys::garbage(old.payload.id), &[]);
+                garbage = Some(old.payload.id);
             }
-            let moved = old.study_uid != study || old.series_uid != series;
-            if moved {
+            if !same_place {
                 let old_series = self.get(&keys::series(&old.study_uid, &old.series_uid))?;
-                let updated = self.refreshed_series(old_series, &old.study_uid, &old.series_uid, None, -1, seq);
-                series_updates.push((old.study_uid.clone(), old.series_uid.clone(), updated));
+                let updated = series_after(old_series, &old.study_uid, &old.series_uid, None, -1, seq);
+                put_or_remove(&mut batch, keys::series(&old.study_uid, &old.series_uid), updated.as_ref());
                 touched.push((old.study_uid.clone(), old.series_uid.clone(), sop.clone()));
+                if old.study_uid != study {
+                    if let Some(old_study) = self.get::<StudyRecord>(&keys::study(&old.study_uid))? {
+                        let recomputed = self.recomputed_study(old_study, &[(old.series_uid.clone(), updated)])?;
+                        put_or_remove(&mut batch, keys::study(&old.study_uid), recomputed.as_ref());
+                    }
+                } else {
+                    moved_from = Some((old.series_uid.clone(), updated));
+                }
             }
         }
-        let same_place = previous.as_ref().is_some_and(|o| o.study_uid == study && o.series_uid == series);
-        let current_series = self.get(&keys::series(&study, &series))?;
+        let current_series: Option<SeriesRecord> = self.get(&keys::series(&study, &series))?;
+        let new_series = current_series.is_none();
         let delta = if same_place { 0 } else { 1 };
-        let updated = self.refreshed_series(current_series, &study, &series, Some(&record), delta, seq);
-        series_updates.push((study.clone(), series.clone(), updated));
-
-        let mut studies: Vec<&str> = series_updates.iter().map(|(st, _, _)| st.as_str()).collect();
-        studies.dedup();
-        for study_uid in studies {
-            let pending: Vec<(String, Option<SeriesRecord>)> = series_updates
-                .iter()
-                .filter(|(st, _, _)| st == study_uid)
-                .map(|(_, se, rec)| (se.clone(), rec.clone()))
-                .collect();
-            let latest = (study_uid == study).then_some(&record);
-            let study_record = self.refreshed_study(study_uid, &pending, latest, seq)?;
-            put_or_remove(&mut batch, keys::study(study_uid), study_record.as_ref());
-        }
-        for (study_uid, series_uid, series_record) in &series_updates {
-            put_or_remove(&mut batch, keys::series(study_uid, series_uid), series_record.as_ref());
-        }
+        let series_record =
+            series_after(current_series, &study, &series, Some(&record), delta, seq).expect("holds the new instance");
+        let previous_study: Option<StudyRecord> = self.get(&keys::study(&study))?;
+        let study_record = match (moved_from, previous_study) {
+            // Moved between two series of this study (rare): recount from the series records.
+            (Some(from), Some(previous_study)) => {
+                let pending = [from, (series.clone(), Some(series_record.clone()))];
+                let mut recounted = self.recomputed_study(previous_study, &pending)?.expect("holds the new instance");
+                recounted.attributes = level_attributes(&record.attributes, Level::Study);
+                recounted
+            }
+            (_, previous_study) => {
+                study_after_add(previous_study, &record, &series_record, !same_place, new_series, seq)
+            }
+        };
+        batch.insert(keys::study(&study), encode(&study_record));
+        batch.insert(keys::series(&study, &series), encode(&series_record));
         batch.insert(keys::hierarchy(&study, &series, &sop), &[]);
-        batch.insert(keys::instance(&sop), encode(&record));
-        batch.insert(keys::metadata(&sop), metadata);
-        batch.remove(keys::pending_payload(record.payload.id));
+        self.put_pieces(&mut batch, &keys::instance(&sop), &encode(&record))?;
+        self.put_pieces(&mut batch, &keys::metadata(&sop), metadata)?;
+        batch.insert(keys::payload_ref(record.payload.id), &[]);
         batch.insert(keys::change(seq), encode(&Change { seq, touched }));
         self.catalog.apply_batch(batch).map_err(backend)?;
+        Ok(PutOutcome::Stored { replaced: previous.is_some(), garbage })
+    }
 
-        if let Some(old) = previous {
-            // Best effort: if this fails or the process dies, `recover` sweeps the marker.
-            if old.payload.id != record.payload.id {
-                let _ = self.discard_payload(old.payload.id);
+    fn delete(
+        &self,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+    ) -> StoreResult<Vec<InstanceRecord>> {
+        let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let sops = match (series_uid, sop_uid) {
+            (Some(series), Some(sop)) => {
+                let inside =
+                    self.instance_record(sop)?.is_some_and(|r| r.study_uid == study_uid && r.series_uid == series);
+                if inside { vec![sop.to_string()] } else { Vec::new() }
             }
-            return Ok(PutOutcome::Stored { replaced: true });
+            (series, _) => self.instance_uids(study_uid, series)?,
+        };
+        let mut removed = Vec::with_capacity(sops.len());
+        for sop in sops {
+            if let Some(record) = self.instance_record(&sop)? {
+                removed.push(record);
+            }
         }
-        Ok(PutOutcome::Stored { replaced: false })
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        let seq = self.db.generate_id().map_err(backend)?;
+        let mut batch = Batch::default();
+        let mut per_series: std::collections::BTreeMap<String, i64> = Default::default();
+        let mut touched = Vec::with_capacity(removed.len());
+        for record in &removed {
+            self.remove_instance_into(&mut batch, record)?;
+            *per_series.entry(record.series_uid.clone()).or_default() -= 1;
+            touched.push((record.study_uid.clone(), record.series_uid.clone(), record.sop_instance_uid.clone()));
+        }
+        let mut pending = Vec::new();
+        for (series, delta) in per_series {
+            let previous = self.get(&keys::series(study_uid, &series))?;
+            let updated = series_after(previous, study_uid, &series, None, delta, seq);
+            put_or_remove(&mut batch, keys::series(study_uid, &series), updated.as_ref());
+            pending.push((series, updated));
+        }
+        let study_record = match self.get::<StudyRecord>(&keys::study(study_uid))? {
+            Some(previous) => self.recomputed_study(previous, &pending)?,
+            None => None,
+        };
+        put_or_remove(&mut batch, keys::study(study_uid), study_record.as_ref());
+        batch.insert(keys::change(seq), encode(&Change { seq, touched }));
+        self.catalog.apply_batch(batch).map_err(backend)?;
+        Ok(removed)
     }
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>> {
-        self.get(&keys::instance(sop_uid))
+        self.instance_record(sop_uid)
     }
 
     fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>> {
-        Ok(self.catalog.get(keys::metadata(sop_uid)).map_err(backend)?.map(|v| Bytes::copy_from_slice(&v)))
+        Ok(self.get_pieces(&keys::metadata(sop_uid))?.map(Bytes::from))
     }
 
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>> {
@@ -369,11 +610,32 @@ impl Store for SledStore {
 
     fn count_instances(&self) -> StoreResult<u64> {
         let mut n = 0;
-        for item in self.catalog.scan_prefix([keys::INSTANCE]) {
+        for item in self.catalog.scan_prefix([keys::HIERARCHY]) {
             item.map_err(backend)?;
             n += 1;
         }
         Ok(n)
+    }
+
+    fn is_referenced(&self, payload: u64) -> StoreResult<bool> {
+        self.catalog.contains_key(keys::payload_ref(payload)).map_err(backend)
+    }
+
+    fn garbage(&self) -> StoreResult<Vec<u64>> {
+        let mut out = Vec::new();
+        for item in self.catalog.scan_prefix([keys::GARBAGE]) {
+            let (key, _) = item.map_err(backend)?;
+            out.extend(keys::u64_suffix(&key));
+        }
+        Ok(out)
+    }
+
+    fn forget_garbage(&self, payloads: &[u64]) -> StoreResult<()> {
+        let mut batch = Batch::default();
+        for id in payloads {
+            batch.remove(keys::garbage(*id));
+        }
+        self.catalog.apply_batch(batch).map_err(backend)
     }
 
     fn pending_changes(&self) -> StoreResult<Vec<Change>> {
@@ -399,17 +661,15 @@ impl Store for SledStore {
         })
     }
 
-    fn recover(&self) -> StoreResult<RecoveryReport> {
-        let mut orphans = Vec::new();
-        for item in self.catalog.scan_prefix([keys::PENDING_PAYLOAD]) {
-            let (key, _) = item.map_err(backend)?;
-            if let Some(id) = keys::u64_suffix(&key) {
-                orphans.push(id);
-            }
-        }
-        for id in &orphans {
-            self.discard_payload(*id)?;
-        }
-        Ok(RecoveryReport { orphan_payloads: orphans.len() as u64 })
+    fn mark_open(&self) -> StoreResult<bool> {
+        let was_open = self.catalog.insert(keys::meta("open"), &[]).map_err(backend)?.is_some();
+        Ok(was_open)
+    }
+
+    fn mark_closed(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async move {
+            self.catalog.remove(keys::meta("open")).map_err(backend)?;
+            self.commit().await
+        })
     }
 }

@@ -12,11 +12,49 @@ fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// An enhanced-style multi-frame object whose catalog entries are large: a per-frame functional
+/// group per frame in the metadata (hundreds of KiB of DICOM JSON) and, in RLE, one fragment
+/// per frame in the record.
+fn enhanced_instance(study: u32, frames: u32) -> Vec<u8> {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, VR, dicom_value};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+    let spec = Spec::new(study, 1, 1).size(4, 4, frames);
+    let mut object =
+        dicom_object::from_reader(std::io::Cursor::new(&rle_instance(&spec)[128..])).expect("fixture parses");
+    let items: Vec<InMemDicomObject> = (0..frames)
+        .map(|frame| {
+            let mut position = InMemDicomObject::new_empty();
+            let z = format!("{:.3}", f64::from(frame) * 0.625);
+            position.put(DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                dicom_value!(Strs, ["-125.000".to_string(), "-125.000".to_string(), z]),
+            ));
+            let mut item = InMemDicomObject::new_empty();
+            item.put(DataElement::new(tags::PLANE_POSITION_SEQUENCE, VR::SQ, DataSetSequence::from(vec![position])));
+            item
+        })
+        .collect();
+    object.put(DataElement::new(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, VR::SQ, DataSetSequence::from(items)));
+    let mut bytes = Vec::new();
+    object.write_all(&mut bytes).expect("writes");
+    bytes
+}
+
 /// sled 0.34.7 never fsyncs blob files, so the store must never create one (see
-/// store/sled_store.rs): ingest more than 100 MB and look.
+/// store/sled_store.rs): ingest more than 100 MB, and enhanced objects with large catalog
+/// entries, and look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_never_writes_blob_files() {
     let server = Server::start().await;
+    let enhanced: Vec<Vec<u8>> = (0..6).map(|n| enhanced_instance(90 + n, 3000)).collect();
+    let reply = stow(&server.base, None, &enhanced).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let metadata =
+        get(&format!("{}/metadata", Spec::new(90, 1, 1).instance_url(&server.base)), "application/dicom+json").await;
+    assert!(metadata.body.len() > 256 * 1024, "the metadata is large: {} bytes", metadata.body.len());
     let mut clients = Vec::new();
     for client in 0..4u32 {
         let base = server.base.clone();
@@ -31,7 +69,7 @@ async fn store_never_writes_blob_files() {
     for client in clients {
         client.await.unwrap();
     }
-    assert_eq!(server.archive.count_instances().unwrap(), 200, "200 × 512 KiB ≈ 105 MB stored");
+    assert_eq!(server.archive.count_instances().unwrap(), 206, "200 × 512 KiB ≈ 105 MB stored, and 6 enhanced");
     let blobs = server.data_dir().join("store").join("blobs");
     let n_blobs = std::fs::read_dir(&blobs).map(|entries| entries.count()).unwrap_or(0);
     assert_eq!(n_blobs, 0, "sled wrote {n_blobs} blob file(s) that it would never fsync");

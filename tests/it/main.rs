@@ -13,6 +13,9 @@ mod qido;
 /// CORS for browser viewers: preflight, allowed origins, headers on errors.
 mod cors;
 
+/// Delete of studies, series and instances.
+mod delete;
+
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 

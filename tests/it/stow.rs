@@ -71,13 +71,11 @@ async fn each_failing_part_gets_its_failure_reason_and_stores_nothing() {
     assert!(
         qido(&server.base, &format!("/studies?StudyInstanceUID={}", Spec::new(4, 1, 1).study_uid())).await.is_empty()
     );
-    // Nothing of the refused parts' bytes stays in the store (swept payloads).
-    let sled_dir = data.path().join("store");
+    // Nothing of the refused parts' bytes stays in the blob store.
     server.terminate();
-    let db = sled::Config::new().path(&sled_dir).segment_size(8 << 20).open().unwrap();
-    let payload_chunks = db.open_tree("payloads").unwrap().len();
-    let good_chunks = good.len().div_ceil(64 * 1024);
-    assert_eq!(payload_chunks, good_chunks, "only the stored instance's chunks remain");
+    let blobs = blob_files(data.path());
+    assert_eq!(blobs.len(), 1, "only the stored instance's blob remains: {blobs:?}");
+    assert_eq!(std::fs::read(&blobs[0]).unwrap(), as_stored(&good));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,21 +253,21 @@ async fn identical_resend_refreshes_records_of_an_older_version() {
         sop_instance_uid: "1.2.3.4.5".into(),
         sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
         transfer_syntax_uid: "1.2.840.10008.1.2.1".into(),
-        payload: PayloadRef { id: 1, length: 10, chunk_size: 65536, sha256: "ab".into() },
+        payload: PayloadRef { id: 1, length: 10, sha256: "ab".into() },
         attributes,
         seq: 0,
         pixel_data: None,
         large_values: Vec::new(),
     };
     let put = |attributes| store.put_instance(record(attributes), b"{}", DuplicatePolicy::Reject).expect("put");
-    assert!(matches!(put(old_values.clone()), PutOutcome::Stored { replaced: false }));
+    assert!(matches!(put(old_values.clone()), PutOutcome::Stored { replaced: false, garbage: None }));
     assert!(matches!(put(old_values.clone()), PutOutcome::AlreadyStored));
     let mut new_values = old_values;
     new_values.push(AttributeValue {
         sequence: Some(0x0040_0275),
         ..AttributeValue::new(dicom_dictionary_std::tags::REQUESTED_PROCEDURE_ID, vec!["RP1".into()])
     });
-    assert!(matches!(put(new_values.clone()), PutOutcome::Stored { replaced: true }));
+    assert!(matches!(put(new_values.clone()), PutOutcome::Stored { replaced: true, garbage: None }));
     let series = store.series("1.2.3", "1.2.3.4").expect("series").expect("a series record");
     assert!(series.attributes.iter().any(|v| v.sequence.is_some()), "{:?}", series.attributes);
     assert!(matches!(put(new_values), PutOutcome::AlreadyStored));

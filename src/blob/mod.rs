@@ -1,0 +1,75 @@
+//! The blob store: where an instance's bytes live, beside the catalog that points at them.
+//!
+//! The archive names every blob by a number the catalog allocated ([`BlobId`]); the blob
+//! store maps it to a file (the embedded default, [`LocalBlobStore`]) or, later, to an object
+//! key in S3-compatible storage. The write side is shaped after `object_store`'s multipart
+//! upload (`put_part`, `complete`, `abort`) so that such a backend implements it without
+//! changes to the archive.
+//!
+//! # Durability contract
+//! - [`BlobWrite::finish`] returns only when the blob's bytes, its length and its name are
+//!   durable: a process crash **or a power loss** after it returns cannot lose or tear the blob.
+//!   Only then may a catalog record that points at it be committed.
+//! - A blob that was written but never finished may or may not survive a crash, whole or in
+//!   part; the archive treats it as garbage (it is not referenced) and sweeps it.
+//! - [`BlobStore::delete`] returns when the removal is durable; deleting a blob that does not
+//!   exist succeeds (deletes are retried after a crash).
+//! - Blobs are immutable once finished: readers never see a blob change.
+
+mod local;
+
+use std::io::{Read, Seek};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+pub use local::LocalBlobStore;
+
+use crate::store::BoxFuture;
+
+/// A blob's name: a number allocated by the catalog, never reused.
+pub type BlobId = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} does not exist")]
+    Missing(BlobId),
+    #[error("blob {0} is shorter than its record says")]
+    Short(BlobId),
+    #[error("blob storage failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type BlobResult<T> = Result<T, BlobError>;
+
+/// A blob being written. Dropping it without [`BlobWrite::finish`] leaves garbage that
+/// [`BlobWrite::abort`] or the archive's sweep removes.
+pub trait BlobWrite: Send {
+    /// Appends bytes. They are not durable before `finish`.
+    fn write(&mut self, bytes: &[u8]) -> BoxFuture<'_, BlobResult<()>>;
+    /// Makes the blob durable (see the module docs) and returns its length.
+    fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<u64>>;
+    /// Gives the blob up and removes what was written of it.
+    fn abort(self: Box<Self>) -> BoxFuture<'static, BlobResult<()>>;
+}
+
+/// Blocking random access to a blob, for parsing and decoding on the blocking pool.
+pub trait BlobRead: Read + Seek + Send {}
+impl<T: Read + Seek + Send> BlobRead for T {}
+
+/// Where instance bytes live. See the module docs for the durability contract.
+pub trait BlobStore: Send + Sync + 'static {
+    /// Starts writing blob `id`, which must not exist yet.
+    fn create(&self, id: BlobId) -> BoxFuture<'_, BlobResult<Box<dyn BlobWrite>>>;
+    /// A blocking reader over the blob (call it from the blocking pool).
+    fn reader(&self, id: BlobId) -> BlobResult<Box<dyn BlobRead>>;
+    /// Streams `length` bytes from `offset`; an error if the blob holds fewer.
+    fn read_range(&self, id: BlobId, offset: u64, length: u64) -> BoxStream<'static, BlobResult<Bytes>>;
+    /// Removes a blob durably; a missing blob is not an error.
+    fn delete(&self, id: BlobId) -> BoxFuture<'_, BlobResult<()>>;
+    /// Every blob that exists, finished or not (the sweep after an unclean stop).
+    fn list(&self) -> BlobResult<Vec<BlobId>>;
+}
+
+pub type SharedBlobStore = Arc<dyn BlobStore>;

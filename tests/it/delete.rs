@@ -1,0 +1,117 @@
+//! Delete: `DELETE` on a study, series or instance resource; gone from every resource at once,
+//! counts updated, space given back, re-storing works.
+
+use http::{Method, StatusCode};
+
+use crate::support::*;
+
+async fn delete(url: &str) -> Reply {
+    send(Method::DELETE, url, &[], Vec::new()).await
+}
+
+fn count(row: &serde_json::Value, tag: &str) -> u64 {
+    value_of(row, tag).and_then(|v| v.parse().ok()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_instance_series_and_study() {
+    // Study 60: series 1 with three instances, series 2 with two; study 61 stays untouched.
+    let specs: Vec<Spec> =
+        [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)].iter().map(|&(se, i)| Spec::new(60, se, i)).collect();
+    let other = Spec::new(61, 1, 1);
+    let mut parts: Vec<Vec<u8>> = specs.iter().map(instance).collect();
+    parts.push(instance(&other));
+    let server = Server::with(&parts).await;
+    let base = &server.base;
+    assert_eq!(blob_files(&server.data_dir()).len(), 6);
+
+    // One instance.
+    let gone = &specs[1];
+    let reply = delete(&gone.instance_url(base)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    assert_eq!(reply.header("x-kura-deleted-instances"), Some("1"));
+    assert_eq!(get(&gone.instance_url(base), "application/dicom").await.status, StatusCode::NOT_FOUND);
+    let metadata = get(&format!("{}/metadata", gone.instance_url(base)), "application/dicom+json").await;
+    assert_eq!(metadata.status, StatusCode::NOT_FOUND);
+    let frames = get(&format!("{}/frames/1", gone.instance_url(base)), "application/octet-stream").await;
+    assert_eq!(frames.status, StatusCode::NOT_FOUND);
+    let rendered = get(&format!("{}/rendered", gone.instance_url(base)), "image/jpeg").await;
+    assert_eq!(rendered.status, StatusCode::NOT_FOUND);
+    let series_rows = qido(base, &format!("/studies/{}/series", gone.study_uid())).await;
+    let first_series = series_rows.iter().find(|r| value_of(r, "0020000E").as_deref() == Some(&gone.series_uid()[..]));
+    assert_eq!(count(first_series.expect("series 1 still listed"), "00201209"), 2);
+    let study_rows = qido(base, &format!("/studies?StudyInstanceUID={}", gone.study_uid())).await;
+    assert_eq!(count(&study_rows[0], "00201208"), 4, "NumberOfStudyRelatedInstances");
+    assert!(qido(base, &format!("/instances?SOPInstanceUID={}", gone.sop_uid())).await.is_empty());
+    // The other instances of the series are intact, byte for byte.
+    for kept in [&specs[0], &specs[2]] {
+        let reply = get(&kept.instance_url(base), "application/dicom").await;
+        assert_eq!(reply.body.as_ref(), as_stored(&instance(kept)).as_slice());
+    }
+    assert_eq!(blob_files(&server.data_dir()).len(), 5, "the deleted instance's blob is gone");
+    assert_eq!(delete(&gone.instance_url(base)).await.status, StatusCode::NOT_FOUND, "a second delete is 404");
+
+    // A series.
+    let reply = delete(&specs[3].series_url(base)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("x-kura-deleted-instances"), Some("2"));
+    let study_rows = qido(base, &format!("/studies?StudyInstanceUID={}", gone.study_uid())).await;
+    assert_eq!(count(&study_rows[0], "00201206"), 1, "NumberOfStudyRelatedSeries");
+    assert_eq!(count(&study_rows[0], "00201208"), 2);
+    let series_metadata = get(&format!("{}/metadata", specs[3].series_url(base)), "application/dicom+json").await;
+    assert_eq!(series_metadata.status, StatusCode::NOT_FOUND);
+
+    // The study.
+    let reply = delete(&gone.study_url(base)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("x-kura-deleted-instances"), Some("2"));
+    assert!(qido(base, &format!("/studies?StudyInstanceUID={}", gone.study_uid())).await.is_empty());
+    assert!(qido(base, &format!("/studies/{}/instances", gone.study_uid())).await.is_empty());
+    let zip = get(&gone.study_url(base), "application/zip").await;
+    assert_eq!(zip.status, StatusCode::NOT_FOUND);
+    assert_eq!(delete(&gone.study_url(base)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(blob_files(&server.data_dir()).len(), 1, "only the other study's blob is left");
+    let untouched = get(&other.instance_url(base), "application/dicom").await;
+    assert_eq!(untouched.body.as_ref(), as_stored(&instance(&other)).as_slice());
+
+    // Re-storing a deleted instance works, and it is found again.
+    let reply = stow(base, None, std::slice::from_ref(&parts[1])).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let back = get(&gone.instance_url(base), "application/dicom").await;
+    assert_eq!(back.body.as_ref(), as_stored(&parts[1]).as_slice());
+    assert_eq!(qido(base, &format!("/instances?SOPInstanceUID={}", gone.sop_uid())).await.len(), 1);
+    let study_rows = qido(base, &format!("/studies?StudyInstanceUID={}", gone.study_uid())).await;
+    assert_eq!((count(&study_rows[0], "00201206"), count(&study_rows[0], "00201208")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_of_unknown_or_mismatched_targets_is_404_and_deletes_nothing() {
+    let spec = Spec::new(62, 1, 1);
+    let server = Server::with(&[instance(&spec)]).await;
+    let base = &server.base;
+    assert_eq!(delete(&Spec::new(63, 1, 1).study_url(base)).await.status, StatusCode::NOT_FOUND);
+    // The right instance UID under the wrong series is not that instance.
+    let wrong =
+        format!("{}/series/{}/instances/{}", spec.study_url(base), Spec::new(62, 2, 1).series_uid(), spec.sop_uid());
+    assert_eq!(delete(&wrong).await.status, StatusCode::NOT_FOUND);
+    let reply = delete(&format!("{base}/studies/1.2.abc")).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "an invalid UID is refused before any lookup");
+    let reply = send(Method::DELETE, &format!("{base}/studies"), &[], Vec::new()).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    let stored = get(&spec.instance_url(base), "application/dicom").await;
+    assert_eq!(stored.body.as_ref(), as_stored(&instance(&spec)).as_slice());
+}
+
+/// A replaced instance (`--duplicates overwrite`) gives its old blob back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_gives_the_old_blob_back() {
+    let server =
+        Server::start_with(|config| config.archive.duplicate_policy = kura::store::DuplicatePolicy::Overwrite).await;
+    let spec = Spec::new(64, 1, 1);
+    assert_eq!(stow(&server.base, None, &[instance(&spec)]).await.status, StatusCode::OK);
+    let replacement = instance(&Spec { seed: 3, ..spec.clone() });
+    assert_eq!(stow(&server.base, None, std::slice::from_ref(&replacement)).await.status, StatusCode::OK);
+    let blobs = blob_files(&server.data_dir());
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert_eq!(std::fs::read(&blobs[0]).unwrap(), as_stored(&replacement));
+}
