@@ -126,8 +126,9 @@ async fn kura_run(dir: &Path, n: usize, concurrency: usize) -> (Figures, u64, u6
     let mut child = Command::new(env!("CARGO_BIN_EXE_kura"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
         .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("RUST_LOG", std::env::var("KURA_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        // KURA_BENCH_LOG (e.g. `kura::archive=debug`) shows the server's per-request timings.
+        .stdout(if std::env::var_os("KURA_BENCH_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

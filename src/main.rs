@@ -17,7 +17,8 @@ fn main() -> anyhow::Result<()> {
                 let config = Config::from_args(args).map_err(anyhow::Error::msg)?;
                 let archive = Archive::open(&config.data_dir, config.archive.clone())
                     .await
-                    .map_err(|e| anyhow::anyhow!("opening the archive in {}: {e:?}", config.data_dir.display()))?;
+                    .map_err(anyhow::Error::new)
+                    .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?;
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
@@ -28,8 +29,9 @@ fn main() -> anyhow::Result<()> {
             Command::Reindex(args) => {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await
-                    .map_err(|e| anyhow::anyhow!("opening the archive: {e:?}"))?;
-                let n = archive.reindex().await.map_err(|e| anyhow::anyhow!("reindex failed: {e:?}"))?;
+                    .map_err(anyhow::Error::new)
+                    .with_context(|| format!("opening the archive in {}", args.data_dir.display()))?;
+                let n = archive.reindex().await.map_err(anyhow::Error::new).context("reindex failed")?;
                 println!("reindexed {n} instances");
                 Ok(())
             }

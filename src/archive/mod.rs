@@ -5,6 +5,7 @@ mod indexing;
 pub mod ingest;
 mod migrate;
 pub mod reindex;
+mod visibility;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,11 +55,8 @@ pub struct Archive {
     blobs: SharedBlobStore,
     index: Arc<dyn Index>,
     limits: IngestLimits,
-    /// One index refresh at a time: each one reads the store after the previous one applied,
-    /// so an older view can never overwrite a newer one in the index.
-    index_sync: tokio::sync::Mutex<()>,
-    /// Changes applied to the index but not yet durable there (kept in the store's log).
-    applied: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// Brings the index up to the store's changes (see `visibility`).
+    follower: Arc<visibility::IndexFollower>,
     /// Pixel decoding is CPU- and memory-heavy (up to `transcode::MAX_DECODED_BYTES` each): at
     /// most one per core runs at a time, the others wait.
     codec_permits: tokio::sync::Semaphore,
@@ -89,12 +87,11 @@ impl Archive {
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
         let archive = Archive {
             data_dir: data_dir.to_path_buf(),
+            follower: visibility::IndexFollower::start(store.clone(), index.clone()),
             store,
             blobs,
             index,
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
-            index_sync: tokio::sync::Mutex::new(()),
-            applied: Default::default(),
             codec_permits: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
@@ -103,7 +100,7 @@ impl Archive {
             tracing::info!("index schema changed; rebuilding from the store");
             archive.reindex().await?;
         } else {
-            let replayed = archive.sync_index().await?;
+            let replayed = archive.follower.apply().await?;
             if replayed > 0 {
                 tracing::info!(changes = replayed, "replayed store changes into the index");
             }
@@ -111,8 +108,8 @@ impl Archive {
         Ok(archive)
     }
 
-    /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable and
-    /// searchable only after [`Archive::make_durable_and_visible`].
+    /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable, and
+    /// found by searches, only after [`Archive::make_durable_and_visible`].
     pub async fn store_instance<S, E>(
         &self,
         principal: &Principal,
@@ -122,64 +119,38 @@ impl Archive {
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
     {
-        ingest::ingest(&self.store, &self.blobs, principal, expected_study, &self.limits, body).await
+        let stored = ingest::ingest(&self.store, &self.blobs, principal, expected_study, &self.limits, body).await;
+        if stored.as_ref().is_ok_and(|stored| !stored.already_stored) {
+            self.follower.changed();
+        }
+        stored
     }
 
-    /// Makes every instance stored so far durable (group commit), then visible to searches.
+    /// Makes every instance stored so far durable (group commit). Every search that starts
+    /// after this returns finds them: searches catch the index up first (see `visibility`),
+    /// so the answer to a STOW-RS request does not wait for an index commit.
     pub async fn make_durable_and_visible(&self) -> Result<(), Error> {
         let started = std::time::Instant::now();
         // Garbage read before the commit is garbage in durable state after it: only then may
         // its blobs go (a replaced instance's old payload).
         let garbage = self.store.garbage()?;
         self.store.commit().await?;
-        let durable = started.elapsed();
-        self.sync_index().await?;
         if !garbage.is_empty() {
             delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
         }
-        tracing::debug!(
-            store_commit_us = durable.as_micros() as u64,
-            index_us = (started.elapsed() - durable).as_micros() as u64,
-            "durable and visible"
-        );
+        tracing::debug!(store_commit_us = started.elapsed().as_micros() as u64, "durable");
         Ok(())
     }
 
-    /// Applies the store's pending changes to the index, and drops from the store's change log
-    /// those the index has made durable. Returns how many changes it applied.
-    async fn sync_index(&self) -> Result<usize, Error> {
-        let _guard = self.index_sync.lock().await;
-        self.forget_durable_changes()?;
-        let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let changes: Vec<_> =
-            self.store.pending_changes()?.into_iter().filter(|change| !applied.contains(&change.seq)).collect();
-        if changes.is_empty() {
-            return Ok(0);
-        }
-        let ops = indexing::ops_for_changes(self.store.as_ref(), &changes)?;
-        let seqs: Vec<u64> = changes.iter().map(|c| c.seq).collect();
-        self.index.apply(ops, seqs.clone()).await?;
-        self.applied.lock().unwrap_or_else(|p| p.into_inner()).extend(seqs);
-        Ok(changes.len())
-    }
-
-    fn forget_durable_changes(&self) -> Result<(), Error> {
-        let durable = self.index.take_durable();
-        if !durable.is_empty() {
-            self.store.forget_changes(&durable)?;
-            let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-            for seq in &durable {
-                applied.remove(seq);
-            }
-        }
-        Ok(())
+    /// Waits until the index reflects every change made before this call (read-your-writes
+    /// for searches); cheap when it already does.
+    pub async fn catch_up_index(&self) -> Result<(), Error> {
+        self.follower.catch_up().await
     }
 
     /// Makes the index durable up to everything applied (at shutdown).
     pub async fn checkpoint_index(&self) -> Result<(), Error> {
-        let _guard = self.index_sync.lock().await;
-        self.index.checkpoint().await?;
-        self.forget_durable_changes()
+        self.follower.checkpoint().await
     }
 
     /// Searches the index. Results are filtered to what `principal` may see.
@@ -384,9 +355,10 @@ impl Archive {
             };
             return Err(Error::not_found(format!("no such {}", level_name(level))));
         }
+        self.follower.changed();
         let garbage = self.store.garbage()?;
         self.store.commit().await?;
-        self.sync_index().await?;
+        self.follower.catch_up().await?;
         delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
         Ok(removed.len())
     }
@@ -404,14 +376,7 @@ impl Archive {
 
     /// Rebuilds the index from the store. Returns the number of instances indexed.
     pub async fn reindex(&self) -> Result<u64, Error> {
-        let _guard = self.index_sync.lock().await;
-        // A rebuild spans several index commits; the marker makes an interrupted one restart.
-        let marker = self.data_dir.join(REBUILD_MARKER);
-        crate::durable_fs::write_file(&marker, b"").map_err(Error::internal)?;
-        let n = reindex::rebuild(self.store.as_ref(), self.index.as_ref()).await?;
-        self.applied.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        crate::durable_fs::remove_file(&marker).map_err(Error::internal)?;
-        Ok(n)
+        self.follower.rebuild(&self.data_dir.join(REBUILD_MARKER)).await
     }
 }
 

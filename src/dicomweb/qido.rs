@@ -94,6 +94,8 @@ pub async fn search(
     // run on the blocking pool, so that a large listing does not hold up the async workers.
     // Capping concurrent searches at the number of cores (a semaphore) was measured and cost a
     // quarter of the 8-client throughput (benches/README.md), so they are not capped.
+    // Read-your-writes: the index first takes in every change acknowledged before now.
+    archive.catch_up_index().await?;
     let (archive, blocking_context) = (archive.clone(), context.clone());
     let (content_type, body, remaining) =
         tokio::task::spawn_blocking(move || respond(&archive, &blocking_context, &search, levels, representation))

@@ -34,8 +34,11 @@ pub enum StoreError {
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
-    #[error("data directory has an unknown format version")]
-    UnknownFormat,
+    #[error(
+        "the data directory has format {0:?}, which this version of Kura does not know (it reads \
+         kura-catalog-1 and kura-catalog-2): start the Kura version that wrote it, or restore a backup"
+    )]
+    UnknownFormat(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -98,7 +98,7 @@ impl SledStore {
         let legacy_format = match catalog.get(keys::meta("format")).map_err(backend)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => false,
             Some(found) if found.as_ref() == keys::FORMAT_VERSION_1 => true,
-            Some(_) => return Err(StoreError::UnknownFormat),
+            Some(found) => return Err(StoreError::UnknownFormat(String::from_utf8_lossy(&found).into_owned())),
             None => {
                 catalog.insert(keys::meta("format"), keys::FORMAT_VERSION).map_err(backend)?;
                 false

@@ -16,6 +16,9 @@ mod cors;
 /// Delete of studies, series and instances.
 mod delete;
 
+/// Data-directory format versions and their migration.
+mod format;
+
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 

@@ -1,0 +1,97 @@
+//! Data-directory format versions: a directory written in format 1 (payload chunks in sled,
+//! every catalog value under one key) opens, migrated in place; an unknown format is refused.
+
+use http::StatusCode;
+use kura::store::keys;
+
+use crate::support::*;
+
+/// Rewrites a format-2 data directory into format 1, the layout Kura wrote before payloads left
+/// sled: chunks of 64 KiB in the `payloads` tree, records as one JSON value with `chunk_size`,
+/// version 1, and no blob files.
+fn downgrade_to_format_1(data_dir: &std::path::Path) {
+    let db = sled::Config::new().path(data_dir.join("store")).segment_size(8 << 20).open().unwrap();
+    let catalog = db.open_tree("catalog").unwrap();
+    let payloads = db.open_tree("payloads").unwrap();
+    let first_pieces: Vec<Vec<u8>> = catalog
+        .scan_prefix([keys::INSTANCE])
+        .map(|item| item.unwrap().0.to_vec())
+        .filter(|key| keys::is_first_piece(key))
+        .collect();
+    for first in first_pieces {
+        let base = keys::piece_base(&first).to_vec();
+        let join = |base: &[u8]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for item in catalog.scan_prefix(keys::pieces_prefix(base)) {
+                let (key, value) = item.unwrap();
+                catalog.remove(&key).unwrap();
+                out.extend_from_slice(&value);
+            }
+            out
+        };
+        let mut record: serde_json::Value = serde_json::from_slice(&join(&base)).unwrap();
+        let sop = String::from_utf8(base[1..].to_vec()).unwrap();
+        let metadata = join(&keys::metadata(&sop));
+        let id = record["payload"]["id"].as_u64().unwrap();
+        let blob = blob_files(data_dir).into_iter().find(|p| p.ends_with(format!("{id:016x}"))).unwrap();
+        for (n, chunk) in std::fs::read(&blob).unwrap().chunks(64 * 1024).enumerate() {
+            payloads.insert(keys::chunk(id, n as u32), chunk).unwrap();
+        }
+        std::fs::remove_file(blob).unwrap();
+        record["version"] = 1.into();
+        record["payload"]["chunk_size"] = (64 * 1024).into();
+        catalog.insert(&base, serde_json::to_vec(&record).unwrap()).unwrap();
+        catalog.insert(keys::metadata(&sop), metadata).unwrap();
+        catalog.remove(keys::payload_ref(id)).unwrap();
+    }
+    catalog.insert(keys::meta("format"), keys::FORMAT_VERSION_1).unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_directory_is_migrated_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let specs = [Spec::new(70, 1, 1).size(512, 512, 1), Spec::new(70, 1, 2), Spec::new(71, 1, 1).size(64, 64, 3)];
+    let parts: Vec<Vec<u8>> = specs.iter().map(instance).collect();
+    let server = ChildServer::start(&data);
+    assert_eq!(stow(&server.base, None, &parts).await.status, StatusCode::OK);
+    server.terminate();
+    downgrade_to_format_1(&data);
+    assert!(blob_files(&data).is_empty());
+
+    let server = ChildServer::start(&data);
+    for (spec, part) in specs.iter().zip(&parts) {
+        let reply = get(&spec.instance_url(&server.base), "application/dicom").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.as_ref(), as_stored(part).as_slice(), "{} after migration", spec.sop_uid());
+        let metadata = get(&format!("{}/metadata", spec.instance_url(&server.base)), "application/dicom+json").await;
+        assert_eq!(metadata.status, StatusCode::OK);
+    }
+    assert_eq!(qido(&server.base, "/instances").await.len(), 3);
+    assert_eq!(blob_files(&data).len(), 3, "every payload is a blob now");
+    server.terminate();
+    let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+    assert!(db.open_tree("payloads").unwrap().is_empty(), "no chunk is left in sled");
+    let format = db.open_tree("catalog").unwrap().get(keys::meta("format")).unwrap().unwrap();
+    assert_eq!(format.as_ref(), keys::FORMAT_VERSION);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_format_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+        db.open_tree("catalog").unwrap().insert(keys::meta("format"), &b"kura-catalog-99"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let output = std::process::Command::new(kura_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("format"), "the refusal names the problem: {stderr}");
+}
