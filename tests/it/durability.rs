@@ -84,10 +84,14 @@ struct Ledger {
     attempted: HashMap<String, String>,
     /// Instances a 200 response acknowledged.
     acknowledged: HashSet<String>,
+    /// Instances whose DELETE was acknowledged (204).
+    deleted: HashSet<String>,
+    /// Instances whose DELETE was sent but not answered (the kill came first): either state.
+    delete_uncertain: HashSet<String>,
     specs: HashMap<String, Spec>,
 }
 
-async fn verify(base: &str, ledger: &Ledger) {
+async fn verify(base: &str, data_dir: &std::path::Path, ledger: &Ledger) {
     let mut visible = Vec::new();
     let mut offset = 0;
     loop {
@@ -99,9 +103,16 @@ async fn verify(base: &str, ledger: &Ledger) {
         visible.extend(page);
     }
     let visible_sops: HashSet<String> = visible.iter().filter_map(|r| value_of(r, "00080018")).collect();
-    for sop in &ledger.acknowledged {
+    for sop in ledger.acknowledged.iter().filter(|s| !ledger.deleted.contains(*s) && !ledger.delete_uncertain.contains(*s)) {
         assert!(visible_sops.contains(sop), "acknowledged instance {sop} is not found by QIDO after the crash");
     }
+    for sop in &ledger.deleted {
+        assert!(!visible_sops.contains(sop), "instance {sop}, deleted with a 204, is back after the crash");
+        let reply = get(&ledger.specs[sop].instance_url(base), "application/dicom").await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "deleted instance {sop} is retrievable after the crash");
+    }
+    // Space: one blob per instance, none left of unacknowledged or deleted ones.
+    assert_eq!(blob_files(data_dir).len(), visible_sops.len(), "blob files match the stored instances");
     for sop in &visible_sops {
         let expected = ledger.attempted.get(sop).unwrap_or_else(|| panic!("QIDO shows {sop}, which nobody sent"));
         let spec = &ledger.specs[sop];
@@ -114,8 +125,10 @@ async fn verify(base: &str, ledger: &Ledger) {
     assert_eq!(counted, visible_sops.len() as u64, "study counts agree with the instances");
 }
 
-/// Four concurrent STOW clients; SIGKILL at a random moment; restart; every acknowledged
-/// instance is retrievable byte-exact and searchable, and whatever else is visible is whole.
+/// Four concurrent STOW clients and one that deletes acknowledged instances; SIGKILL at a random
+/// moment; restart; every acknowledged instance that was not deleted is retrievable byte-exact
+/// and searchable, every acknowledged delete stays deleted, whatever else is visible is whole,
+/// and the blob files are exactly those of the stored instances.
 /// KURA_CRASH_CYCLES raises the number of cycles (default 10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_concurrent_stow_loses_nothing_acknowledged() {
@@ -156,6 +169,40 @@ async fn kill_during_concurrent_stow_loses_nothing_acknowledged() {
                 }
             }));
         }
+        {
+            let (base, ledger, stop) = (server.base.clone(), ledger.clone(), stop.clone());
+            let seed: u64 = rng.random();
+            clients.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let target = {
+                        let ledger = ledger.lock().unwrap();
+                        let mut candidates: Vec<&String> = ledger
+                            .acknowledged
+                            .iter()
+                            .filter(|s| !ledger.deleted.contains(*s) && !ledger.delete_uncertain.contains(*s))
+                            .collect();
+                        candidates.sort();
+                        (candidates.len() > 4).then(|| candidates[rng.random_range(0..candidates.len())].clone())
+                    };
+                    let Some(sop) = target else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    };
+                    let url = ledger.lock().unwrap().specs[&sop].instance_url(&base);
+                    ledger.lock().unwrap().delete_uncertain.insert(sop.clone());
+                    match try_send(http::Method::DELETE, &url, &[], Vec::new()).await {
+                        Ok(reply) if reply.status == StatusCode::NO_CONTENT => {
+                            let mut ledger = ledger.lock().unwrap();
+                            ledger.delete_uncertain.remove(&sop);
+                            ledger.deleted.insert(sop);
+                        }
+                        _ => break, // The server is gone: this delete's outcome is unknown.
+                    }
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(5..60))).await;
+                }
+            }));
+        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(150..1200))).await;
         server.kill();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -164,15 +211,27 @@ async fn kill_during_concurrent_stow_loses_nothing_acknowledged() {
         }
         let restarted = ChildServer::start(data.path());
         let snapshot = ledger.lock().unwrap().clone();
-        verify(&restarted.base, &snapshot).await;
+        verify(&restarted.base, data.path(), &snapshot).await;
+        // A delete the kill interrupted went one way or the other: what the restart shows is
+        // now the known state.
+        for sop in &snapshot.delete_uncertain {
+            let reply = get(&snapshot.specs[sop].instance_url(&restarted.base), "application/dicom").await;
+            let mut ledger = ledger.lock().unwrap();
+            ledger.delete_uncertain.remove(sop);
+            if reply.status == StatusCode::NOT_FOUND {
+                ledger.deleted.insert(sop.clone());
+            }
+        }
         restarted.kill();
     }
     let ledger = ledger.lock().unwrap();
     assert!(ledger.acknowledged.len() >= cycles as usize, "the clients got instances acknowledged");
+    assert!(!ledger.deleted.is_empty(), "the deleter got deletes acknowledged");
     eprintln!(
-        "crash test: {cycles} kills, {} acknowledged, {} attempted",
+        "crash test: {cycles} kills, {} acknowledged, {} attempted, {} deleted",
         ledger.acknowledged.len(),
-        ledger.attempted.len()
+        ledger.attempted.len(),
+        ledger.deleted.len()
     );
 }
 
