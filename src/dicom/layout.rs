@@ -30,7 +30,8 @@ pub struct PixelDataLayout {
     pub fragments: Vec<(u64, u32)>,
     /// The VR native Pixel Data was written with (OB or OW); `None` in Implicit VR, where
     /// Pixel Data is OW (PS3.5 §A.1), and for encapsulated data (always OB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // No skip_serializing_if: catalog records are postcard, which is not self-describing.
+    #[serde(default)]
     pub vr: Option<String>,
 }
 

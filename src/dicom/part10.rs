@@ -33,7 +33,8 @@ pub struct AttributeValue {
     pub tag: u32,
     pub values: Vec<String>,
     /// For an attribute of the items of a sequence: the sequence's tag, encoded as `tag`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // No skip_serializing_if: catalog records are postcard, which is not self-describing.
+    #[serde(default)]
     pub sequence: Option<u32>,
 }
 

@@ -68,12 +68,22 @@ fn io(error: std::io::Error) -> StoreError {
     StoreError::Backend(Box::new(error))
 }
 
+/// First byte of a record in the binary encoding (postcard). Records written before it are
+/// JSON objects, which start with `{`; both are read, only the binary one is written.
+const BINARY_RECORD: u8 = 0xB1;
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+    match bytes.split_first() {
+        Some((&BINARY_RECORD, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::Corrupt(e.to_string())),
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string())),
+        _ => Err(StoreError::Corrupt("a catalog record in an unknown encoding".into())),
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
+    let mut out = vec![BINARY_RECORD];
+    out.extend(postcard::to_stdvec(value).expect("records serialise"));
+    out
 }
 
 /// The durable flush: sled's flush, then a real fsync of its log and of its directory.
@@ -265,7 +275,8 @@ impl SledStore {
         let mut out = Vec::new();
         for item in self.catalog.scan_prefix([keys::INSTANCE]) {
             let (key, value) = item.map_err(backend)?;
-            if keys::is_first_piece(&key) || value.first() != Some(&b'{') {
+            // Format-2 values are pieces, whose keys end in `\0{n}` (a UID never holds a 0).
+            if key.contains(&0) {
                 continue;
             }
             // A format-1 record: one JSON value under `i{sop}`.

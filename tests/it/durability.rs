@@ -103,7 +103,9 @@ async fn verify(base: &str, data_dir: &std::path::Path, ledger: &Ledger) {
         visible.extend(page);
     }
     let visible_sops: HashSet<String> = visible.iter().filter_map(|r| value_of(r, "00080018")).collect();
-    for sop in ledger.acknowledged.iter().filter(|s| !ledger.deleted.contains(*s) && !ledger.delete_uncertain.contains(*s)) {
+    for sop in
+        ledger.acknowledged.iter().filter(|s| !ledger.deleted.contains(*s) && !ledger.delete_uncertain.contains(*s))
+    {
         assert!(visible_sops.contains(sop), "acknowledged instance {sop} is not found by QIDO after the crash");
     }
     for sop in &ledger.deleted {

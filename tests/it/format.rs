@@ -29,7 +29,10 @@ fn downgrade_to_format_1(data_dir: &std::path::Path) {
             }
             out
         };
-        let mut record: serde_json::Value = serde_json::from_slice(&join(&base)).unwrap();
+        // Format 2 writes records in postcard behind a marker byte; format 1 wrote JSON.
+        let bytes = join(&base);
+        let decoded: kura::store::InstanceRecord = postcard::from_bytes(&bytes[1..]).unwrap();
+        let mut record = serde_json::to_value(&decoded).unwrap();
         let sop = String::from_utf8(base[1..].to_vec()).unwrap();
         let metadata = join(&keys::metadata(&sop));
         let id = record["payload"]["id"].as_u64().unwrap();
@@ -43,6 +46,18 @@ fn downgrade_to_format_1(data_dir: &std::path::Path) {
         catalog.insert(&base, serde_json::to_vec(&record).unwrap()).unwrap();
         catalog.insert(keys::metadata(&sop), metadata).unwrap();
         catalog.remove(keys::payload_ref(id)).unwrap();
+    }
+    // Series and study records were JSON too.
+    for item in catalog.iter() {
+        let (key, value) = item.unwrap();
+        let json = match key[0] {
+            keys::SERIES => {
+                serde_json::to_vec(&postcard::from_bytes::<kura::store::SeriesRecord>(&value[1..]).unwrap())
+            }
+            keys::STUDY => serde_json::to_vec(&postcard::from_bytes::<kura::store::StudyRecord>(&value[1..]).unwrap()),
+            _ => continue,
+        };
+        catalog.insert(key, json.unwrap()).unwrap();
     }
     catalog.insert(keys::meta("format"), keys::FORMAT_VERSION_1).unwrap();
     db.flush().unwrap();
