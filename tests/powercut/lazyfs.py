@@ -52,7 +52,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -249,6 +248,8 @@ class LazyFS:
         """Forgets a node that no live entry, no durable entry and no open handle names."""
         if node.id == ROOT or node.links or node.durable_refs or node.opens:
             return
+        if self.nodes.get(node.id) is not node:
+            return  # already forgotten
         del self.nodes[node.id]
         if node.kind == "file":
             try:
@@ -685,7 +686,6 @@ class LazyFS:
                             os.pwrite(fd, chunk, start)
                             restored += len(chunk)
                         os.ftruncate(fd, node.durable_size)
-                        os.fsync(fd)
                     finally:
                         os.close(fd)
                     node.undo_starts, node.undo_chunks = [], []
