@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import ctypes
 import errno
 import json
 import os
@@ -61,6 +62,13 @@ STATE_FILE = "state.json"
 INODES_DIR = "inodes"
 ROOT = 1
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 class Node:
@@ -607,6 +615,25 @@ class LazyFS:
                     os.close(fd)
             return 0
 
+    def fallocate(self, path, mode, offset, length, fh):
+        """Allocation (mode 0 may grow the file, like a write) and hole punching or zeroing
+        (which overwrite, so the old bytes go to the undo log first). Collapsing and inserting
+        ranges shift data: not supported (EOPNOTSUPP), as on many file systems."""
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            raise OSError(errno.EOPNOTSUPP, "fallocate mode")
+        with self._mutex:
+            self._check()
+            node = self._node_of(path, fh)
+            if node.kind != "file":
+                raise OSError(errno.EISDIR, path)
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                self._save_old(node, node.fd, offset, offset + length)
+            if _libc.fallocate(node.fd, mode, offset, length) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            node.mtime_ns = node.ctime_ns = time.time_ns()
+            return 0
+
     def flush(self, path, fh):
         return 0  # close(2) is not a durability point
 
@@ -719,12 +746,9 @@ def unmount(mountpoint: str) -> None:
     """umount2(2) directly: umount(8) stats the path first, which fails after a cut. Lazily
     (MNT_DETACH) if something still holds the mount: the FUSE loop then ends when the last user
     lets go, and after a cut every operation fails anyway."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
     target = os.path.realpath(mountpoint).encode()
     for flags in (0, 2):  # 2 = MNT_DETACH
-        if libc.umount2(target, flags) == 0:
+        if _libc.umount2(target, flags) == 0:
             return
     err = ctypes.get_errno()
     raise OSError(err, f"could not unmount {mountpoint}: {os.strerror(err)}")

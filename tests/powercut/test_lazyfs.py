@@ -258,3 +258,32 @@ def test_operations_fail_after_the_cut(fs):
     fs.wait()
     fs.start()
     assert not (root / "f").exists()  # root itself was never fsynced
+
+
+def test_punched_hole_is_undone_and_kept_after_fsync(fs):
+    root = fs.mountpoint
+    data = bytes(range(256)) * 64  # 16 KiB
+    write(root / "f", data, sync=True)
+    fsync_path(root)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(root / "f", os.O_RDWR)
+    try:
+        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, as a compaction reclaiming space would
+        assert libc.fallocate(fd, 0x02 | 0x01, 4096, 8192) == 0, os.strerror(ctypes.get_errno())
+        punched = data[:4096] + bytes(8192) + data[12288:]
+        assert os.pread(fd, len(data), 0) == punched
+        assert libc.fallocate(fd, 0, 0, 65536) == 0  # plain allocation grows the file
+        assert os.fstat(fd).st_size == 65536
+    finally:
+        os.close(fd)
+    fs.cut()
+    assert (root / "f").read_bytes() == data
+    fd = os.open(root / "f", os.O_RDWR)
+    try:
+        assert libc.fallocate(fd, 0x02 | 0x01, 4096, 8192) == 0
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fs.cut()
+    assert (root / "f").read_bytes() == punched
