@@ -142,6 +142,12 @@ class CycleReport:
         return self.started and not (self.lost or self.corrupted or self.resurrected or self.failures)
 
 
+def puid(*parts: object) -> str:
+    """A deterministic UID for the key parts. One string with separators: kura_interop.uid
+    hashes its parts concatenated, so ("x", 1, 23) and ("x", 12, 3) would give the same UID."""
+    return uid("|".join(map(str, parts)))
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -221,16 +227,23 @@ class Load:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         seeds = [rng.randrange(1 << 30) for _ in range(clients + 1)]
+        self.crashes: list[str] = []  # exceptions that ended a client: harness bugs
         for client in range(clients):
             self.threads.append(threading.Thread(
-                target=self._stow_client, args=(client, random.Random(seeds[client])),
+                target=self._guard, args=(self._stow_client, client, random.Random(seeds[client])),
                 name=f"stow-{client}", daemon=True))
         if deletes:
             self.threads.append(threading.Thread(
-                target=self._delete_client, args=(random.Random(seeds[-1]),),
+                target=self._guard, args=(self._delete_client, random.Random(seeds[-1])),
                 name="delete", daemon=True))
         self.large_share = large_share
         self.per_study = per_study
+
+    def _guard(self, client, *args) -> None:
+        try:
+            client(*args)
+        except Exception as err:  # noqa: BLE001 (reported as a failure of the cycle)
+            self.crashes.append(f"{threading.current_thread().name} crashed: {err!r}")
 
     def start(self) -> None:
         for thread in self.threads:
@@ -258,7 +271,7 @@ class Load:
                     with self.ledger.lock:
                         study.closed = True
                 key = (self.run_id, self.cycle, client, request_no)
-                study = Study(uid("pc-study", *key), [uid("pc-series", *key, s) for s in range(2)])
+                study = Study(puid("pc-study", *key), [puid("pc-series", *key, s) for s in range(2)])
                 with self.ledger.lock:
                     self.ledger.studies[study.uid] = study
             request_no += 1
@@ -271,7 +284,7 @@ class Load:
                 ds = make_image(
                     patient=patient, study_uid=study.uid, series_uid=series,
                     instance_number=number,
-                    sop_uid=uid("pc-sop", self.run_id, self.cycle, client, number),
+                    sop_uid=puid("pc-sop", self.run_id, self.cycle, client, number),
                     rows=512 if large else 64, cols=512 if large else 64,
                     seed=rng.randrange(1 << 20),
                 )
@@ -281,6 +294,8 @@ class Load:
                 parts.append(data)
             with self.ledger.lock:
                 for inst in batch:
+                    if inst.sop in self.ledger.instances:  # a harness bug, not Kura's
+                        raise RuntimeError(f"SOP Instance UID {inst.sop} generated twice")
                     self.ledger.instances[inst.sop] = inst  # UNKNOWN until answered
             body, content_type = multipart_body(parts)
             try:
@@ -519,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
 
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (a CI timeout) and SIGINT end the run the same way: Kura killed, lazyfs unmounted.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     binary = Path(args.bin)
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         print(f"powercut: Kura binary {binary} not found (cargo build --release, or KURA_BIN)")
@@ -580,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             cut_at = time.monotonic()
             kura.kill()  # the power cut: the process first ...
             load.finish()
+            report.failures.extend(load.crashes)
             report.finish_s = time.monotonic() - cut_at
             report.acked = ledger.acknowledged() - before
             if args.kill_only:
