@@ -119,6 +119,7 @@ impl TantivyIndex {
         let durable = Arc::new(Mutex::new(Vec::new()));
         let (requests, receiver) = std_mpsc::channel();
         let writer = Writer {
+            dir: dir.to_path_buf(),
             disk,
             recent,
             fields: fields.clone(),
@@ -148,6 +149,8 @@ impl TantivyIndex {
 
 /// The writer thread's state.
 struct Writer {
+    /// The disk index's directory.
+    dir: std::path::PathBuf,
     disk: Tier,
     recent: Tier,
     fields: Arc<Fields>,
@@ -280,6 +283,10 @@ impl Writer {
             }
         }
         self.disk.writer.commit()?;
+        // tantivy 0.27 fsyncs the directory *before* it renames the new meta.json into place
+        // (`save_metas`), so the commit itself is not durable against a power cut until the
+        // directory is fsynced once more; the change log may forget these changes only then.
+        crate::durable_fs::sync_dir(&self.dir)?;
         self.disk.reader.reload()?;
         // The disk now holds every recent document: publish it before emptying the recent tier,
         // so that a search sees each document in at least one tier.
