@@ -125,7 +125,7 @@ fn respond(
 ) -> Result<(String, Vec<u8>, usize), Error> {
     let hits = archive.search(&context.principal, &search.query)?;
     let rows = result_rows(archive, context, search, levels, &hits.hits)?;
-    let remaining = hits.total.saturating_sub(search.query.offset + rows.len());
+    let remaining = hits.total.saturating_sub(search.query.offset.saturating_add(rows.len()));
     tracing::debug!(results = rows.len(), total = hits.total, "qido");
     Ok(match representation {
         Representation::Json => {
