@@ -356,3 +356,51 @@ async fn loopback_origins_are_allowed_by_default() {
     .await;
     assert_eq!(reply.header("access-control-allow-origin"), None, "--cors-origins replaces the default");
 }
+
+/// PS3.4 C.2.2.2.2: a UID list separated by backslashes, as DIMSE-minded clients send it (and
+/// mixed with commas, PS3.18 §8.3.4.1's separator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uid_lists_separated_by_backslash_match() {
+    let server = three_studies().await;
+    let (a, b) = (Spec::new(61, 1, 1).study_uid(), Spec::new(63, 1, 1).study_uid());
+    for separator in ["%5C", ","] {
+        let rows = qido(&server.base, &format!("/studies?StudyInstanceUID={a}{separator}{b}")).await;
+        let mut found: Vec<String> = rows.iter().filter_map(|r| value_of(r, "0020000D")).collect();
+        found.sort();
+        assert_eq!(found, [a.clone(), b.clone()], "separator {separator}");
+    }
+    let series = Spec::new(62, 1, 1).series_uid();
+    let rows = qido(&server.base, &format!("/series?SeriesInstanceUID={series}%5C1.2.3")).await;
+    assert_eq!(rows.len(), 1);
+    let reply = get(&format!("{}/studies?StudyInstanceUID={a}%5C1.2.x", server.base), "").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "each UID of the list is still validated");
+}
+
+/// QIDO-RS JSON honours Accept-Encoding (gzip, br) as metadata does; small pages and clients
+/// that ask for no coding get identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qido_json_is_compressed_when_the_client_accepts_it() {
+    use std::io::Read;
+    let parts: Vec<Vec<u8>> = (1..=40).map(|i| ct_slice(70, 1, i)).collect();
+    let server = Server::with(&parts).await;
+    let url = format!("{}/instances?includefield=all", server.base);
+    let plain = send(Method::GET, &url, &[], Bytes::new()).await;
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.json().as_array().unwrap().len(), 40);
+    assert!(plain.header("vary").unwrap_or("").contains("Accept-Encoding"));
+    let gzip = send(Method::GET, &url, &[("accept-encoding", "gzip")], Bytes::new()).await;
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&gzip.body[..]).read_to_end(&mut decoded).unwrap();
+    assert_eq!(decoded, plain.body, "the same JSON");
+    assert!(gzip.body.len() * 4 < plain.body.len(), "{} vs {}", gzip.body.len(), plain.body.len());
+    let br = send(Method::GET, &url, &[("accept-encoding", "gzip, deflate, br")], Bytes::new()).await;
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    let mut decoded = Vec::new();
+    brotli::Decompressor::new(&br.body[..], 4096).read_to_end(&mut decoded).unwrap();
+    assert_eq!(decoded, plain.body);
+    let small =
+        send(Method::GET, &format!("{}/studies?limit=0", server.base), &[("accept-encoding", "gzip")], Bytes::new())
+            .await;
+    assert_eq!(small.header("content-encoding"), None, "an empty page goes as it is");
+}
