@@ -404,3 +404,19 @@ async fn qido_json_is_compressed_when_the_client_accepts_it() {
             .await;
     assert_eq!(small.header("content-encoding"), None, "an empty page goes as it is");
 }
+
+/// dicomweb-client's retrieve_bulkdata asks `multipart/related; type="*/*"` unless told
+/// otherwise; for the Pixel Data of a native CT that was 406.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_data_is_served_for_a_multipart_wildcard_type() {
+    let server = Server::with(&[ct_slice(71, 1, 1)]).await;
+    let url = format!("{}/bulkdata/7FE00010", Spec::new(71, 1, 1).instance_url(&server.base));
+    let single = get(&url, "application/octet-stream").await;
+    assert_eq!(single.status, StatusCode::OK);
+    let reply = get(&url, "multipart/related; type=\"*/*\"").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let parts = split_multipart(reply.content_type(), &reply.body);
+    assert_eq!(parts.len(), 1);
+    assert!(parts[0].0.to_ascii_lowercase().contains("content-type: application/octet-stream"), "{}", parts[0].0);
+    assert_eq!(parts[0].1, single.body.to_vec(), "the Pixel Data value");
+}
