@@ -479,13 +479,14 @@ impl Index for TantivyIndex {
         // a page past the end allocates nothing beyond the matches.
         let wanted = query.offset.saturating_add(query.limit);
         let deep = query.offset >= DEEP_OFFSET;
+        let count_only = query.limit == 0;
         let mut total = 0;
         let mut hits: Vec<(u64, bool, DocAddress)> = Vec::new();
         for (searcher, query, is_recent) in [(&snapshot.disk, &disk_query, false), (&snapshot.recent, &matching, true)]
         {
             let holds = usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX);
             let keep = wanted.min(holds);
-            if keep == 0 {
+            if keep == 0 || count_only {
                 total += searcher.search(query.as_ref(), &Count).map_err(backend)?;
             } else if deep {
                 let all = searcher.search(query.as_ref(), &CreatedOrder).map_err(backend)?;

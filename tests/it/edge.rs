@@ -420,3 +420,33 @@ async fn bulk_data_is_served_for_a_multipart_wildcard_type() {
     assert!(parts[0].0.to_ascii_lowercase().contains("content-type: application/octet-stream"), "{}", parts[0].0);
     assert_eq!(parts[0].1, single.body.to_vec(), "the Pixel Data value");
 }
+
+/// Pages from offset 10,000 on take the deep-page path (every match collected and sorted):
+/// they must agree with the order of the shallow pages and count what remains exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_pages_agree_with_shallow_ones() {
+    let server = Server::start().await;
+    let n = 10_004u32;
+    let parts: Vec<Vec<u8>> = (1..=n).map(|i| instance(&Spec::new(72, 1, i).size(1, 1, 1))).collect();
+    for batch in parts.chunks(5_000) {
+        assert_eq!(stow(&server.base, None, batch).await.status, StatusCode::OK);
+    }
+    let spec = Spec::new(72, 1, 1);
+    let url = |query: &str| {
+        format!("{}/studies/{}/series/{}/instances?{query}", server.base, spec.study_uid(), spec.series_uid())
+    };
+    let numbers = |reply: &Reply| -> Vec<String> {
+        reply.json().as_array().unwrap().iter().map(|r| value_of(r, "00200013").unwrap()).collect()
+    };
+    // Instances come in the order they were stored: 1, 2, … n.
+    let deep = get(&url("offset=10000&limit=3"), "application/dicom+json").await;
+    assert_eq!(numbers(&deep), ["10001", "10002", "10003"]);
+    assert!(deep.warnings().contains("There are 1 additional results"), "{}", deep.warnings());
+    let shallow = get(&url("offset=9998&limit=3"), "application/dicom+json").await;
+    assert_eq!(numbers(&shallow), ["9999", "10000", "10001"]);
+    let last = get(&url("offset=10003&limit=10"), "application/dicom+json").await;
+    assert_eq!(numbers(&last), ["10004"]);
+    assert_eq!(last.warnings(), "");
+    let past = get(&url("offset=10004"), "application/dicom+json").await;
+    assert_eq!(past.json(), serde_json::json!([]));
+}
