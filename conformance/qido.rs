@@ -421,8 +421,10 @@ async fn qido_026_no_match_is_200_with_an_empty_array() {
 }
 
 /// PS3.18 §8.3: a parameter naming a valid DICOM attribute that Kura does not support as a key
-/// is ignored, with a Warning that names it. A name that is no DICOM attribute at all, and a
-/// key of a level the resource does not search, are 400 (Kura's choice, see the statement).
+/// is ignored, with a Warning that names it; so is a parameter that names no DICOM attribute at
+/// all (a browser's cache-busting `_=…`, a misspelt keyword), with a Warning of its own. A key
+/// of a level the resource does not search, and a repeated key, are 400 (Kura's choice, see the
+/// statement).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qido_027_unsupported_keys_are_ignored_with_a_warning() {
     let server = archive().await;
@@ -434,7 +436,18 @@ async fn qido_027_unsupported_keys_are_ignored_with_a_warning() {
         assert!(warning.starts_with(&format!("299 {}: ", server.base)), "{warning}");
         assert!(warning.contains(query.split(['?', '=']).nth(1).unwrap()), "{warning}");
     }
-    for query in ["/studies?NoSuchKeyword=1", "/studies?SOPInstanceUID=1.2.3", "/studies?PatientID=A&PatientID=B"] {
+    for (query, name) in [
+        ("/studies?_=1700000000", "_"),
+        ("/studies?NoSuchKeyword=1&_=1", "NoSuchKeyword, _"),
+        ("/studies?PatientName.PatientID=X", "PatientName.PatientID"),
+    ] {
+        let reply = get(&format!("{}{query}", server.base), "application/dicom+json").await;
+        assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text());
+        assert_eq!(reply.json().as_array().unwrap().len(), 3, "{query}: as if the parameter were absent");
+        let expected = format!("The following query parameters are not supported and were ignored: {name}");
+        assert!(reply.warnings().contains(&expected), "{query}: {}", reply.warnings());
+    }
+    for query in ["/studies?SOPInstanceUID=1.2.3", "/studies?PatientID=A&PatientID=B"] {
         assert_eq!(status(&server, query).await, StatusCode::BAD_REQUEST, "{query}");
     }
 }
@@ -627,13 +640,15 @@ async fn qido_031_sequence_matching_with_dotted_paths() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json().as_array().unwrap().len(), 3);
     assert!(reply.warnings().contains("ReferencedStudySequence.ReferencedSOPInstanceUID"), "{}", reply.warnings());
-    // Not a path: the first component is no sequence, or a component is no attribute.
-    for query in [
-        "/studies?PatientName.PatientID=X",
-        "/studies?OtherPatientIDsSequence.NoSuchKeyword=X",
-        "/studies?OtherPatientIDsSequence=X",
-        "/studies?includefield=PatientName.PatientID",
-    ] {
+    // Not a path (the first component is no sequence, or a component is no attribute): a
+    // parameter Kura does not support, ignored with a Warning (§8.3). A value on a sequence,
+    // and such a path as the value of includefield, are invalid values: 400.
+    for query in ["/studies?PatientName.PatientID=X", "/studies?OtherPatientIDsSequence.NoSuchKeyword=X"] {
+        let reply = get(&format!("{}{query}", server.base), "application/dicom+json").await;
+        assert_eq!(reply.json().as_array().unwrap().len(), 3, "{query}");
+        assert!(reply.warnings().contains("query parameters are not supported"), "{query}");
+    }
+    for query in ["/studies?OtherPatientIDsSequence=X", "/studies?includefield=PatientName.PatientID"] {
         assert_eq!(status(&server, query).await, StatusCode::BAD_REQUEST, "{query}");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -16,6 +17,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the archive server.
@@ -79,9 +82,35 @@ pub struct ServeArgs {
     #[arg(long, env = "KURA_CACHE_MIB", default_value_t = default_cache_mib())]
     pub cache_mib: u64,
     /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
-    /// `http://localhost:3000`; `*` allows any origin. None by default.
+    /// `https://viewer.example`; `*` allows any origin, `none` none. By default, when listening
+    /// on loopback, the loopback origins (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`, and https) and no other.
     #[arg(long, env = "KURA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Host names (Host header, HTTP/2 :authority; any port) the server answers for,
+    /// comma-separated; `*` for any. Always: the loopback names, the listen address and the
+    /// --public-url host. Others get 421 (a guard against DNS rebinding).
+    #[arg(long, env = "KURA_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    #[arg(long, env = "KURA_MAX_CONNECTIONS", default_value_t = default_max_connections())]
+    pub max_connections: usize,
+    /// Connections served at once from one client address; further ones are closed at once.
+    #[arg(long, env = "KURA_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = default_max_connections_per_address())]
+    pub max_connections_per_address: usize,
+    /// Seconds a new connection may take to complete its first request head (HTTP/1) or open
+    /// its first stream (HTTP/2), protocol detection included.
+    #[arg(long, env = "KURA_HEADER_TIMEOUT_SECS", default_value_t = default_header_timeout_secs())]
+    pub header_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress after its first (HTTP/1
+    /// keep-alive, a later request head included; HTTP/2 idle). HTTP/2 peers are also pinged
+    /// at this interval and dropped when they do not answer within the header timeout.
+    #[arg(long, env = "KURA_IDLE_TIMEOUT_SECS", default_value_t = default_idle_timeout_secs())]
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may stall (no byte arriving while the server waits for one)
+    /// before the request fails.
+    #[arg(long, env = "KURA_BODY_TIMEOUT_SECS", default_value_t = default_body_timeout_secs())]
+    pub body_timeout_secs: u64,
     /// Allow listening on a non-loopback address although no authentication is configured.
     #[arg(long, env = "KURA_ALLOW_REMOTE_WITHOUT_AUTH", default_value_t = false)]
     pub allow_remote_without_auth: bool,
@@ -97,7 +126,22 @@ fn default_base_path() -> &'static str {
     "/dicomweb"
 }
 fn default_max_request_bytes() -> u64 {
-    64 * 1024 * 1024 * 1024
+    8 * 1024 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_connections_per_address() -> usize {
+    128
+}
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+fn default_idle_timeout_secs() -> u64 {
+    60
+}
+fn default_body_timeout_secs() -> u64 {
+    30
 }
 fn default_max_instance_bytes() -> u64 {
     4 * 1024 * 1024 * 1024
@@ -129,9 +173,51 @@ pub struct Config {
     pub max_parts: usize,
     pub max_part_header_bytes: u64,
     pub qido_max_results: usize,
-    /// Origins allowed by CORS (`*` for any); empty: no CORS headers at all.
+    /// Origins allowed by CORS (`*` for any); empty, and `cors_loopback` false: no CORS
+    /// headers at all.
     pub cors_origins: Vec<String>,
+    /// Allow the loopback origins (any port) by CORS: the default when listening on loopback
+    /// and no --cors-origins is given.
+    pub cors_loopback: bool,
+    /// Host names the server answers for (lower case, no port); `*` for any.
+    pub allowed_hosts: Vec<String>,
+    pub connections: ConnectionLimits,
     pub archive: ArchiveOptions,
+}
+
+/// Limits of the HTTP edge: how many connections, and how long each may stay silent.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_per_address: usize,
+    /// From accept until the first request head is complete (or the first HTTP/2 stream).
+    pub header_timeout: Duration,
+    /// No request in progress for this long: the connection is closed.
+    pub idle_timeout: Duration,
+    /// No request body byte for this long while the server waits for one: the request fails.
+    pub body_timeout: Duration,
+}
+
+/// The host names every server answers for.
+pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The host of an authority (`host[:port]`), lower case, without the port.
+pub fn host_of(authority: &str) -> String {
+    let authority = authority.trim();
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The host of an absolute URL such as the --public-url.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    (!authority.is_empty()).then(|| host_of(authority))
 }
 
 impl Config {
@@ -156,17 +242,54 @@ impl Config {
         if args.qido_max_results == 0 || args.max_parts == 0 {
             return Err("--qido-max-results and --max-parts must be at least 1".into());
         }
+        if args.max_connections == 0 || args.max_connections_per_address == 0 {
+            return Err("--max-connections and --max-connections-per-address must be at least 1".into());
+        }
+        if [args.header_timeout_secs, args.idle_timeout_secs, args.body_timeout_secs].contains(&0) {
+            return Err("--header-timeout-secs, --idle-timeout-secs and --body-timeout-secs must be at least 1".into());
+        }
+        let public_url = args.public_url.map(|u| u.trim_end_matches('/').to_string());
+        let mut allowed_hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+        let listen_host = match args.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        if !args.listen.ip().is_unspecified() {
+            allowed_hosts.push(listen_host);
+        }
+        allowed_hosts.extend(public_url.as_deref().and_then(url_host));
+        allowed_hosts.extend(
+            args.allowed_hosts
+                .iter()
+                .map(|h| h.trim())
+                .filter(|h| !h.is_empty())
+                .map(|h| if h == "*" { h.to_string() } else { host_of(h) }),
+        );
+        let (cors_origins, cors_loopback) = match args.cors_origins.as_slice() {
+            [] => (Vec::new(), args.listen.ip().is_loopback()),
+            [none] if none.trim().eq_ignore_ascii_case("none") => (Vec::new(), false),
+            given => (given.iter().map(|o| o.trim().trim_end_matches('/').to_string()).collect(), false),
+        };
         Ok(Config {
             listen: args.listen,
             data_dir: args.data.data_dir,
             base_path,
             wado_uri_path: format!("/{}", args.wado_uri_path.trim_matches('/')),
-            public_url: args.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            public_url,
             max_request_bytes: args.max_request_bytes,
             max_parts: args.max_parts,
             max_part_header_bytes: args.max_part_header_bytes,
             qido_max_results: args.qido_max_results,
-            cors_origins: args.cors_origins.iter().map(|o| o.trim().trim_end_matches('/').to_string()).collect(),
+            cors_origins,
+            cors_loopback,
+            allowed_hosts,
+            connections: ConnectionLimits {
+                max_connections: args.max_connections,
+                max_per_address: args.max_connections_per_address,
+                header_timeout: Duration::from_secs(args.header_timeout_secs),
+                idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+                body_timeout: Duration::from_secs(args.body_timeout_secs),
+            },
             archive: ArchiveOptions {
                 duplicate_policy: match args.duplicates {
                     DuplicateArg::Reject => DuplicatePolicy::Reject,
@@ -190,5 +313,32 @@ impl ServeArgs {
         let mut args = Only::parse_from(["kura"]).args;
         args.data.data_dir = data_dir;
         args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_compared_without_port_or_case() {
+        assert_eq!(host_of("LocalHost:8080"), "localhost");
+        assert_eq!(host_of("[::1]:8080"), "[::1]");
+        assert_eq!(host_of("example.org."), "example.org");
+        assert_eq!(url_host("https://user@Archive.example:8443/dicomweb"), Some("archive.example".into()));
+    }
+
+    #[test]
+    fn allowed_hosts_and_cors_defaults() {
+        let config = Config::with_data_dir("d".into());
+        assert_eq!(config.allowed_hosts, ["localhost", "127.0.0.1", "[::1]", "127.0.0.1"]);
+        assert!(config.cors_loopback && config.cors_origins.is_empty());
+        let mut args = ServeArgs::parse_from_defaults("d".into());
+        args.public_url = Some("https://pacs.example/dicomweb/".into());
+        args.allowed_hosts = vec!["Other.Example:80".into()];
+        args.cors_origins = vec!["none".into()];
+        let config = Config::from_args(args).unwrap();
+        assert!(config.allowed_hosts.ends_with(&["pacs.example".into(), "other.example".into()]));
+        assert!(!config.cors_loopback && config.cors_origins.is_empty());
     }
 }

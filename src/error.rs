@@ -23,6 +23,8 @@ pub enum ErrorKind {
     Internal,
     /// Shutting down or overloaded (503).
     Unavailable,
+    /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
+    MisdirectedRequest,
 }
 
 impl ErrorKind {
@@ -37,6 +39,7 @@ impl ErrorKind {
             ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 }

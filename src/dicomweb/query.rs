@@ -51,6 +51,10 @@ pub struct Search {
     /// Parameters that are valid DICOM attributes but not supported as match keys; ignored
     /// as §8.3 requires, and named in a Warning.
     pub ignored: Vec<String>,
+    /// Parameters that name no DICOM attribute or path and no QIDO-RS parameter (a browser's
+    /// cache-busting `_=…`, a misspelt keyword): ignored as §8.3 requires ("as if they were
+    /// absent"), and named in a Warning.
+    pub unsupported: Vec<String>,
 }
 
 impl Search {
@@ -140,7 +144,10 @@ fn criterion(attribute: &Attribute, name: &str, value: &str) -> Result<Option<Cr
     }
     let criterion = match attribute.matching {
         Matching::Uid => {
-            let uids: Vec<String> = value.split(',').map(str::to_string).collect();
+            // PS3.18 §8.3.4.1 separates the UIDs of a list with commas; PS3.4 C.2.2.2.2 (the
+            // DIMSE form, which clients built on it send) with backslashes. Neither character
+            // can occur in a UID, so both are accepted.
+            let uids: Vec<String> = value.split([',', '\\']).map(str::to_string).collect();
             for uid in &uids {
                 uid::validate(uid)
                     .map_err(|e| Error::bad_request(format!("{name}: {uid:?} is not a valid UID: {e}")))?;
@@ -180,6 +187,7 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
         fuzzy_requested: false,
         empty_value_matching_requested: false,
         ignored: Vec::new(),
+        unsupported: Vec::new(),
     };
     let mut seen = Vec::new();
     // TimezoneOffsetFromUTC in the query (µs east of UTC): the zone of its dates and times.
@@ -265,9 +273,10 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
                         continue;
                     }
                     None => {
-                        return Err(Error::bad_request(format!(
-                            "{name:?} is not a DICOM attribute keyword or tag, or a path of them (PS3.18 §8.3.1)"
-                        )));
+                        if !search.unsupported.contains(&name) {
+                            search.unsupported.push(name.clone());
+                        }
+                        continue;
                     }
                 };
                 if seen.contains(&attribute.keyword) {

@@ -36,7 +36,9 @@ fn body_error(error: BodyError) -> Error {
         BodyError::RequestTooLarge(_) | BodyError::PartHeaderTooLarge(_) => {
             Error::new(ErrorKind::PayloadTooLarge, error.to_string())
         }
-        BodyError::Transport(_) => Error::bad_request(error.to_string()),
+        BodyError::PreambleTooLarge(_) | BodyError::EpilogueTooLarge(_) | BodyError::Transport(_) => {
+            Error::bad_request(error.to_string())
+        }
     }
 }
 
@@ -95,8 +97,9 @@ where
     } else {
         None
     };
+    let raw = Shared(Arc::new(std::sync::Mutex::new(request.into_body().into_data_stream())));
     let body = GuardedBody::new(
-        request.into_body().into_data_stream(),
+        Shared(raw.0.clone()),
         related.as_ref().map(|r| r.boundary.as_str()),
         config.max_request_bytes,
         config.max_part_header_bytes,
@@ -126,11 +129,46 @@ where
         ));
     };
 
+    if let Some(error) = &outcome.request_error
+        && error.kind != ErrorKind::PayloadTooLarge
+    {
+        // A client still sending when the server answers and closes gets a reset, and with it
+        // no response at all (a malformed part header at the start of a large body did that):
+        // the rest of the body, bounded by the request limit, is read and dropped first.
+        drain(raw, config.max_request_bytes).await;
+    }
     if !outcome.stored.is_empty() {
         // Acknowledge nothing before it is durable and searchable.
         archive.make_durable_and_visible().await?;
     }
     render(context, study, outcome, want_xml)
+}
+
+/// The request body, read by multer (through [`GuardedBody`]) while parts are read, and then
+/// by [`drain`]: never both at once.
+struct Shared<S>(Arc<std::sync::Mutex<S>>);
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for Shared<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<S::Item>> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        std::pin::Pin::new(&mut *inner).poll_next(cx)
+    }
+}
+
+/// Reads and drops what is left of a request body, up to `limit` bytes.
+async fn drain<S, E>(mut body: Shared<S>, limit: u64)
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut seen = 0u64;
+    while let Some(Ok(bytes)) = body.next().await {
+        seen += bytes.len() as u64;
+        if seen > limit {
+            break;
+        }
+    }
 }
 
 async fn single_part<S>(archive: &Archive, context: &RequestContext, study: Option<&str>, body: S) -> Outcome

@@ -400,6 +400,52 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
     out
 }
 
+/// Offsets from which a search collects every match instead of the top `offset + limit`.
+const DEEP_OFFSET: usize = 10_000;
+
+/// Every matching document with its `_created` value: what a deep page sorts. Its memory
+/// grows with the matches, never with the offset asked for.
+struct CreatedOrder;
+
+struct CreatedOrderSegment {
+    segment: tantivy::SegmentOrdinal,
+    created: tantivy::columnar::Column<u64>,
+    found: Vec<(u64, DocAddress)>,
+}
+
+impl tantivy::collector::Collector for CreatedOrder {
+    type Fruit = Vec<(u64, DocAddress)>;
+    type Child = CreatedOrderSegment;
+
+    fn for_segment(
+        &self,
+        segment: tantivy::SegmentOrdinal,
+        reader: &tantivy::SegmentReader,
+    ) -> tantivy::Result<CreatedOrderSegment> {
+        Ok(CreatedOrderSegment { segment, created: reader.fast_fields().u64("_created")?, found: Vec::new() })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<(u64, DocAddress)>>) -> tantivy::Result<Vec<(u64, DocAddress)>> {
+        Ok(fruits.concat())
+    }
+}
+
+impl tantivy::collector::SegmentCollector for CreatedOrderSegment {
+    type Fruit = Vec<(u64, DocAddress)>;
+
+    fn collect(&mut self, doc: tantivy::DocId, _score: tantivy::Score) {
+        self.found.push((self.created.first(doc).unwrap_or(0), DocAddress::new(self.segment, doc)));
+    }
+
+    fn harvest(self) -> Vec<(u64, DocAddress)> {
+        self.found
+    }
+}
+
 impl Index for TantivyIndex {
     fn apply(&self, ops: Vec<IndexOp>, seqs: Vec<u64>) -> BoxFuture<'_, IndexResult<()>> {
         Box::pin(async move {
@@ -437,19 +483,36 @@ impl Index for TantivyIndex {
         };
         // Newest studies first; series and instances in the order they were stored.
         let order = if query.level == Level::Study { Order::Desc } else { Order::Asc };
+        // The collector allocates for every hit it may keep, so `offset + limit` (both from the
+        // request) must never size it: an offset of 10^13 aborted the process, one near 2^64
+        // overflowed the capacity. A shallow page keeps at most `offset + limit` hits (below
+        // `DEEP_OFFSET + limit`, and at most what the tier holds); a deep page collects the
+        // matches themselves (16 bytes each, growing with what matches, nothing up front), so
+        // a page past the end allocates nothing beyond the matches.
         let wanted = query.offset.saturating_add(query.limit);
+        let deep = query.offset >= DEEP_OFFSET;
+        let count_only = query.limit == 0;
         let mut total = 0;
         let mut hits: Vec<(u64, bool, DocAddress)> = Vec::new();
         for (searcher, query, is_recent) in [(&snapshot.disk, &disk_query, false), (&snapshot.recent, &matching, true)]
         {
-            if wanted == 0 {
+            let holds = usize::try_from(searcher.num_docs()).unwrap_or(usize::MAX);
+            let keep = wanted.min(holds);
+            if keep == 0 || count_only {
                 total += searcher.search(query.as_ref(), &Count).map_err(backend)?;
-                continue;
+            } else if deep {
+                let all = searcher.search(query.as_ref(), &CreatedOrder).map_err(backend)?;
+                total += all.len();
+                hits.extend(all.into_iter().map(|(created, address)| (created, is_recent, address)));
+            } else {
+                let collector = TopDocs::with_limit(keep).order_by_u64_field("_created", order);
+                let (count, top) = searcher.search(query.as_ref(), &(Count, collector)).map_err(backend)?;
+                total += count;
+                hits.extend(top.into_iter().map(|(created, address)| (created.unwrap_or(0), is_recent, address)));
             }
-            let collector = TopDocs::with_limit(wanted).order_by_u64_field("_created", order);
-            let (count, top) = searcher.search(query.as_ref(), &(Count, collector)).map_err(backend)?;
-            total += count;
-            hits.extend(top.into_iter().map(|(created, address)| (created.unwrap_or(0), is_recent, address)));
+        }
+        if query.offset >= total {
+            return Ok(SearchHits { total, hits: Vec::new() });
         }
         hits.sort_by_key(|(created, _, _)| *created);
         if order == Order::Desc {

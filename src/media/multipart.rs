@@ -46,6 +46,12 @@ pub fn related(content_type: &MediaType) -> Result<Related, FramingError> {
     })
 }
 
+/// Bytes accepted before the first delimiter (the preamble, RFC 2046 §5.1.1) and after the
+/// closing one (the epilogue). Both are ignored; clients send none or a line of text. multer
+/// keeps everything before the first delimiter in memory and rescans it on every read, so a
+/// body without any delimiter would otherwise grow the server by its whole size.
+pub const MAX_PREAMBLE_BYTES: u64 = 64 * 1024;
+
 /// Why a request body stream stopped.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BodyError {
@@ -53,6 +59,13 @@ pub enum BodyError {
     RequestTooLarge(u64),
     #[error("a part's header block is larger than the limit of {0} bytes")]
     PartHeaderTooLarge(u64),
+    #[error(
+        "malformed multipart/related body: more than {0} bytes before the first multipart delimiter \
+         (is the boundary parameter of the Content-Type the one the body uses?)"
+    )]
+    PreambleTooLarge(u64),
+    #[error("malformed multipart/related body: more than {0} bytes after the closing multipart delimiter")]
+    EpilogueTooLarge(u64),
     #[error("reading the request body failed: {0}")]
     Transport(String),
 }
@@ -60,25 +73,41 @@ pub enum BodyError {
 /// Where the guard is in the multipart structure.
 #[derive(Debug, Clone, Copy)]
 enum Scan {
-    /// In a part's body (or the preamble): looking for the next delimiter.
+    /// Before the first delimiter: counting preamble bytes.
+    Preamble(u64),
+    /// In a part's body: looking for the next delimiter.
     Body,
     /// Past a delimiter: counting header bytes until CRLFCRLF.
     Headers(u64),
 }
 
-/// A body stream that enforces the per-request byte limit and the part-header limit. It
-/// follows the multipart structure itself (delimiter, then headers up to CRLFCRLF), so the
-/// header limit holds however multer buffers.
+/// A body stream that enforces the per-request byte limit, the part-header limit and the
+/// preamble limit. It follows the multipart structure itself (delimiter, then headers up to
+/// CRLFCRLF), so the limits hold however multer buffers.
+///
+/// It also withholds the closing delimiter until the request body has ended: multer stops
+/// reading there, and STOW-RS would acknowledge (and keep) the last part of a request whose
+/// Content-Length had not arrived yet, or never would. The last bytes of the stream (as many
+/// as the closing delimiter has, less one) are held back until more arrive, so multer never
+/// sees a whole closing delimiter before the end of the body; once one is seen, the rest of
+/// the body (the epilogue) is read, and the delimiter goes out only when the body is complete.
+/// A body that fails or stops early fails the part being read, and nothing of it is stored.
 pub struct GuardedBody<S> {
     inner: S,
     /// `--boundary`; `None` for a body without multipart framing.
     delimiter: Option<Vec<u8>>,
+    /// `CRLF--boundary--`: the closing delimiter as it follows a part.
+    closing: Vec<u8>,
     max_request_bytes: u64,
     max_header_bytes: u64,
     seen: u64,
     scan: Scan,
     /// The unscanned tail of the previous chunk, so that patterns split across chunks match.
     carry: Vec<u8>,
+    /// Received, not yet passed on.
+    held: Vec<u8>,
+    /// Bytes received after the closing delimiter (once it was seen).
+    epilogue: Option<u64>,
     failed: bool,
 }
 
@@ -91,11 +120,14 @@ impl<S> GuardedBody<S> {
         GuardedBody {
             inner,
             delimiter: boundary.map(|b| format!("--{b}").into_bytes()),
+            closing: boundary.map(|b| format!("\r\n--{b}--").into_bytes()).unwrap_or_default(),
             max_request_bytes,
             max_header_bytes,
             seen: 0,
-            scan: Scan::Body,
+            scan: Scan::Preamble(0),
             carry: Vec::new(),
+            held: Vec::new(),
+            epilogue: None,
             failed: false,
         }
     }
@@ -103,14 +135,32 @@ impl<S> GuardedBody<S> {
     fn check_headers(&mut self, bytes: &[u8]) -> Result<(), BodyError> {
         let Some(delimiter) = self.delimiter.as_deref() else { return Ok(()) };
         let mut data = std::mem::take(&mut self.carry);
-        if let Scan::Headers(counted) = &mut self.scan {
+        match &mut self.scan {
             // The carried bytes were counted already; they are counted again below.
-            *counted -= data.len() as u64;
+            Scan::Headers(counted) | Scan::Preamble(counted) => *counted -= data.len() as u64,
+            Scan::Body => {}
         }
         data.extend_from_slice(bytes);
         let mut position = 0;
         loop {
             match self.scan {
+                Scan::Preamble(counted) => match find(&data[position..], delimiter) {
+                    Some(found) => {
+                        if counted + found as u64 > MAX_PREAMBLE_BYTES {
+                            return Err(BodyError::PreambleTooLarge(MAX_PREAMBLE_BYTES));
+                        }
+                        position += found + delimiter.len();
+                        self.scan = Scan::Headers(0);
+                    }
+                    None => {
+                        let counted = counted + (data.len() - position) as u64;
+                        if counted > MAX_PREAMBLE_BYTES {
+                            return Err(BodyError::PreambleTooLarge(MAX_PREAMBLE_BYTES));
+                        }
+                        self.scan = Scan::Preamble(counted);
+                        break;
+                    }
+                },
                 Scan::Body => match find(&data[position..], delimiter) {
                     Some(found) => {
                         position += found + delimiter.len();
@@ -142,6 +192,41 @@ impl<S> GuardedBody<S> {
         self.carry = data[from..].to_vec();
         Ok(())
     }
+
+    /// Takes in a received chunk; returns what may be passed on now.
+    fn hold(&mut self, bytes: &[u8]) -> Result<Option<Bytes>, BodyError> {
+        if self.delimiter.is_none() {
+            return Ok(Some(Bytes::copy_from_slice(bytes)));
+        }
+        if let Some(epilogue) = &mut self.epilogue {
+            *epilogue += bytes.len() as u64;
+            if *epilogue > MAX_PREAMBLE_BYTES {
+                return Err(BodyError::EpilogueTooLarge(MAX_PREAMBLE_BYTES));
+            }
+            return Ok(None);
+        }
+        // Only the held bytes and this chunk can hold a closing delimiter not seen before.
+        self.held.extend_from_slice(bytes);
+        let release = match find(&self.held, &self.closing) {
+            Some(at) => {
+                let epilogue = (self.held.len() - at - self.closing.len()) as u64;
+                if epilogue > MAX_PREAMBLE_BYTES {
+                    return Err(BodyError::EpilogueTooLarge(MAX_PREAMBLE_BYTES));
+                }
+                self.epilogue = Some(epilogue);
+                // Keep the delimiter and the CRLF after it, if it came; drop the epilogue.
+                let end = (at + self.closing.len() + 2).min(self.held.len());
+                self.held.truncate(end);
+                at
+            }
+            None => self.held.len().saturating_sub(self.closing.len() - 1),
+        };
+        if release == 0 {
+            return Ok(None);
+        }
+        let rest = self.held.split_off(release);
+        Ok(Some(Bytes::from(std::mem::replace(&mut self.held, rest))))
+    }
 }
 
 impl<S, E> Stream for GuardedBody<S>
@@ -152,32 +237,46 @@ where
     type Item = Result<Bytes, BodyError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.failed {
-            return Poll::Ready(None);
-        }
-        let next = match Pin::new(&mut self.inner).poll_next(cx) {
-            Poll::Ready(next) => next,
-            Poll::Pending => return Poll::Pending,
-        };
-        let Some(next) = next else { return Poll::Ready(None) };
-        let bytes = match next {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                self.failed = true;
-                return Poll::Ready(Some(Err(BodyError::Transport(error.to_string()))));
+        loop {
+            if self.failed {
+                return Poll::Ready(None);
             }
-        };
-        self.seen += bytes.len() as u64;
-        let verdict = if self.seen > self.max_request_bytes {
-            Err(BodyError::RequestTooLarge(self.max_request_bytes))
-        } else {
-            self.check_headers(&bytes)
-        };
-        if let Err(error) = verdict {
-            self.failed = true;
-            return Poll::Ready(Some(Err(error)));
+            let next = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(next) => next,
+                Poll::Pending => return Poll::Pending,
+            };
+            let Some(next) = next else {
+                // The body is complete: what was held back may go.
+                if self.held.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let held = std::mem::take(&mut self.held);
+                return Poll::Ready(Some(Ok(Bytes::from(held))));
+            };
+            let bytes = match next {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(BodyError::Transport(error.to_string()))));
+                }
+            };
+            self.seen += bytes.len() as u64;
+            let verdict = if self.seen > self.max_request_bytes {
+                Err(BodyError::RequestTooLarge(self.max_request_bytes))
+            } else if self.epilogue.is_some() {
+                Ok(())
+            } else {
+                self.check_headers(&bytes)
+            };
+            match verdict.and_then(|()| self.hold(&bytes)) {
+                Err(error) => {
+                    self.failed = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Ok(Some(release)) => return Poll::Ready(Some(Ok(release))),
+                Ok(None) => continue,
+            }
         }
-        Poll::Ready(Some(Ok(bytes)))
     }
 }
 
@@ -240,6 +339,54 @@ mod tests {
                 assert!(item.is_ok(), "chunk size {chunk_size}");
             }
         }
+    }
+
+    async fn collect(chunks: Vec<&'static [u8]>, boundary: &str) -> (Vec<u8>, Option<BodyError>) {
+        let chunks: Vec<Result<Bytes, String>> = chunks.into_iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let mut body = GuardedBody::new(futures_util::stream::iter(chunks), Some(boundary), u64::MAX, 512);
+        let mut out = Vec::new();
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(error) => return (out, Some(error)),
+            }
+        }
+        (out, None)
+    }
+
+    #[tokio::test]
+    async fn the_closing_delimiter_waits_for_the_end_of_the_body() {
+        let whole: &[u8] = b"--b\r\n\r\npart\r\n--b--\r\nepilogue";
+        for split in 1..whole.len() {
+            let (head, tail) = whole.split_at(split);
+            let head: &'static [u8] = Box::leak(head.to_vec().into_boxed_slice());
+            let tail: &'static [u8] = Box::leak(tail.to_vec().into_boxed_slice());
+            let (out, error) = collect(vec![head, tail], "b").await;
+            assert!(error.is_none());
+            let closed: &[u8] = b"--b\r\n\r\npart\r\n--b--";
+            assert!(out.starts_with(closed) && out.len() <= closed.len() + 2, "split at {split}: {out:?}");
+        }
+        // A stream that fails after the closing delimiter never passes the delimiter on.
+        let chunks: Vec<Result<Bytes, String>> =
+            vec![Ok(Bytes::from_static(b"--b\r\n\r\npart\r\n--b--\r\n")), Err("cut off".into())];
+        let mut body = GuardedBody::new(futures_util::stream::iter(chunks), Some("b"), u64::MAX, 512);
+        let mut out = Vec::new();
+        while let Some(Ok(bytes)) = body.next().await {
+            out.extend_from_slice(&bytes);
+        }
+        assert_eq!(out, b"--b\r\n\r\npart");
+    }
+
+    #[tokio::test]
+    async fn preamble_and_epilogue_are_capped() {
+        let big: &'static [u8] = Box::leak(vec![b'x'; MAX_PREAMBLE_BYTES as usize + 1].into_boxed_slice());
+        let (out, error) = collect(vec![b"pre", big, b"--b\r\n\r\n"], "b").await;
+        assert!(matches!(error, Some(BodyError::PreambleTooLarge(_))), "{error:?}");
+        assert!(out.len() as u64 <= MAX_PREAMBLE_BYTES + 3);
+        let (_, error) = collect(vec![b"--b\r\n\r\nx\r\n--b--\r\n", big], "b").await;
+        assert!(matches!(error, Some(BodyError::EpilogueTooLarge(_))), "{error:?}");
+        let (_, error) = collect(vec![b"a short preamble\r\n--b\r\n\r\nx\r\n--b--"], "b").await;
+        assert!(error.is_none());
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
-//! HTTP transport: accept loop, HTTP/1.1 and HTTP/2 on one port, graceful shutdown.
+//! HTTP transport: accept loop, HTTP/1.1 and HTTP/2 on one port, connection limits and
+//! timeouts (`connection`), graceful shutdown.
 //! Knows hyper and sockets, nothing about DICOM storage.
 
+pub mod connection;
 pub mod router;
 pub mod service;
 
@@ -8,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -15,24 +18,36 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use self::connection::{Activity, AddressSlots, StallGuard, Tracked};
 use self::service::App;
 
-/// Connections served at once; further ones wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 1024;
-/// How long a client may take to send its request headers (slow-loris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting, lets in-flight
 /// requests finish (up to [`DRAIN_TIMEOUT`]) and makes the store durable.
+///
+/// Connections are bounded in number (`--max-connections`, and `--max-connections-per-address`
+/// so that one client cannot take them all) and in silence: one that has not completed a
+/// request head within `--header-timeout-secs` of being accepted (protocol detection included),
+/// or has had no request in progress for `--idle-timeout-secs`, is closed; a request body that
+/// stalls for `--body-timeout-secs` fails the request.
 pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let app = Arc::new(app);
+    let limits = app.config().connections;
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(AddressSlots::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().max_concurrent_streams(256);
+    // hyper's header read timeout also runs while a keep-alive connection waits for its next
+    // request, which would cut --idle-timeout-secs to it; the watchdog below bounds both.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_timeout);
     tracing::info!(address = %listener.local_addr()?, "kura listening");
     tokio::pin!(shutdown);
     loop {
@@ -40,7 +55,7 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
             permit = permits.clone().acquire_owned() => permit.expect("semaphore open"),
             _ = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -51,21 +66,40 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
             },
             _ = &mut shutdown => break,
         };
+        let Some(slot) = slots.take(peer.ip(), limits.max_per_address) else {
+            // Closed at once: the client's other connections are still served.
+            tracing::debug!(max = limits.max_per_address, "connection refused: too many from one address");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let app = app.clone();
-        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let app = app.clone();
-            if let Some(local) = local {
-                request.extensions_mut().insert(service::LocalAddr(local));
+        let activity = Activity::new();
+        let service = service_fn({
+            let (app, activity) = (app.clone(), activity.clone());
+            move |request: hyper::Request<hyper::body::Incoming>| {
+                let (app, in_progress) = (app.clone(), activity.start());
+                let mut request = request.map(|body| StallGuard::new(body, limits.body_timeout));
+                if let Some(local) = local {
+                    request.extensions_mut().insert(service::LocalAddr(local));
+                }
+                async move {
+                    let response = app.handle(request).await;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| Tracked::new(body, in_progress).boxed_unsync()),
+                    )
+                }
             }
-            async move { Ok::<_, std::convert::Infallible>(app.handle(request).await) }
         });
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
+            tokio::select! {
+                _ = connection => {}
+                _ = activity.idle(limits.header_timeout, limits.idle_timeout) => {
+                    tracing::debug!("closing a connection with no request in progress");
+                }
+            }
+            drop((slot, permit));
         });
     }
     tracing::info!("shutting down: draining in-flight requests");

@@ -36,6 +36,10 @@ impl App {
         &self.archive
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Handles one request. Generic over the body so that tests can call it in-process.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
     where
@@ -44,6 +48,9 @@ impl App {
     {
         let started = Instant::now();
         let method = request.method().clone();
+        if let Err(error) = self.check_host(&request) {
+            return render_error(&error);
+        }
         let origin = self.allowed_origin(&request);
         if let Some(origin) = &origin
             && method == http::Method::OPTIONS
@@ -82,12 +89,45 @@ impl App {
     }
 
     /// The request's Origin when CORS allows it (browser viewers such as OHIF need this; PS3.18
-    /// is silent on CORS).
+    /// is silent on CORS). On loopback the loopback origins are allowed unless configured
+    /// otherwise: a viewer on `http://localhost:3000` is the usual first use, and whatever runs
+    /// on this machine can reach the archive without a browser anyway.
     fn allowed_origin<B>(&self, request: &Request<B>) -> Option<HeaderValue> {
         let origin = request.headers().get(header::ORIGIN)?;
         let text = origin.to_str().ok()?;
         let allowed = &self.config.cors_origins;
-        (allowed.iter().any(|o| o == "*" || o == text)).then(|| origin.clone())
+        let loopback = self.config.cors_loopback && is_loopback_origin(text);
+        (loopback || allowed.iter().any(|o| o == "*" || o == text)).then(|| origin.clone())
+    }
+
+    /// Answers only for the configured host names (421 otherwise): the Host header is copied
+    /// into RetrieveURL, BulkDataURI and Location, and a web page that rebinds its own name to
+    /// 127.0.0.1 (DNS rebinding) would otherwise read an archive that trusts loopback.
+    fn check_host<B>(&self, request: &Request<B>) -> Result<(), Error> {
+        let allowed = &self.config.allowed_hosts;
+        if allowed.iter().any(|h| h == "*") {
+            return Ok(());
+        }
+        let authority = match request.headers().get(header::HOST) {
+            Some(host) => host.to_str().ok().map(str::to_string),
+            // HTTP/2 sends :authority instead; a request with neither names no other host.
+            None => match request.uri().authority() {
+                Some(authority) => Some(authority.as_str().to_string()),
+                None => return Ok(()),
+            },
+        };
+        let host = authority.as_deref().map(crate::config::host_of).unwrap_or_default();
+        if allowed.contains(&host) {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::MisdirectedRequest,
+            format!(
+                "this server does not answer for the host {host:?}; reach it by one of {} or add the name with \
+                 --allowed-hosts",
+                allowed.join(", ")
+            ),
+        ))
     }
 
     fn route<B>(&self, request: &Request<B>) -> Result<Endpoint, Error> {
@@ -132,6 +172,28 @@ impl App {
     }
 }
 
+/// Whether `origin` is `http(s)://` a loopback name with any port.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
+        return false;
+    };
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((address, port)) => (format!("[{address}]"), port),
+            None => return false,
+        },
+        None => match rest.find(':') {
+            Some(colon) => (rest[..colon].to_string(), &rest[colon..]),
+            None => (rest.to_string(), ""),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    port_ok && crate::config::LOOPBACK_HOSTS.contains(&host.to_ascii_lowercase().as_str())
+}
+
 /// Response headers browsers may read (the ones DICOMweb clients use).
 const EXPOSED_HEADERS: &str = "Content-Type, Content-Length, Content-Location, Location, Warning, ETag";
 
@@ -169,4 +231,34 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         builder = builder.header(header::ALLOW, error.message.as_str());
     }
     builder.body(dicomweb::full_body(Bytes::from(body.to_string()))).expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_origin;
+
+    #[test]
+    fn loopback_origins() {
+        for yes in [
+            "http://localhost:3000",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+            "https://localhost",
+            "http://LOCALHOST:1",
+        ] {
+            assert!(is_loopback_origin(yes), "{yes}");
+        }
+        for no in [
+            "http://localhost.evil.example:3000",
+            "http://127.0.0.1.evil:80",
+            "null",
+            "http://localhost:3000/x",
+            "file://localhost",
+            "http://[::1]x",
+            "http://localhost:",
+            "http://evil.example",
+        ] {
+            assert!(!is_loopback_origin(no), "{no}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import signal
@@ -498,7 +499,17 @@ STARTUP_TIMEOUT = 30.0
 
 
 def kura_binary() -> Path:
-    return Path(os.environ.get("KURA_BIN") or REPO / "target" / "release" / "kura")
+    """$KURA_BIN, or release/kura in cargo's target directory ($CARGO_TARGET_DIR included)."""
+    if os.environ.get("KURA_BIN"):
+        return Path(os.environ["KURA_BIN"])
+    try:
+        metadata = subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+            cwd=REPO, capture_output=True, check=True, timeout=60,
+        )
+        return Path(json.loads(metadata.stdout)["target_directory"]) / "release" / "kura"
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        return REPO / "target" / "release" / "kura"
 
 
 def _free_port() -> int:

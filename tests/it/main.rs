@@ -25,3 +25,7 @@ mod wado;
 /// Durability: sled never writes blob files; kill -9 during concurrent STOW loses nothing
 /// acknowledged; `kura reindex` rebuilds the same answers.
 mod durability;
+
+/// The HTTP edge: huge offsets, connection floods and stalls, multipart framing, Host and
+/// Origin checks.
+mod edge;

@@ -2,8 +2,8 @@
 //
 //   node --test tests/ohif/ohif.test.mjs      (after tests/ohif/setup.sh; run.sh does both)
 //
-// Starts Kura (target/release/kura, or KURA_BIN) on a loopback port with CORS for the viewer's
-// origin, stores two generated CT studies with STOW-RS, serves OHIF with an app-config.js whose
+// Starts Kura (target/release/kura, or KURA_BIN) on a loopback port (no --cors-origins: the
+// viewer's loopback origin is allowed by default), stores two generated CT studies with STOW-RS, serves OHIF with an app-config.js whose
 // DICOMweb data source is Kura, then checks the study list and that a study's pixels render.
 // Every failed request, HTTP error and console error in the page fails the test that saw it.
 // Screenshots, Kura's log and the list of requests OHIF made to Kura go to tests/ohif/.cache/.
@@ -37,7 +37,7 @@ before(async () => {
   fs.mkdirSync(CACHE, { recursive: true });
   const overrides = {};
   web = await startStaticServer(DIST, { overrides });
-  kura = await startKura({ corsOrigin: web.url, logFile: path.join(CACHE, 'kura.log') });
+  kura = await startKura({ logFile: path.join(CACHE, 'kura.log') });
   const config = appConfig(kura.base);
   overrides['/app-config.js'] = { body: config, type: 'text/javascript; charset=utf-8' };
   fs.writeFileSync(path.join(CACHE, 'app-config.js'), config);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The OHIF end-to-end test, from a fresh Debian machine: installs Debian's Chromium (and Node.js)
 # when missing, runs setup.sh (OHIF build + playwright-core), then the test with node's runner.
-# Kura must be built: target/release/kura, or the binary named by KURA_BIN.
+# Kura must be built: release/kura in cargo's target directory, or the binary named by KURA_BIN.
 #   tests/ohif/run.sh            (from anywhere; exit status is the test's)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,7 +36,13 @@ fi
 
 "$here/setup.sh"
 
-kura="${KURA_BIN:-$repo/target/release/kura}"
+if [ -z "${KURA_BIN:-}" ]; then
+  # cargo's target directory: ./target, or $CARGO_TARGET_DIR / build.target-dir when set.
+  target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+  export KURA_BIN="$target_dir/release/kura"
+fi
+kura="$KURA_BIN"
 if [ ! -x "$kura" ]; then
   echo "run.sh: no Kura binary at $kura: run 'cargo build --release' first, or set KURA_BIN" >&2
   exit 1

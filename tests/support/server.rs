@@ -44,6 +44,14 @@ impl Server {
         Server { base, archive, dir, _shutdown: shutdown }
     }
 
+    /// A server with an adjusted configuration holding `parts` (one STOW-RS that must succeed).
+    pub async fn with_config(parts: &[Vec<u8>], adjust: impl FnOnce(&mut Config)) -> Server {
+        let server = Server::start_with(adjust).await;
+        let reply = stow(&server.base, None, parts).await;
+        assert_eq!(reply.status, StatusCode::OK, "setup STOW: {}", reply.text());
+        server
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

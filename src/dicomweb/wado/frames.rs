@@ -113,7 +113,8 @@ fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Optio
             "*/*" | "multipart/*" => Some(FrameForm::Stored),
             MULTIPART_RELATED => {
                 let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
-                if (kind == media_type && stored_ok) || (kind == OCTET_STREAM && ts == Some("*")) {
+                // `type="*/*"` (dicomweb-client's default for bulk data) takes any part type.
+                if ((kind == media_type || kind == "*/*") && stored_ok) || (kind == OCTET_STREAM && ts == Some("*")) {
                     Some(FrameForm::Stored)
                 } else if kind == OCTET_STREAM && decodable && ts.is_none_or(|ts| ts == EXPLICIT_VR_LITTLE_ENDIAN) {
                     Some(FrameForm::Decoded)

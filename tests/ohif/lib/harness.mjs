@@ -29,9 +29,10 @@ const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
 /**
  * Starts `kura serve` from a private copy of the binary (the original may be rebuilt while the
- * test runs). Resolves once QIDO-RS answers.
+ * test runs), with no --cors-origins: on loopback Kura allows the loopback origins, the viewer's
+ * among them. Resolves once QIDO-RS answers.
  */
-export async function startKura({ corsOrigin, logFile }) {
+export async function startKura({ logFile }) {
   const source = process.env.KURA_BIN || path.join(REPO, 'target', 'release', 'kura');
   if (!fs.existsSync(source)) throw new Error(`Kura binary not found at ${source} (build it, or set KURA_BIN)`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kura-ohif-'));
@@ -42,7 +43,7 @@ export async function startKura({ corsOrigin, logFile }) {
   fs.mkdirSync(data);
   const port = await freePort();
   const log = fs.openSync(logFile, 'w');
-  const child = spawn(binary, ['serve', '--listen', `127.0.0.1:${port}`, '--data', data, '--cors-origins', corsOrigin], {
+  const child = spawn(binary, ['serve', '--listen', `127.0.0.1:${port}`, '--data', data], {
     stdio: ['ignore', log, log],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
   });
