@@ -27,6 +27,8 @@ use crate::store::BoxFuture;
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// Bytes read per blocking call when streaming.
 const READ_PIECE: u64 = 1024 * 1024;
+/// Pieces read ahead of the one being sent.
+const READ_AHEAD: usize = 2;
 
 pub struct LocalBlobStore {
     root: PathBuf,
@@ -139,37 +141,28 @@ impl BlobStore for LocalBlobStore {
     }
 
     fn read_range(&self, id: BlobId, offset: u64, length: u64) -> BoxStream<'static, BlobResult<Bytes>> {
+        use futures_util::StreamExt;
         let file = match self.open_file(id) {
             Ok(file) => Arc::new(file),
             Err(e) => return Box::pin(futures_util::stream::once(std::future::ready(Err(e)))),
         };
         let end = offset.saturating_add(length);
-        Box::pin(futures_util::stream::try_unfold(offset, move |position| {
-            let file = file.clone();
-            async move {
-                if position >= end {
-                    return Ok(None);
-                }
-                let want = (end - position).min(READ_PIECE) as usize;
-                let bytes = tokio::task::spawn_blocking(move || -> BlobResult<Bytes> {
-                    let mut buffer = vec![0u8; want];
-                    let mut filled = 0;
-                    while filled < want {
-                        match file.read_at(&mut buffer[filled..], position + filled as u64) {
-                            Ok(0) => return Err(BlobError::Short(id)),
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(BlobError::Io(e)),
-                        }
+        let pieces =
+            (offset..end).step_by(READ_PIECE as usize).map(move |at| (at, (end - at).min(READ_PIECE) as usize));
+        // Each piece is one `pread` on the blocking pool; the next one is read while the
+        // current one is being sent (two in flight), so disk and socket work at the same time.
+        Box::pin(
+            futures_util::stream::iter(pieces)
+                .map(move |(at, want)| {
+                    let file = file.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || read_exact_at(&file, id, at, want))
+                            .await
+                            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
                     }
-                    Ok(Bytes::from(buffer))
                 })
-                .await
-                .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
-                let next = position + bytes.len() as u64;
-                Ok(Some((bytes, next)))
-            }
-        }))
+                .buffered(READ_AHEAD),
+        )
     }
 
     fn delete(&self, id: BlobId) -> BoxFuture<'_, BlobResult<()>> {
@@ -195,6 +188,21 @@ impl BlobStore for LocalBlobStore {
         }
         Ok(ids)
     }
+}
+
+/// `want` bytes at `at`, or `Short` if the blob ends first.
+fn read_exact_at(file: &File, id: BlobId, at: u64, want: usize) -> BlobResult<Bytes> {
+    let mut buffer = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        match file.read_at(&mut buffer[filled..], at + filled as u64) {
+            Ok(0) => return Err(BlobError::Short(id)),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BlobError::Io(e)),
+        }
+    }
+    Ok(Bytes::from(buffer))
 }
 
 #[cfg(test)]
