@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Largest single instance (one multipart part), in bytes.
     #[arg(long, env = "KURA_MAX_INSTANCE_BYTES", default_value_t = default_max_instance_bytes())]
     pub max_instance_bytes: u64,
+    /// Free disk space, in MiB, kept for the catalog and the index: a new instance is refused
+    /// (FailureReason A700) rather than let the disk fill up.
+    #[arg(long, env = "KURA_MIN_FREE_MIB", default_value_t = 1024)]
+    pub min_free_mib: u64,
     /// Most parts in one STOW-RS request.
     #[arg(long, env = "KURA_MAX_PARTS", default_value_t = default_max_parts())]
     pub max_parts: usize,
@@ -298,6 +302,7 @@ impl Config {
                 max_instance_bytes: args.max_instance_bytes,
                 store: SledStoreOptions { cache_capacity: args.cache_mib * 1024 * 1024 },
                 blob_dir: None,
+                min_free_bytes: args.min_free_mib.saturating_mul(1024 * 1024),
             },
         })
     }

@@ -84,13 +84,7 @@ where
     let mut writer: Option<(u64, Box<dyn BlobWrite>)> = None;
     let mut length: u64 = 0;
     let mut too_large = false;
-    let internal = |error: BlobError| {
-        tracing::warn!(error = %error, "payload write failed");
-        IngestError::Instance(InstanceFailure::anonymous(
-            FailureReason::ProcessingFailure,
-            "the archive could not store the instance",
-        ))
-    };
+    let internal = |error: BlobError| IngestError::Instance(blob_failure(error));
 
     while let Some(next) = body.next().await {
         let bytes = match next {
@@ -252,6 +246,20 @@ async fn finish(
         already_stored,
         replaced,
     })
+}
+
+/// A payload write that failed: out of space is Out of Resources (A700, PS3.18 Table I.2-2: the
+/// client may retry later); anything else is a processing failure.
+fn blob_failure(error: BlobError) -> InstanceFailure {
+    if error.is_out_of_space() {
+        tracing::warn!(error = %error, "payload refused: storage full");
+        return InstanceFailure::anonymous(
+            FailureReason::OutOfResources,
+            format!("the archive cannot store the instance now: {error}; retry when space has been freed"),
+        );
+    }
+    tracing::warn!(error = %error, "payload write failed");
+    InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
 }
 
 fn parse_failure(error: ParseError) -> InstanceFailure {

@@ -36,6 +36,9 @@ pub struct ArchiveOptions {
     pub store: SledStoreOptions,
     /// Where payload blobs go; `None` means `{data}/blobs`.
     pub blob_dir: Option<PathBuf>,
+    /// Free space below which new blobs are refused, so that the catalog and the index (which
+    /// a full disk would stop) always have room.
+    pub min_free_bytes: u64,
 }
 
 impl Default for ArchiveOptions {
@@ -45,6 +48,7 @@ impl Default for ArchiveOptions {
             max_instance_bytes: 4 * 1024 * 1024 * 1024,
             store: SledStoreOptions::default(),
             blob_dir: None,
+            min_free_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -69,7 +73,7 @@ impl Archive {
         crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
         let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
-        let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir)?;
+        let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
         sled.commit().await?;
         if sled.is_legacy_format() {

@@ -32,11 +32,34 @@ const READ_AHEAD: usize = 2;
 
 pub struct LocalBlobStore {
     root: PathBuf,
+    /// Free bytes kept on the file system for the catalog and the index.
+    min_free: u64,
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs struct the call fills in.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Refuses to write when the file system holding `path` has less than `min_free` bytes free.
+fn check_room(path: &Path, min_free: u64) -> BlobResult<()> {
+    if min_free > 0 && free_bytes(path)? < min_free {
+        return Err(BlobError::Full { reserve_mib: min_free / (1024 * 1024) });
+    }
+    Ok(())
 }
 
 impl LocalBlobStore {
-    /// Opens (or creates) the store in `root`, with its fan-out directories durable.
-    pub fn open(root: &Path) -> BlobResult<Arc<LocalBlobStore>> {
+    /// Opens (or creates) the store in `root`, with its fan-out directories durable. Writes are
+    /// refused while fewer than `min_free` bytes are free on its file system.
+    pub fn open(root: &Path, min_free: u64) -> BlobResult<Arc<LocalBlobStore>> {
         durable_fs::create_dir_all(root)?;
         let mut created = false;
         for fan in 0..=255u8 {
@@ -49,7 +72,7 @@ impl LocalBlobStore {
         if created {
             durable_fs::sync_dir(root)?;
         }
-        Ok(Arc::new(LocalBlobStore { root: root.to_path_buf() }))
+        Ok(Arc::new(LocalBlobStore { root: root.to_path_buf(), min_free }))
     }
 
     fn dir_of(&self, id: BlobId) -> PathBuf {
@@ -72,14 +95,18 @@ struct LocalWrite {
     file: File,
     path: PathBuf,
     dir: PathBuf,
+    min_free: u64,
     buffer: Vec<u8>,
     length: u64,
 }
 
 impl LocalWrite {
-    fn drain(&mut self) -> std::io::Result<()> {
+    fn drain(&mut self) -> BlobResult<()> {
         if !self.buffer.is_empty() {
-            tokio::task::block_in_place(|| self.file.write_all(&self.buffer))?;
+            tokio::task::block_in_place(|| -> BlobResult<()> {
+                check_room(&self.dir, self.min_free)?;
+                Ok(self.file.write_all(&self.buffer)?)
+            })?;
             self.buffer.clear();
         }
         Ok(())
@@ -91,7 +118,7 @@ impl BlobWrite for LocalWrite {
         self.buffer.extend_from_slice(bytes);
         self.length += bytes.len() as u64;
         let outcome = if self.buffer.len() >= WRITE_BUFFER { self.drain() } else { Ok(()) };
-        Box::pin(std::future::ready(outcome.map_err(BlobError::from)))
+        Box::pin(std::future::ready(outcome))
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<u64>> {
@@ -128,9 +155,13 @@ impl BlobStore for LocalBlobStore {
     fn create(&self, id: BlobId) -> BoxFuture<'_, BlobResult<Box<dyn BlobWrite>>> {
         let path = self.path_of(id);
         let dir = self.dir_of(id);
+        let min_free = self.min_free;
         Box::pin(async move {
-            let file = tokio::task::block_in_place(|| OpenOptions::new().write(true).create_new(true).open(&path))?;
-            Ok(Box::new(LocalWrite { file, path, dir, buffer: Vec::with_capacity(64 * 1024), length: 0 })
+            let file = tokio::task::block_in_place(|| -> BlobResult<File> {
+                check_room(&dir, min_free)?;
+                Ok(OpenOptions::new().write(true).create_new(true).open(&path)?)
+            })?;
+            Ok(Box::new(LocalWrite { file, path, dir, min_free, buffer: Vec::with_capacity(64 * 1024), length: 0 })
                 as Box<dyn BlobWrite>)
         })
     }
@@ -214,7 +245,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn put_read_range_delete_list() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs"), 0).unwrap();
         let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut writer = store.create(0x1234).await.unwrap();
         for piece in bytes.chunks(70_000) {

@@ -37,13 +37,28 @@ pub enum BlobError {
     Missing(BlobId),
     #[error("blob {0} is shorter than its record says")]
     Short(BlobId),
+    #[error("the storage is full: less than the reserved {reserve_mib} MiB are free")]
+    Full { reserve_mib: u64 },
     #[error("blob storage failed: {0}")]
     Io(#[from] std::io::Error),
 }
 
+impl BlobError {
+    /// The storage has no room: the client may retry later (FailureReason A700), the archive is
+    /// otherwise fine.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            BlobError::Full { .. } => true,
+            BlobError::Io(e) => matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+            _ => false,
+        }
+    }
+}
+
 pub type BlobResult<T> = Result<T, BlobError>;
 
-/// A blob being written. Dropping it without [`BlobWrite::finish`] leaves garbage that
+/// A blob being written. A store may refuse a write with [`BlobError::Full`] before the disk is
+/// full, to keep room for the catalog. Dropping it without [`BlobWrite::finish`] leaves garbage that
 /// [`BlobWrite::abort`] or the archive's sweep removes.
 pub trait BlobWrite: Send {
     /// Appends bytes. They are not durable before `finish`.

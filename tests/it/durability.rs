@@ -278,3 +278,63 @@ async fn reindex_gives_the_same_answers() {
     }
     server.terminate();
 }
+
+/// Unmounts a test file system when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: STOW answers Out of Resources (A700) for what does not fit, with nothing of it
+/// stored; searches and retrievals keep working; a delete gives the space back and stores
+/// resume. Kura keeps `--min-free-mib` free so that the catalog and the index never meet a full
+/// disk (sled and tantivy stop for good when they do). Needs root for a small tmpfs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_refuses_with_a700_and_resumes_after_a_delete() {
+    let holder = tempfile::tempdir().unwrap();
+    let mountpoint = holder.path().join("small");
+    std::fs::create_dir(&mountpoint).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(&mountpoint)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED disk_full test: mounting a tmpfs needs root");
+        return;
+    }
+    let _mount = Mount(mountpoint.clone());
+    let data = mountpoint.join("data");
+    let server = ChildServer::start_with(&data, &["--min-free-mib", "12"]);
+    let mut stored = Vec::new();
+    let mut refused = None;
+    for n in 1..=120u32 {
+        let spec = Spec::new(300 + n / 10, 1, n).size(512, 512, 1);
+        let reply = stow(&server.base, None, &[instance(&spec)]).await;
+        if reply.status == StatusCode::OK {
+            stored.push(spec);
+            continue;
+        }
+        refused = Some((spec, reply));
+        break;
+    }
+    let (spec, reply) = refused.expect("a 48 MiB file system fills up with 60 MiB of instances");
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    assert_eq!(failure_reasons(&reply.json()), vec![0xA700], "Out of Resources");
+    assert!(reply.warnings().contains("retry when space has been freed"), "{}", reply.warnings());
+    assert!(stored.len() >= 40, "{} stored before the disk filled", stored.len());
+    assert_eq!(blob_files(&data).len(), stored.len(), "nothing of the refused instance is left");
+    // Reads keep working.
+    assert_eq!(qido(&server.base, "/instances?limit=1000").await.len(), stored.len());
+    let first = get(&stored[0].instance_url(&server.base), "application/dicom").await;
+    assert_eq!(first.body.as_ref(), as_stored(&instance(&stored[0])).as_slice());
+    // A delete gives space back, and stores resume.
+    let deleted = send(http::Method::DELETE, &stored[0].study_url(&server.base), &[], Vec::new()).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text());
+    let again = stow(&server.base, None, &[instance(&spec)]).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    server.terminate();
+}

@@ -83,10 +83,16 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub fn start(data_dir: &Path) -> ChildServer {
+        ChildServer::start_with(data_dir, &[])
+    }
+
+    /// `kura serve` with further arguments.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> ChildServer {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new(kura_binary())
             .args(["serve", "--listen", &address.to_string(), "--data"])
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
