@@ -16,6 +16,9 @@ mod cors;
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 
+/// Hostile DICOM content: nesting, frame counts, contradictory pixel descriptions.
+mod hostile;
+
 /// Durability: sled never writes blob files; kill -9 during concurrent STOW loses nothing
 /// acknowledged; `kura reindex` rebuilds the same answers.
 mod durability;
