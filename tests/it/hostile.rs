@@ -8,6 +8,28 @@ use http::StatusCode;
 
 use crate::support::*;
 
+/// `kura serve` that is killed when the test ends, passed or not (a failed assertion must not
+/// leave a server running).
+struct Child(ChildServer);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
+impl std::ops::Deref for Child {
+    type Target = ChildServer;
+    fn deref(&self) -> &ChildServer {
+        &self.0
+    }
+}
+
+fn start_child(data: &std::path::Path) -> Child {
+    Child(ChildServer::start(data))
+}
+
 /// Peak resident memory of a process, in KiB (`VmHWM` in /proc/PID/status).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server process is alive");
@@ -17,7 +39,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// The server is alive, answers a normal QIDO with the instance it holds, and its peak RSS grew
 /// by less than `slack_mib` since `before_kib`.
-async fn still_serving(server: &ChildServer, spec: &Spec, before_kib: u64, slack_mib: u64) {
+async fn still_serving(server: &Child, spec: &Spec, before_kib: u64, slack_mib: u64) {
     let studies = qido(&server.base, &format!("/studies?StudyInstanceUID={}", spec.study_uid())).await;
     assert_eq!(studies.len(), 1, "QIDO after the hostile request");
     let after = peak_rss_kib(server.child.id());
@@ -68,7 +90,7 @@ pub fn with_elements_before_pixel_data(spec: &Spec, extra: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sequences_nested_twenty_thousand_deep_are_refused_and_the_server_stays_up() {
     let data = tempfile::tempdir().unwrap();
-    let server = ChildServer::start(data.path());
+    let server = start_child(data.path());
     let good = Spec::new(1701, 1, 1);
     stow(&server.base, None, &[instance(&good)]).await;
     let before = peak_rss_kib(server.child.id());
@@ -82,7 +104,6 @@ async fn sequences_nested_twenty_thousand_deep_are_refused_and_the_server_stays_
         assert!(reply.warnings().contains("nested more than 32 levels"), "{}", reply.warnings());
     }
     still_serving(&server, &good, before, 64).await;
-    server.terminate();
 }
 
 /// Exactly the limit is stored, in both forms, and its metadata (JSON and XML) is served; one
@@ -113,4 +134,104 @@ async fn sequences_nested_up_to_the_limit_are_stored_and_served() {
         let reply = stow(&server.base, None, &[over]).await;
         assert_eq!(failure_reasons(&reply.json()), vec![0xC000], "33 levels, defined: {defined}");
     }
+}
+
+fn us(value: u16) -> dicom_core::PrimitiveValue {
+    dicom_core::dicom_value!(U16, [value])
+}
+
+/// The WADO-URI rendered URL of an instance.
+fn wado_uri(server: &Child, spec: &Spec, extra: &str) -> String {
+    format!(
+        "http://{}/wado?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}{extra}",
+        server.address,
+        spec.study_uid(),
+        spec.series_uid(),
+        spec.sop_uid()
+    )
+}
+
+/// Every derived-pixel resource of `spec` answers `status` with a message naming `attribute`,
+/// and the stored bytes are still served as stored.
+async fn pixel_resources_refuse(server: &Child, spec: &Spec, original: &[u8], attribute: &str) {
+    let instance = spec.instance_url(&server.base);
+    let resources = [
+        (format!("{instance}/frames/1"), "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*"),
+        (format!("{instance}/rendered"), "image/jpeg"),
+        (format!("{instance}/frames/1/rendered"), "image/png"),
+        (format!("{instance}/thumbnail"), "image/jpeg"),
+        (format!("{}/thumbnail", spec.series_url(&server.base)), "image/jpeg"),
+        (format!("{}/rendered", spec.series_url(&server.base)), "multipart/related; type=\"image/jpeg\""),
+        (wado_uri(server, spec, ""), "image/jpeg"),
+        (wado_uri(server, spec, "&contentType=image/png&frameNumber=1"), "*/*"),
+    ];
+    for (url, accept) in resources {
+        let reply = try_send(http::Method::GET, &url, &[("accept", accept)], bytes::Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("server gone after {url}: {e}"));
+        assert_eq!(reply.status, StatusCode::NOT_ACCEPTABLE, "{url} ({attribute}): {}", reply.text());
+        assert!(reply.text().contains(attribute), "{url}: the message names {attribute}: {}", reply.text());
+    }
+    let stored = get(&instance, "application/dicom; transfer-syntax=*").await;
+    assert_eq!(stored.status, StatusCode::OK);
+    assert_eq!(stored.body.as_ref(), as_stored(original).as_slice(), "the stored bytes, as stored");
+}
+
+/// Issue 17: a 1-pixel instance claiming 4294967295 frames is stored as received, but its
+/// `…/rendered` collected `0..NumberOfFrames` and aborted the server ("memory allocation of
+/// 17179869180 bytes failed"). Frame counts are now bounded by what Pixel Data holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_billion_frames_of_one_pixel_are_refused_not_allocated() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_child(data.path());
+    let spec = Spec::new(1703, 1, 1).size(1, 1, 1);
+    let mut object = dataset(&spec);
+    put(&mut object, tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "4294967295");
+    let original = part10(object);
+    let reply = stow(&server.base, None, std::slice::from_ref(&original)).await;
+    assert_eq!(reply.status, StatusCode::OK, "stored as received: {}", reply.text());
+    let before = peak_rss_kib(server.child.id());
+    pixel_resources_refuse(&server, &spec, &original, "NumberOfFrames").await;
+    still_serving(&server, &spec, before, 64).await;
+}
+
+/// Issue 17: instances whose pixel description contradicts their Pixel Data are stored as
+/// received, but frames, rendered, thumbnail and WADO-URI answered 500. Each now answers 406
+/// naming the offending attribute, and the stored bytes stay retrievable as stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contradictory_pixel_descriptions_are_406_naming_the_attribute() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_child(data.path());
+    type Change = fn(&mut dicom_object::InMemDicomObject);
+    let cases: Vec<(&str, Change)> = vec![
+        ("Rows", |o| put(o, tags::ROWS, dicom_core::VR::US, us(64))),
+        ("BitsAllocated", |o| put(o, tags::BITS_ALLOCATED, dicom_core::VR::US, us(0))),
+        ("BitsAllocated", |o| put(o, tags::BITS_ALLOCATED, dicom_core::VR::US, us(64))),
+        ("SamplesPerPixel", |o| put(o, tags::SAMPLES_PER_PIXEL, dicom_core::VR::US, us(0))),
+        ("SamplesPerPixel", |o| put(o, tags::SAMPLES_PER_PIXEL, dicom_core::VR::US, us(255))),
+        ("Columns", |o| {
+            o.remove_element(tags::COLUMNS);
+        }),
+    ];
+    let mut before = None;
+    // Each case alone in its series, so that the series resources meet only it.
+    for (i, (attribute, change)) in cases.iter().enumerate() {
+        let spec = Spec::new(1705, i as u32 + 1, 1);
+        let mut object = dataset(&spec);
+        change(&mut object);
+        let original = part10(object);
+        let reply = stow(&server.base, None, std::slice::from_ref(&original)).await;
+        assert_eq!(reply.status, StatusCode::OK, "stored as received: {}", reply.text());
+        before.get_or_insert(peak_rss_kib(server.child.id()));
+        pixel_resources_refuse(&server, &spec, &original, attribute).await;
+    }
+    // Sizes that wrap 32 bits: 256 × 256 × 2 bytes × 32769 frames is 2^32 + 2^17, which in 32-bit
+    // arithmetic is exactly the one frame Pixel Data holds.
+    let spec = Spec::new(1705, 99, 1).size(256, 256, 1);
+    let mut object = dataset(&spec);
+    put(&mut object, tags::NUMBER_OF_FRAMES, dicom_core::VR::IS, "32769");
+    let original = part10(object);
+    stow(&server.base, None, std::slice::from_ref(&original)).await;
+    pixel_resources_refuse(&server, &spec, &original, "NumberOfFrames").await;
+    still_serving(&server, &Spec::new(1705, 1, 1), before.unwrap(), 64).await;
 }

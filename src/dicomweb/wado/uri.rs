@@ -164,7 +164,7 @@ async fn rendered(
             })
             .transpose()
     };
-    let frames = super::rendered::frame_total(record);
+    let frames = super::rendered::frame_total(record)?;
     let frame = match positive("frameNumber")? {
         Some(n) if n > frames => {
             return Err(Error::bad_request(format!("frameNumber {n}: the instance has {frames} frame(s) (§9.5.2.1)")));
