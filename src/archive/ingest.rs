@@ -173,7 +173,9 @@ async fn finish(
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
     let payload = PayloadRef { id, length, chunk_size: store.chunk_size(), sha256 };
     let reader = PayloadReader::new(store.clone(), payload.clone());
+    let permit = super::parse_permit().await;
     let parsed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
     })
     .await;

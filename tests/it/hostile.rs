@@ -235,3 +235,58 @@ async fn contradictory_pixel_descriptions_are_406_naming_the_attribute() {
     pixel_resources_refuse(&server, &spec, &original, "NumberOfFrames").await;
     still_serving(&server, &Spec::new(1705, 1, 1), before.unwrap(), 64).await;
 }
+
+/// Issue 17: a non-finite windowCenter or windowWidth in WADO-URI answered 406; it is a bad
+/// parameter value, 400 with a message (PS3.18 §8.3, §9.5.1.2.6). The RS `window` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_windows_are_400() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_child(data.path());
+    let spec = Spec::new(1706, 1, 1);
+    stow(&server.base, None, &[instance(&spec)]).await;
+    for (center, width) in [("NaN", "400"), ("40", "inf"), ("-inf", "400"), ("40", "NaN"), ("1e999", "400")] {
+        let url = wado_uri(&server, &spec, &format!("&windowCenter={center}&windowWidth={width}"));
+        let reply = get(&url, "image/jpeg").await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{center},{width}: {}", reply.text());
+        assert!(reply.text().contains("window"), "{}", reply.text());
+    }
+    for window in ["nan,400,linear", "40,inf,linear", "inf,400,sigmoid"] {
+        let url = format!("{}/rendered?window={window}", spec.instance_url(&server.base));
+        let reply = get(&url, "image/jpeg").await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{window}: {}", reply.text());
+    }
+    let fine = get(&wado_uri(&server, &spec, "&windowCenter=40&windowWidth=400"), "image/jpeg").await;
+    assert_eq!(fine.status, StatusCode::OK);
+    still_serving(&server, &spec, peak_rss_kib(server.child.id()), 64).await;
+}
+
+/// Issue 17: a client that disconnected released its codec permit while its decode went on, so
+/// connect/disconnect loops started decodes without bound. The permit now belongs to the
+/// blocking job until it ends: however many clients leave, no more jobs run than there are
+/// permits (one per core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_leave_do_not_free_codec_permits_early() {
+    let spec = Spec::new(1707, 1, 1).size(4096, 4096, 1);
+    let server = Server::with(&[instance(&spec)]).await;
+    let slots = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let url = format!("{}/frames/1/rendered", spec.instance_url(&server.base));
+    for _ in 0..slots + 3 {
+        let request = try_send(http::Method::GET, &url, &[("accept", "image/jpeg")], bytes::Bytes::new());
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(40), request).await;
+    }
+    let (mut peak, mut seen) = (0, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let running = server.archive.codec_jobs_running();
+        peak = peak.max(running);
+        seen |= running > 0;
+        if seen && running == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(seen, "the rendered requests reached the codec");
+    assert!(peak <= slots, "{peak} codec jobs ran at once; the cap is {slots}");
+    let studies = qido(&server.base, &format!("/studies?StudyInstanceUID={}", spec.study_uid())).await;
+    assert_eq!(studies.len(), 1);
+}
