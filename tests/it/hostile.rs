@@ -290,3 +290,52 @@ async fn clients_that_leave_do_not_free_codec_permits_early() {
     let studies = qido(&server.base, &format!("/studies?StudyInstanceUID={}", spec.study_uid())).await;
     assert_eq!(studies.len(), 1);
 }
+
+/// Issue 17: fuzzy matching built a Levenshtein automaton (and a prefix regex) for every word of
+/// the value, of any length and number. Words are now bounded (8 words of at most 64
+/// characters); beyond, 400 naming the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzy_matching_bounds_word_length_and_count() {
+    let spec = Spec::new(1708, 1, 1);
+    let server = Server::with(&[instance(&spec)]).await;
+    let long = "a".repeat(5_000);
+    let many = (0..50).map(|i| format!("w{i}")).collect::<Vec<_>>().join("^");
+    for (value, bound) in [(long.as_str(), "64 characters"), (many.as_str(), "8 words")] {
+        let url = format!("{}/studies?PatientName={value}&fuzzymatching=true", server.base);
+        let reply = get(&url, "application/dicom+json").await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+        assert!(reply.text().contains(bound), "{}", reply.text());
+    }
+    let found = qido(&server.base, "/studies?PatientName=Doe^Patient1708&fuzzymatching=true").await;
+    assert_eq!(found.len(), 1, "a normal fuzzy search still matches");
+}
+
+/// Issue 17: the DICOM JSON writer looked up each element's raw bytes by a linear search over
+/// all of them, quadratic in the number of elements (1M empty elements in an 8 MB part is about
+/// 10^11 comparisons). Such a part (983,040 empty private elements, 7.9 MB) is now answered in
+/// seconds. Its DICOM JSON is then larger than the store keeps for one instance, so it is refused;
+/// what this test measures is that the answer comes, and soon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_empty_elements_are_answered_in_linear_time() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_child(data.path());
+    let spec = Spec::new(1709, 1, 1);
+    let mut extra = Vec::new();
+    for group in (0x0029u16..=0x0047).step_by(2) {
+        for element in 0x1000u16..=0xFFFF {
+            extra.extend_from_slice(&group.to_le_bytes());
+            extra.extend_from_slice(&element.to_le_bytes());
+            extra.extend_from_slice(b"LO\0\0");
+        }
+    }
+    let part = with_elements_before_pixel_data(&Spec::new(1709, 1, 2), &extra);
+    stow(&server.base, None, &[instance(&spec)]).await;
+    let started = std::time::Instant::now();
+    let reply = try_stow(&server.base, None, &[part]).await.unwrap_or_else(|e| panic!("server gone: {e}"));
+    let took = started.elapsed();
+    assert_eq!(extra.len(), 983_040 * 8);
+    assert!(took < std::time::Duration::from_secs(30), "the answer took {took:?}");
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    eprintln!("983,040 empty elements answered in {took:?}");
+    still_serving(&server, &spec, peak_rss_kib(server.child.id()), 64).await;
+}
