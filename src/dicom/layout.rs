@@ -386,7 +386,9 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
     }
     let dataset_offset = walker.position;
     match transfer_syntax_uid.as_str() {
-        // Deflated data sets cannot be walked without inflating; dicom-rs parses them.
+        // Deflated data sets cannot be walked without inflating. dicom-rs is built without its
+        // deflate feature, so it refuses them before parsing anything (C122): no nesting of
+        // theirs is ever parsed.
         "1.2.840.10008.1.2.1.99" => {
             return Ok(Layout {
                 dataset_offset,
