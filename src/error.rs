@@ -94,6 +94,18 @@ impl From<crate::blob::BlobError> for Error {
     }
 }
 
+/// A stored instance whose Image Pixel attributes contradict its Pixel Data: its frames, rendered
+/// and thumbnail representations cannot be produced, while the stored bytes can (PS3.18 Table
+/// 10.4.3-1: 406, no acceptable representation; the message says what is available).
+impl From<crate::dicom::pixels::DescriptionError> for Error {
+    fn from(error: crate::dicom::pixels::DescriptionError) -> Error {
+        Error::new(
+            ErrorKind::NotAcceptable,
+            format!("{error}; the instance is available as stored (application/dicom; transfer-syntax=*)"),
+        )
+    }
+}
+
 impl From<crate::index::IndexError> for Error {
     fn from(error: crate::index::IndexError) -> Error {
         match error {

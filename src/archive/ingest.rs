@@ -188,7 +188,9 @@ async fn finish(
         InstanceFailure::anonymous(FailureReason::ProcessingFailure, "the archive could not store the instance")
     })?;
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
+    let permit = super::parse_permit().await;
     let parsed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
     })
     .await;

@@ -62,8 +62,11 @@ pub struct Archive {
     /// Brings the index up to the store's changes (see `visibility`).
     follower: Arc<visibility::IndexFollower>,
     /// Pixel decoding is CPU- and memory-heavy (up to `transcode::MAX_DECODED_BYTES` each): at
-    /// most one per core runs at a time, the others wait.
-    codec_permits: tokio::sync::Semaphore,
+    /// most one per core runs at a time, the others wait. A permit is owned by the blocking job
+    /// until it ends, not by the request: a client that leaves does not free it early.
+    codec_permits: Arc<tokio::sync::Semaphore>,
+    /// Codec jobs running on the blocking pool now.
+    codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Archive {
@@ -96,9 +99,8 @@ impl Archive {
             blobs,
             index,
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
-            codec_permits: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-            ),
+            codec_permits: Arc::new(tokio::sync::Semaphore::new(codec_slots())),
+            codec_jobs: Default::default(),
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -298,17 +300,29 @@ impl Archive {
         self.run_codec(move || crate::dicom::render::render_frames(reader, &frames, &options)).await
     }
 
-    /// Runs a transcoding job on the blocking pool, one per core at a time; a codec panic on a
-    /// malformed stream becomes a 500 for this request only.
+    /// Runs a transcoding job on the blocking pool, one per core at a time. The permit moves into
+    /// the job and is released when the job ends, even if the request that started it was
+    /// dropped (a client that disconnects cannot start decodes beyond the cap). The stored object
+    /// failing to parse whole, or a codec panicking on it, is a 406 for this request only: the
+    /// stored form is still available.
     async fn run_codec<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> Result<T, crate::dicom::transcode::TranscodeError> + Send + 'static,
     ) -> Result<T, Error> {
         use crate::dicom::transcode::TranscodeError;
-        let _permit = self.codec_permits.acquire().await.map_err(Error::internal)?;
-        let outcome = tokio::task::spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)))
-            .await
-            .map_err(Error::internal)?;
+        use std::sync::atomic::Ordering;
+        let permit = self.codec_permits.clone().acquire_owned().await.map_err(Error::internal)?;
+        let running = self.codec_jobs.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            running.fetch_add(1, Ordering::SeqCst);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            running.fetch_sub(1, Ordering::SeqCst);
+            outcome
+        })
+        .await
+        .map_err(Error::internal)?;
+        let stored_form = "; the stored form is available with transfer-syntax=*";
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error @ TranscodeError::TooLarge(_))) => {
@@ -316,12 +330,20 @@ impl Archive {
             }
             Ok(Err(error @ TranscodeError::Undecodable(_))) => {
                 tracing::warn!(%error, "pixel data not decodable");
-                let message = format!("{error}; the stored form is available with transfer-syntax=*");
-                Err(Error::new(crate::error::ErrorKind::NotAcceptable, message))
+                Err(Error::new(crate::error::ErrorKind::NotAcceptable, format!("{error}{stored_form}")))
             }
             Ok(Err(error)) => Err(Error::internal(error)),
-            Err(_) => Err(Error::internal(std::io::Error::other("transcoder panicked"))),
+            Err(_) => {
+                tracing::warn!("a codec panicked on stored pixel data");
+                let message = format!("the pixel data could not be decoded (the decoder failed){stored_form}");
+                Err(Error::new(crate::error::ErrorKind::NotAcceptable, message))
+            }
         }
+    }
+
+    /// Codec jobs running on the blocking pool now (at most one per core).
+    pub fn codec_jobs_running(&self) -> usize {
+        self.codec_jobs.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The stored bytes of an instance, as a stream.
@@ -411,6 +433,21 @@ async fn sweep_unreferenced(store: &dyn Store, blobs: &dyn BlobStore) -> Result<
         }
     }
     Ok(swept)
+}
+
+/// Codec jobs (and, separately, store-time parses) that run at once: one per core.
+fn codec_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
+
+/// A permit for one store-time parse on the blocking pool (one per core in the process): a
+/// parse reads a data set up to Pixel Data and builds its DICOM JSON, which costs CPU and memory
+/// that must not grow with the number of concurrent uploads. The caller moves it into the
+/// blocking job, so that it is held until the parse ends.
+pub(crate) async fn parse_permit() -> tokio::sync::OwnedSemaphorePermit {
+    static PERMITS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+        std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(codec_slots())));
+    PERMITS.clone().acquire_owned().await.expect("the parse semaphore is never closed")
 }
 
 pub fn level_name(level: Level) -> &'static str {

@@ -8,75 +8,105 @@
 
 use super::layout::PixelDataLayout;
 
-/// The byte ranges (offset, length) of one frame in the stored file.
-pub type FrameRanges = Vec<(u64, u64)>;
+use super::pixels::PixelDescription;
 
-/// Image Pixel attributes that size a native frame.
-#[derive(Debug, Clone, Copy)]
-pub struct Geometry {
-    pub rows: u64,
-    pub columns: u64,
-    pub samples_per_pixel: u64,
-    pub bits_allocated: u64,
-    pub number_of_frames: u64,
+/// Which stored bytes make up each frame: computed once per instance by [`map`] in time linear
+/// in the fragments, and a handful of bytes per frame (nothing per frame for native data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameMap {
+    /// Native pixel data: frame N is `frame_bytes` at `offset + N × frame_bytes`.
+    Native { offset: u64, frame_bytes: u64, frames: u32 },
+    /// Encapsulated, one fragment per frame.
+    OnePerFragment { frames: u32 },
+    /// Encapsulated, a single frame of every fragment.
+    Single,
+    /// Encapsulated: the index (among the fragments after the Basic Offset Table) of the first
+    /// fragment of each frame, then the number of fragments.
+    Starts(Vec<u32>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
     #[error("the instance has no pixel data")]
     NoPixelData,
-    #[error("frame {0} does not exist")]
-    NoSuchFrame(u64),
     #[error("bit-packed (BitsAllocated 1) frames cannot be cut out")]
     BitPacked,
-    #[error("the pixel data is shorter than its attributes say")]
-    Short,
+    #[error("the pixel data cannot be used: its fragments do not divide into NumberOfFrames frames ({0})")]
+    Fragments(&'static str),
 }
 
-/// The frames of native pixel data.
-pub fn native(layout: &PixelDataLayout, geometry: Geometry) -> Result<Vec<FrameRanges>, FrameError> {
-    let length = layout.length.ok_or(FrameError::NoPixelData)?;
-    if geometry.bits_allocated == 1 {
-        return Err(FrameError::BitPacked);
+impl FrameMap {
+    /// Number of frames.
+    pub fn len(&self) -> u32 {
+        match self {
+            FrameMap::Native { frames, .. } | FrameMap::OnePerFragment { frames } => *frames,
+            FrameMap::Single => 1,
+            FrameMap::Starts(starts) => (starts.len() - 1) as u32,
+        }
     }
-    let frame_size = geometry
-        .rows
-        .checked_mul(geometry.columns)
-        .and_then(|n| n.checked_mul(geometry.samples_per_pixel.max(1)))
-        .and_then(|n| n.checked_mul(geometry.bits_allocated.div_ceil(8)))
-        .filter(|n| *n > 0)
-        .ok_or(FrameError::Short)?;
-    let frames = geometry.number_of_frames.max(1);
-    if frame_size.checked_mul(frames).is_none_or(|total| total > length) {
-        return Err(FrameError::Short);
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
-    Ok((0..frames).map(|i| vec![(layout.offset + i * frame_size, frame_size)]).collect())
+
+    /// The byte ranges (offset, length) of frame `index` (0-based, below [`FrameMap::len`]).
+    pub fn ranges<'a>(&'a self, layout: &'a PixelDataLayout, index: u32) -> impl Iterator<Item = (u64, u64)> + 'a {
+        let fragments = layout.fragments.get(1..).unwrap_or_default();
+        let (native, span) = match self {
+            FrameMap::Native { offset, frame_bytes, .. } => {
+                (Some((offset + u64::from(index) * frame_bytes, *frame_bytes)), 0..0)
+            }
+            FrameMap::OnePerFragment { .. } => (None, index as usize..index as usize + 1),
+            FrameMap::Single => (None, 0..fragments.len()),
+            FrameMap::Starts(starts) => (None, starts[index as usize] as usize..starts[index as usize + 1] as usize),
+        };
+        native.into_iter().chain(fragments[span].iter().map(|(offset, length)| (*offset, u64::from(*length))))
+    }
+
+    /// Every byte range of every frame, in order (a video's single part).
+    pub fn all_ranges<'a>(&'a self, layout: &'a PixelDataLayout) -> impl Iterator<Item = (u64, u64)> + 'a {
+        (0..self.len()).flat_map(move |index| self.ranges(layout, index))
+    }
 }
 
-/// The frames of encapsulated pixel data. `offset_table` is the Basic Offset Table, or the
-/// Extended one when that is empty (both count from the first item after the table);
-/// `first_bytes(offset)` reads up to 4 bytes at an offset of the stored file (for the marker scan).
-pub fn encapsulated(
+/// Maps the frames of an instance whose Image Pixel attributes were checked by
+/// [`super::pixels::describe`]. Native: a fixed step. Encapsulated: `offset_table` is the Basic
+/// Offset Table, or the Extended one when that is empty (both count from the first item after the
+/// table); `first_bytes(offset)` reads up to 4 bytes at an offset of the stored file (for the
+/// marker scan).
+pub fn map(
     layout: &PixelDataLayout,
-    number_of_frames: u64,
+    description: &PixelDescription,
     offset_table: &[u64],
     mut first_bytes: impl FnMut(u64) -> Vec<u8>,
-) -> Result<Vec<FrameRanges>, FrameError> {
-    let fragments: Vec<(u64, u64)> = layout.fragments.iter().skip(1).map(|(o, l)| (*o, u64::from(*l))).collect();
+) -> Result<FrameMap, FrameError> {
+    let frames = description.frames;
+    if let Some(length) = layout.length {
+        if description.bits_allocated == 1 {
+            return Err(FrameError::BitPacked);
+        }
+        // `describe` proved that every frame lies inside the value.
+        debug_assert!(u64::from(frames) * description.frame_bytes <= length);
+        return Ok(FrameMap::Native { offset: layout.offset, frame_bytes: description.frame_bytes, frames });
+    }
+    let fragments = layout.fragments.get(1..).unwrap_or_default();
     if fragments.is_empty() {
         return Err(FrameError::NoPixelData);
     }
-    let frames = number_of_frames.max(1);
-    if fragments.len() as u64 == frames {
-        return Ok(fragments.into_iter().map(|fragment| vec![fragment]).collect());
+    if fragments.len() as u64 == u64::from(frames) {
+        return Ok(FrameMap::OnePerFragment { frames });
     }
     if frames == 1 {
-        return Ok(vec![fragments]);
+        return Ok(FrameMap::Single);
     }
-    // Item headers are 8 bytes; Basic Offset Table offsets count from the first item header.
+    // Item headers are 8 bytes; offset tables count from the first item header.
     let base = fragments[0].0 - 8;
-    let starts: Vec<u64> = if offset_table.len() as u64 == frames {
-        offset_table.iter().map(|o| base.saturating_add(*o)).collect()
+    let starts: Vec<u64> = if offset_table.len() as u64 == u64::from(frames) {
+        let starts: Vec<u64> = offset_table.iter().map(|o| base.saturating_add(*o)).collect();
+        if starts.windows(2).any(|pair| pair[0] > pair[1]) {
+            return Err(FrameError::Fragments("the offset table is not in ascending order"));
+        }
+        starts
     } else {
         fragments
             .iter()
@@ -87,20 +117,27 @@ pub fn encapsulated(
             .map(|(offset, _)| offset - 8)
             .collect()
     };
-    let mut out: Vec<FrameRanges> = Vec::new();
-    for fragment in fragments {
-        let header = fragment.0 - 8;
-        let index = starts.iter().rposition(|start| *start <= header);
-        match index {
-            Some(i) if i == out.len() => out.push(vec![fragment]),
-            Some(i) if i + 1 == out.len() => out[i].push(fragment),
-            _ => return Err(FrameError::Short),
+    // One pass: each fragment belongs to the last frame that starts at or before its header,
+    // which must be the current frame or the next one.
+    let mut first_fragments: Vec<u32> = Vec::with_capacity(frames as usize + 1);
+    let mut started = 0usize;
+    for (index, (offset, _)) in fragments.iter().enumerate() {
+        let header = offset - 8;
+        while started < starts.len() && starts[started] <= header {
+            started += 1;
+        }
+        match started {
+            0 => return Err(FrameError::Fragments("the first fragment starts no frame")),
+            n if n == first_fragments.len() + 1 => first_fragments.push(index as u32),
+            n if n == first_fragments.len() => {}
+            _ => return Err(FrameError::Fragments("a frame starts inside a fragment or has none")),
         }
     }
-    if out.len() as u64 != frames {
-        return Err(FrameError::Short);
+    if first_fragments.len() as u64 != u64::from(frames) {
+        return Err(FrameError::Fragments("fewer frame starts than NumberOfFrames"));
     }
-    Ok(out)
+    first_fragments.push(fragments.len() as u32);
+    Ok(FrameMap::Starts(first_fragments))
 }
 
 /// The media type of compressed frames in a transfer syntax (PS3.18 Table 8.7.3-5), and
@@ -135,28 +172,54 @@ mod tests {
         PixelDataLayout { offset: 1000, length: None, fragments: fragments.to_vec(), vr: None }
     }
 
+    fn description(frames: u32) -> PixelDescription {
+        PixelDescription { rows: 2, columns: 2, samples_per_pixel: 1, bits_allocated: 16, frames, frame_bytes: 8 }
+    }
+
+    fn frames(map: &FrameMap, layout: &PixelDataLayout) -> Vec<Vec<(u64, u64)>> {
+        (0..map.len()).map(|i| map.ranges(layout, i).collect()).collect()
+    }
+
     #[test]
     fn native_frames_step_through_the_value() {
         let pixels = PixelDataLayout { offset: 500, length: Some(3 * 8), fragments: Vec::new(), vr: None };
-        let geometry = Geometry { rows: 2, columns: 2, samples_per_pixel: 1, bits_allocated: 16, number_of_frames: 3 };
-        let frames = native(&pixels, geometry).unwrap();
-        assert_eq!(frames, vec![vec![(500, 8)], vec![(508, 8)], vec![(516, 8)]]);
-        let too_many = Geometry { number_of_frames: 4, ..geometry };
-        assert_eq!(native(&pixels, too_many), Err(FrameError::Short));
+        let map = map(&pixels, &description(3), &[], |_| vec![]).unwrap();
+        assert_eq!(frames(&map, &pixels), vec![vec![(500, 8)], vec![(508, 8)], vec![(516, 8)]]);
     }
 
     #[test]
     fn one_fragment_per_frame_or_basic_offset_table() {
         // BOT item at 1000 (value 1008), fragments at headers 1016, 1036, 1056.
         let pixel = layout(&[(1008, 0), (1024, 12), (1044, 12), (1064, 4)]);
-        assert_eq!(encapsulated(&pixel, 3, &[], |_| vec![]).unwrap().len(), 3);
+        assert_eq!(map(&pixel, &description(3), &[], |_| vec![]).unwrap().len(), 3);
         // Two frames: the BOT says the second starts at the third item (offset 40 from 1016).
-        let frames = encapsulated(&pixel, 2, &[0, 40], |_| vec![]).unwrap();
-        assert_eq!(frames, vec![vec![(1024, 12), (1044, 12)], vec![(1064, 4)]]);
+        let two = map(&pixel, &description(2), &[0, 40], |_| vec![]).unwrap();
+        assert_eq!(frames(&two, &pixel), vec![vec![(1024, 12), (1044, 12)], vec![(1064, 4)]]);
         // Without a BOT, JPEG markers split the frames.
-        let frames =
-            encapsulated(&pixel, 2, &[], |offset| if offset == 1044 { vec![0, 0] } else { vec![0xFF, 0xD8] }).unwrap();
-        assert_eq!(frames, vec![vec![(1024, 12), (1044, 12)], vec![(1064, 4)]]);
-        assert_eq!(encapsulated(&pixel, 1, &[], |_| vec![]).unwrap(), vec![vec![(1024, 12), (1044, 12), (1064, 4)]]);
+        let scanned =
+            map(&pixel, &description(2), &[], |offset| if offset == 1044 { vec![0, 0] } else { vec![0xFF, 0xD8] })
+                .unwrap();
+        assert_eq!(frames(&scanned, &pixel), vec![vec![(1024, 12), (1044, 12)], vec![(1064, 4)]]);
+        let single = map(&pixel, &description(1), &[], |_| vec![]).unwrap();
+        assert_eq!(frames(&single, &pixel), vec![vec![(1024, 12), (1044, 12), (1064, 4)]]);
+        assert_eq!(single.all_ranges(&pixel).count(), 3);
+        // A descending table is refused, not trusted.
+        assert!(matches!(map(&pixel, &description(2), &[40, 0], |_| vec![]), Err(FrameError::Fragments(_))));
+    }
+
+    /// A million fragments in a thousand frames map in one pass (the old search per fragment
+    /// over every frame start took about 10^9 steps).
+    #[test]
+    fn mapping_is_linear_in_the_fragments() {
+        let n = 1_000_000u64;
+        let mut fragments = vec![(8u64, 0u32)];
+        fragments.extend((0..n).map(|i| (24 + i * 10, 2u32)));
+        let pixel = layout(&fragments);
+        let table: Vec<u64> = (0..1000).map(|f| f * 1000 * 10).collect();
+        let started = std::time::Instant::now();
+        let map = map(&pixel, &description(1000), &table, |_| vec![]).unwrap();
+        assert_eq!(map.len(), 1000);
+        assert_eq!(map.ranges(&pixel, 999).count(), 1000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
     }
 }

@@ -30,7 +30,7 @@ pub struct Context<'a> {
     /// Values of (0008,0005), for ISO 2022 text.
     pub character_sets: &'a [String],
     /// Raw bytes of small top-level elements (from `layout::walk`).
-    pub raw_values: &'a [(u32, Vec<u8>)],
+    pub raw_values: &'a super::layout::RawValues,
     pub pixel_data: Option<&'a PixelDataLayout>,
 }
 
@@ -134,7 +134,7 @@ fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value:
             }
         }
         Value::Primitive(primitive) => {
-            let raw = context.raw_values.iter().find(|(t, _)| *t == tag_number(tag)).map(|(_, raw)| raw);
+            let raw = context.raw_values.get(&tag_number(tag));
             let extended = charset::needs_code_extensions(context.character_sets)
                 && matches!(vr, VR::PN | VR::LO | VR::SH | VR::LT | VR::ST | VR::UT | VR::UC);
             // Inside sequences there are no raw bytes from the layout walk; dicom-rs read them

@@ -5,6 +5,8 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_dictionary_std::StandardDataDictionary;
 use serde::{Deserialize, Serialize};
 
 use super::part10::HEADER_LEN;
@@ -16,8 +18,20 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 /// Extended Offset Table (PS3.5 §A.4): recorded whatever its size, to find frames by it.
 pub const EXTENDED_OFFSET_TABLE: u32 = 0x7FE0_0001;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
-/// Nesting beyond this is refused: no real object needs it, and it bounds the recursion.
-const MAX_DEPTH: u32 = 32;
+/// Sequences nested deeper than this (a sequence in an item of a top-level sequence is at depth
+/// 2) are refused at store time, whatever their form: defined or undefined length, items of
+/// either kind. No real object needs more; it bounds the recursion of the walk, of dicom-rs's
+/// parser, of the DICOM JSON writer, of serde and of `Drop`, which all follow the nesting, and
+/// keeps the stored DICOM JSON within serde_json's recursion limit (128) when it is read back.
+pub const MAX_SEQUENCE_DEPTH: u32 = 32;
+/// Most fragments (items) of encapsulated Pixel Data: each is recorded, so the count bounds the
+/// record; a million is far beyond any real multi-frame object (one fragment per frame).
+pub const MAX_FRAGMENTS: usize = 1 << 20;
+/// Most data elements in one instance, at all nesting levels: each costs memory in dicom-rs's
+/// object and in the DICOM JSON built from it (about 1.2 KiB together: a part of a million empty
+/// elements once took the server to 1 GB, 260,000 to 330 MB). The store keeps at most 512 KiB of
+/// DICOM JSON per instance, which already refuses data sets of more than some 25,000 elements.
+pub const MAX_ELEMENTS: u64 = 1 << 17;
 
 /// Pixel Data's place in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,11 +60,15 @@ pub struct Layout {
     pub pixel_data: Option<PixelDataLayout>,
     /// The raw value bytes of the top-level elements of at most [`MAX_CAPTURE`] bytes (tag as
     /// `group << 16 | element`), for decoding text that dicom-rs cannot.
-    pub raw_values: Vec<(u32, Vec<u8>)>,
+    pub raw_values: RawValues,
     /// The top-level elements larger than [`super::json::INLINE_BINARY_MAX`], by place: the bulk
     /// data a metadata response may refer to by BulkDataURI.
     pub large_values: Vec<LargeValue>,
 }
+
+/// Raw value bytes by tag (`group << 16 | element`): found by lookup, not by a search per
+/// element, so that a data set of a million elements costs a million steps.
+pub type RawValues = std::collections::HashMap<u32, Vec<u8>>;
 
 /// Values longer than this are not captured.
 const MAX_CAPTURE: u32 = 16 * 1024;
@@ -67,6 +85,12 @@ pub struct LargeValue {
 pub enum LayoutError {
     #[error("the file ends inside an element (declared lengths exceed the file)")]
     Truncated,
+    #[error("sequences are nested more than {MAX_SEQUENCE_DEPTH} levels deep, the most Kura accepts")]
+    TooDeep,
+    #[error("encapsulated pixel data has more than {MAX_FRAGMENTS} fragments, the most Kura accepts")]
+    TooManyFragments,
+    #[error("the data set has more than {MAX_ELEMENTS} elements, the most Kura accepts")]
+    TooManyElements,
     #[error("the element structure is invalid: {0}")]
     Invalid(&'static str),
     #[error("reading the payload failed: {0}")]
@@ -81,8 +105,9 @@ struct Walker<'a, R> {
     big_endian: bool,
     pixel_data: Option<PixelDataLayout>,
     capture_all: bool,
-    raw_values: Vec<(u32, Vec<u8>)>,
+    raw_values: RawValues,
     large_values: Vec<LargeValue>,
+    elements: u64,
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
@@ -122,104 +147,176 @@ impl<R: Read + Seek> Walker<'_, R> {
         Ok((self.u16(big_endian)?, self.u16(big_endian)?))
     }
 
-    /// Reads VR (when explicit) and length of the element whose tag was just read.
+    /// Reads VR (when explicit) and length of the element whose tag was just read. The 16-bit
+    /// length form is used for exactly the VRs dicom-rs reads it for (PS3.5 Table 7.1-2); any
+    /// other VR, unknown ones included, has the 32-bit form, as dicom-rs reads it (an unknown VR
+    /// becomes UN there), so that the walk and the parse frame the data set alike.
     fn vr_and_length(&mut self, tag: (u16, u16), explicit: bool) -> Result<([u8; 2], u32), LayoutError> {
         let big_endian = self.big_endian;
         if tag.0 == 0xFFFE || !explicit {
             return Ok((*b"  ", self.u32(big_endian)?));
         }
         let vr = self.read::<2>()?;
-        let long = matches!(
+        let short = matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
         );
-        let length = if long {
+        let length = if short {
+            u32::from(self.u16(big_endian)?)
+        } else {
             self.read::<2>()?;
             self.u32(big_endian)?
-        } else {
-            u32::from(self.u16(big_endian)?)
         };
         Ok((vr, length))
     }
 
-    /// Walks elements until `end` (defined length) or a delimitation item (undefined length).
+    /// Whether dicom-rs parses this element as a sequence of items: VR SQ, written (explicit VR)
+    /// or, in Implicit VR, from the data dictionary, whatever the length.
+    fn is_sequence(&self, tag: (u16, u16), vr: [u8; 2]) -> bool {
+        if self.explicit {
+            return &vr == b"SQ";
+        }
+        let tag = dicom_core::Tag(tag.0, tag.1);
+        tag != dicom_core::Tag(0x7FE0, 0x0010)
+            && StandardDataDictionary.by_tag(tag).is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+    }
+
+    /// Walks elements until `end` (an item of defined length) or an Item Delimitation Item
+    /// (undefined length); the top level (`end` `None`, `top_level`) runs to the end of the file.
     fn dataset(&mut self, end: Option<u64>, depth: u32, top_level: bool) -> Result<(), LayoutError> {
-        if depth > MAX_DEPTH {
-            return Err(LayoutError::Invalid("sequences nested too deeply"));
+        if depth > MAX_SEQUENCE_DEPTH {
+            return Err(LayoutError::TooDeep);
         }
         loop {
-            if end.is_some_and(|end| self.position >= end) || (end.is_none() && self.position >= self.total) {
-                if end.is_none() && !top_level {
-                    return Err(LayoutError::Truncated);
+            match end {
+                Some(end) if self.position == end => return Ok(()),
+                Some(end) if self.position > end => {
+                    return Err(LayoutError::Invalid("an element crosses the end of its item"));
                 }
-                return Ok(());
+                None if self.position >= self.total => {
+                    return if top_level { Ok(()) } else { Err(LayoutError::Truncated) };
+                }
+                _ => {}
             }
             let tag = self.tag()?;
             if tag == ITEM_DELIMITATION {
                 self.u32(self.big_endian)?;
-                return if end.is_none() { Ok(()) } else { Err(LayoutError::Invalid("unexpected item delimitation")) };
-            }
-            let (vr, length) = self.vr_and_length(tag, self.explicit)?;
-            if length != UNDEFINED {
-                if top_level && tag == PIXEL_DATA {
-                    self.pixel_data = Some(PixelDataLayout {
-                        offset: self.position,
-                        length: Some(u64::from(length)),
-                        fragments: Vec::new(),
-                        vr: (vr != *b"  ").then(|| String::from_utf8_lossy(&vr).into_owned()),
-                    });
-                }
-                let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
-                if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
-                    self.large_values.push(LargeValue {
-                        tag: number,
-                        offset: self.position,
-                        length: u64::from(length),
-                    });
-                }
-                if top_level && length <= MAX_CAPTURE && self.capture_all {
-                    if self.position + u64::from(length) > self.total {
-                        return Err(LayoutError::Truncated);
-                    }
-                    let mut value = vec![0u8; length as usize];
-                    self.reader.read_exact(&mut value).map_err(|_| LayoutError::Truncated)?;
-                    self.position += u64::from(length);
-                    self.raw_values.push((number, value));
+                if top_level {
+                    // dicom-rs skips a stray delimiter outside any sequence and reads on; so
+                    // does the walk, lest what follows go unchecked.
                     continue;
                 }
-                self.skip(u64::from(length))?;
-                continue;
+                return if end.is_none() { Ok(()) } else { Err(LayoutError::Invalid("unexpected item delimitation")) };
             }
-            if tag == PIXEL_DATA && top_level {
-                self.encapsulated()?;
-            } else if &vr == b"UN" {
-                // Undefined-length UN is a sequence in Implicit VR Little Endian (PS3.5 §6.2.2).
-                let explicit = std::mem::replace(&mut self.explicit, false);
-                let big_endian = std::mem::replace(&mut self.big_endian, false);
-                let walked = self.sequence(depth);
-                self.explicit = explicit;
-                self.big_endian = big_endian;
-                walked?;
+            self.elements += 1;
+            if self.elements > MAX_ELEMENTS {
+                return Err(LayoutError::TooManyElements);
+            }
+            let (vr, length) = self.vr_and_length(tag, self.explicit)?;
+            if tag == PIXEL_DATA && length == UNDEFINED {
+                // Encapsulated, at any depth (an Icon Image Sequence may hold some).
+                self.encapsulated(top_level)?;
+            } else if self.is_sequence(tag, vr) {
+                if length == UNDEFINED {
+                    self.sequence(None, depth)?;
+                } else {
+                    let end = self.position.checked_add(u64::from(length)).filter(|end| *end <= self.total);
+                    self.sequence(Some(end.ok_or(LayoutError::Truncated)?), depth)?;
+                }
+            } else if length == UNDEFINED {
+                // dicom-rs reads any other undefined-length element as a sequence, in the data
+                // set's own encoding; PS3.5 §6.2.2 says an undefined-length UN holds Implicit VR
+                // Little Endian. Walk it as dicom-rs will parse it, and as the standard says when
+                // that fails (the depth limit holds either way).
+                let start = self.position;
+                match self.sequence(None, depth) {
+                    Ok(()) => {}
+                    Err(LayoutError::TooDeep) => return Err(LayoutError::TooDeep),
+                    Err(_) if &vr == b"UN" && (self.explicit || self.big_endian) => {
+                        self.position = start;
+                        self.reader.seek(SeekFrom::Start(start))?;
+                        let explicit = std::mem::replace(&mut self.explicit, false);
+                        let big_endian = std::mem::replace(&mut self.big_endian, false);
+                        let walked = self.sequence(None, depth);
+                        self.explicit = explicit;
+                        self.big_endian = big_endian;
+                        walked?;
+                    }
+                    Err(error) => return Err(error),
+                }
             } else {
-                self.sequence(depth)?;
+                self.value(tag, vr, length, top_level)?;
             }
         }
     }
 
-    /// Items of an undefined-length sequence, up to its Sequence Delimitation Item.
-    fn sequence(&mut self, depth: u32) -> Result<(), LayoutError> {
+    /// A value of defined length: recorded when it is Pixel Data, large or small enough to keep
+    /// (top level only), then skipped.
+    fn value(&mut self, tag: (u16, u16), vr: [u8; 2], length: u32, top_level: bool) -> Result<(), LayoutError> {
+        if top_level && tag == PIXEL_DATA {
+            self.pixel_data = Some(PixelDataLayout {
+                offset: self.position,
+                length: Some(u64::from(length)),
+                fragments: Vec::new(),
+                vr: (vr != *b"  ").then(|| String::from_utf8_lossy(&vr).into_owned()),
+            });
+        }
+        let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
+        if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
+            self.large_values.push(LargeValue { tag: number, offset: self.position, length: u64::from(length) });
+        }
+        if top_level && length <= MAX_CAPTURE && self.capture_all {
+            if self.position + u64::from(length) > self.total {
+                return Err(LayoutError::Truncated);
+            }
+            let mut value = vec![0u8; length as usize];
+            self.reader.read_exact(&mut value).map_err(|_| LayoutError::Truncated)?;
+            self.position += u64::from(length);
+            self.raw_values.insert(number, value);
+            return Ok(());
+        }
+        self.skip(u64::from(length))
+    }
+
+    /// Items of a sequence, up to its Sequence Delimitation Item (`end` `None`) or its declared
+    /// end. Each item, of defined or undefined length, is one level deeper.
+    fn sequence(&mut self, end: Option<u64>, depth: u32) -> Result<(), LayoutError> {
         loop {
+            match end {
+                Some(end) if self.position == end => return Ok(()),
+                Some(end) if self.position > end => {
+                    return Err(LayoutError::Invalid("an item crosses the end of its sequence"));
+                }
+                _ => {}
+            }
             let tag = self.tag()?;
             let length = self.u32(self.big_endian)?;
             match tag {
-                SEQUENCE_DELIMITATION => return Ok(()),
+                SEQUENCE_DELIMITATION if end.is_none() => return Ok(()),
                 ITEM if length == UNDEFINED => self.dataset(None, depth + 1, false)?,
                 ITEM => {
-                    let end = self.position + u64::from(length);
-                    if end > self.total {
-                        return Err(LayoutError::Truncated);
-                    }
-                    self.dataset(Some(end), depth + 1, false)?;
+                    let item_end = self.position.checked_add(u64::from(length)).filter(|e| *e <= self.total);
+                    self.dataset(Some(item_end.ok_or(LayoutError::Truncated)?), depth + 1, false)?;
                 }
                 _ => return Err(LayoutError::Invalid("expected an item in a sequence")),
             }
@@ -227,7 +324,8 @@ impl<R: Read + Seek> Walker<'_, R> {
     }
 
     /// Items of encapsulated Pixel Data (PS3.5 §A.4): each fragment's place is recorded.
-    fn encapsulated(&mut self) -> Result<(), LayoutError> {
+    /// Nested ones (in an icon image) are walked, not recorded.
+    fn encapsulated(&mut self, top_level: bool) -> Result<(), LayoutError> {
         let mut layout = PixelDataLayout { offset: self.position, length: None, fragments: Vec::new(), vr: None };
         loop {
             let tag = self.tag()?;
@@ -235,13 +333,20 @@ impl<R: Read + Seek> Walker<'_, R> {
             match tag {
                 SEQUENCE_DELIMITATION => break,
                 ITEM if length != UNDEFINED => {
-                    layout.fragments.push((self.position, length));
+                    if top_level {
+                        if layout.fragments.len() >= MAX_FRAGMENTS {
+                            return Err(LayoutError::TooManyFragments);
+                        }
+                        layout.fragments.push((self.position, length));
+                    }
                     self.skip(u64::from(length))?;
                 }
                 _ => return Err(LayoutError::Invalid("encapsulated pixel data holds a non-item")),
             }
         }
-        self.pixel_data = Some(layout);
+        if top_level {
+            self.pixel_data = Some(layout);
+        }
         Ok(())
     }
 }
@@ -258,8 +363,9 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
         big_endian: false,
         pixel_data: None,
         capture_all: capture,
-        raw_values: Vec::new(),
+        raw_values: RawValues::new(),
         large_values: Vec::new(),
+        elements: 0,
     };
     // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1).
     let mut meta_has_group_length = false;
@@ -294,14 +400,16 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
     }
     let dataset_offset = walker.position;
     match transfer_syntax_uid.as_str() {
-        // Deflated data sets cannot be walked without inflating; dicom-rs parses them.
+        // Deflated data sets cannot be walked without inflating. dicom-rs is built without its
+        // deflate feature, so it refuses them before parsing anything (C122): no nesting of
+        // theirs is ever parsed.
         "1.2.840.10008.1.2.1.99" => {
             return Ok(Layout {
                 dataset_offset,
                 meta_has_group_length,
                 transfer_syntax_uid,
                 pixel_data: None,
-                raw_values: Vec::new(),
+                raw_values: RawValues::new(),
                 large_values: Vec::new(),
             });
         }
@@ -380,5 +488,76 @@ mod tests {
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.fragments.iter().map(|f| f.1).collect::<Vec<_>>(), vec![0, 4, 2]);
         assert_eq!(&bytes[pixels.fragments[1].0 as usize..][..4], &[1, 2, 3, 4]);
+    }
+
+    /// `depth` nested sequences, each with one item; `defined` picks lengths or delimiters.
+    fn nested(depth: usize, defined: bool, explicit: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for level in (0..depth).rev() {
+            let item = if defined { (level * if explicit { 20 } else { 16 }) as u32 } else { UNDEFINED };
+            let sequence = if defined { item + 8 } else { UNDEFINED };
+            out.extend_from_slice(&[0x40, 0x00, 0x30, 0xA7]);
+            if explicit {
+                out.extend_from_slice(b"SQ\0\0");
+            }
+            out.extend_from_slice(&sequence.to_le_bytes());
+            out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+            out.extend_from_slice(&item.to_le_bytes());
+        }
+        if !defined {
+            for _ in 0..depth {
+                out.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            }
+        }
+        out
+    }
+
+    fn file_in(transfer_syntax: &[u8], dataset: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        out.extend(element((2, 0x10), b"UI", transfer_syntax));
+        out.extend_from_slice(dataset);
+        out
+    }
+
+    fn walk_bytes(bytes: &[u8]) -> Result<Layout, LayoutError> {
+        walk(&mut Cursor::new(bytes), bytes.len() as u64, true)
+    }
+
+    #[test]
+    fn the_depth_limit_holds_for_every_sequence_form() {
+        let explicit = b"1.2.840.10008.1.2.1\0";
+        let implicit = b"1.2.840.10008.1.2\0\0";
+        for defined in [true, false] {
+            for (ts, is_explicit) in [(&explicit[..], true), (&implicit[..], false)] {
+                let at_limit = file_in(ts, &nested(MAX_SEQUENCE_DEPTH as usize, defined, is_explicit));
+                assert!(walk_bytes(&at_limit).is_ok(), "defined {defined}, explicit {is_explicit}");
+                let over = file_in(ts, &nested(MAX_SEQUENCE_DEPTH as usize + 1, defined, is_explicit));
+                assert!(
+                    matches!(walk_bytes(&over), Err(LayoutError::TooDeep)),
+                    "defined {defined}, explicit {is_explicit}"
+                );
+            }
+        }
+        // A stray Item Delimitation Item at the top level does not end the walk (dicom-rs reads on).
+        let mut dataset = vec![0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0];
+        dataset.extend(nested(MAX_SEQUENCE_DEPTH as usize + 1, true, true));
+        assert!(matches!(walk_bytes(&file_in(explicit, &dataset)), Err(LayoutError::TooDeep)));
+        // An undefined-length UN hides no depth, read either way.
+        let mut un = vec![0x09, 0x00, 0x10, 0x10, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        un.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        un.extend(nested(MAX_SEQUENCE_DEPTH as usize, true, true));
+        un.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert!(matches!(walk_bytes(&file_in(explicit, &un)), Err(LayoutError::TooDeep)));
+    }
+
+    #[test]
+    fn an_item_that_overruns_its_declared_length_is_refused() {
+        // A defined-length item of 4 bytes holding an 8-byte element.
+        let mut dataset =
+            vec![0x40, 0x00, 0x30, 0xA7, b'S', b'Q', 0, 0, 20, 0, 0, 0, 0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0];
+        dataset.extend(element((0x0008, 0x0100), b"SH", b"ABCD"));
+        let bytes = file_in(b"1.2.840.10008.1.2.1\0", &dataset);
+        assert!(matches!(walk_bytes(&bytes), Err(LayoutError::Invalid(_))));
     }
 }

@@ -6,6 +6,7 @@ pub mod frames;
 pub mod json;
 pub mod layout;
 pub mod part10;
+pub mod pixels;
 pub mod render;
 pub mod transcode;
 pub mod uid;

@@ -155,8 +155,8 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
     let text = |tag: Tag| -> Option<Vec<String>> {
         let number = (u32::from(tag.group()) << 16) | u32::from(tag.element());
         let is_text = attrs::by_tag(tag).is_some_and(|a| matches!(a.vr, VR::PN | VR::LO | VR::SH | VR::LT | VR::ST));
-        match framing.raw_values.iter().find(|(t, _)| *t == number) {
-            Some((_, raw)) if extended && is_text => {
+        match framing.raw_values.get(&number) {
+            Some(raw) if extended && is_text => {
                 let person_name = attrs::by_tag(tag).is_some_and(|a| a.vr == VR::PN);
                 let decoded = charset::decode(raw, &character_sets, person_name);
                 Some(decoded.split('\\').map(|v| v.trim_end_matches(['\0', ' ']).to_string()).collect())

@@ -68,7 +68,7 @@ fn open(reader: impl Read) -> Result<DefaultDicomObject, TranscodeError> {
     OpenFileOptions::new()
         .read_preamble(ReadPreamble::Always)
         .from_reader(reader)
-        .map_err(|e| TranscodeError::Failed(e.to_string()))
+        .map_err(|e| TranscodeError::Undecodable(format!("the stored object cannot be read whole: {e}")))
 }
 
 /// Renders the given frames (0-based) of a PS3.10 file, each to one encoded image.

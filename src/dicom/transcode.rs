@@ -103,7 +103,12 @@ fn undecodable(error: impl std::error::Error) -> TranscodeError {
 }
 
 fn open(reader: impl Read) -> Result<DefaultDicomObject, TranscodeError> {
-    OpenFileOptions::new().read_preamble(ReadPreamble::Always).from_reader(reader).map_err(failed)
+    // The stored object passed the store-time checks up to Pixel Data; one that cannot be read
+    // whole is undecodable, not a server failure.
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(reader)
+        .map_err(|e| TranscodeError::Undecodable(format!("the stored object cannot be read whole: {}", chain(&e))))
 }
 
 fn int(object: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<u64> {

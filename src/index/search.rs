@@ -134,6 +134,12 @@ pub fn name_words(name: &str) -> Vec<String> {
     name.split(['=', '^', ' ', ',']).filter(|w| !w.is_empty()).map(fold_name).collect()
 }
 
+/// Most words a fuzzy person-name value may have: each becomes a Levenshtein automaton and a
+/// prefix regex, whose cost grows with the word's length; names have a handful of words.
+pub const MAX_FUZZY_WORDS: usize = 8;
+/// Longest word (in characters) of a fuzzy person-name value.
+pub const MAX_FUZZY_WORD_CHARS: usize = 64;
+
 /// Edits allowed for a fuzzy word: none for short words, then one, then two.
 fn edit_distance(word: &str) -> u8 {
     match word.chars().count() {
@@ -248,7 +254,21 @@ fn criterion_query(fields: &Fields, filter: &Filter) -> IndexResult<Box<dyn Quer
                 IndexError::InvalidQuery(format!("{} has no fuzzy matching", filter.attribute.keyword))
             })?;
             let mut words: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-            for word in name_words(value) {
+            let value_words = name_words(value);
+            // Checked before any automaton is built.
+            if value_words.len() > MAX_FUZZY_WORDS {
+                return Err(IndexError::InvalidQuery(format!(
+                    "{} with fuzzymatching takes at most {MAX_FUZZY_WORDS} words",
+                    filter.attribute.keyword
+                )));
+            }
+            if value_words.iter().any(|w| w.chars().count() > MAX_FUZZY_WORD_CHARS) {
+                return Err(IndexError::InvalidQuery(format!(
+                    "{} with fuzzymatching takes words of at most {MAX_FUZZY_WORD_CHARS} characters",
+                    filter.attribute.keyword
+                )));
+            }
+            for word in value_words {
                 let word = word.replace(['*', '?'], "");
                 if word.is_empty() {
                     continue;

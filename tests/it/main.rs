@@ -22,6 +22,9 @@ mod format;
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 
+/// Hostile DICOM content: nesting, frame counts, contradictory pixel descriptions.
+mod hostile;
+
 /// Durability: sled never writes blob files; kill -9 during concurrent STOW loses nothing
 /// acknowledged; `kura reindex` rebuilds the same answers.
 mod durability;

@@ -11,7 +11,8 @@ use futures_util::{StreamExt, stream};
 use http::{HeaderMap, Response, StatusCode, header};
 
 use crate::archive::Archive;
-use crate::dicom::frames::{self, FrameError, FrameRanges, Geometry};
+use crate::dicom::frames::{self, FrameError, FrameMap};
+use crate::dicom::pixels::{self, PixelDescription};
 use crate::dicom::transcode;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, stream_body};
 use crate::error::{Error, ErrorKind};
@@ -24,69 +25,79 @@ const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 
 fn frame_error(error: FrameError) -> Error {
     match error {
-        FrameError::NoPixelData | FrameError::NoSuchFrame(_) => Error::not_found(error.to_string()),
-        FrameError::BitPacked => Error::new(ErrorKind::NotAcceptable, error.to_string()),
-        FrameError::Short => Error::internal(std::io::Error::other(error.to_string())),
+        FrameError::NoPixelData => Error::not_found(error.to_string()),
+        FrameError::BitPacked | FrameError::Fragments(_) => Error::new(
+            ErrorKind::NotAcceptable,
+            format!("{error}; the instance is available as stored (application/dicom; transfer-syntax=*)"),
+        ),
     }
 }
 
-/// The media type and transfer syntax the frames go out in, and every frame's bytes.
+/// The media type and transfer syntax the frames go out in, and where every frame's bytes are.
 struct Frames {
     media_type: &'static str,
     transfer_syntax_uid: String,
     video: bool,
-    frames: Vec<FrameRanges>,
+    map: Arc<FrameMap>,
 }
 
-fn all_frames(archive: &Archive, record: &InstanceRecord) -> Result<Frames, Error> {
+/// The Image Pixel attributes of a stored instance, checked against its Pixel Data: the one
+/// source of every frame count (issue 17: a count taken from NumberOfFrames alone once sized an
+/// allocation of 16 GiB).
+pub(crate) fn description(record: &InstanceRecord) -> Result<PixelDescription, Error> {
     let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
-    let number_of_frames = record.number(tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    Ok(pixels::describe(|tag| record.number(tag), layout)?)
+}
+
+/// Maps the frames of an instance, on the blocking pool: offset tables and fragment markers are
+/// read from the store, and the map takes time linear in the fragments.
+async fn all_frames(archive: &Arc<Archive>, record: &InstanceRecord) -> Result<Frames, Error> {
+    let description = description(record)?;
     let ts = record.transfer_syntax_uid.as_str();
-    if layout.length.is_some() {
+    let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
+    let (media_type, transfer_syntax_uid, video) = if layout.length.is_some() {
         if !frames::is_native_little_endian(ts) {
             return Err(Error::new(
                 ErrorKind::NotAcceptable,
                 format!("frames of transfer syntax {ts} cannot be served"),
             ));
         }
-        let geometry = Geometry {
-            rows: record.number(tags::ROWS).unwrap_or(0),
-            columns: record.number(tags::COLUMNS).unwrap_or(0),
-            samples_per_pixel: record.number(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
-            bits_allocated: record.number(tags::BITS_ALLOCATED).unwrap_or(16),
-            number_of_frames,
-        };
-        let frames = frames::native(layout, geometry).map_err(frame_error)?;
         // Native data is little endian either way; the bytes are those of Explicit VR LE.
-        return Ok(Frames {
-            media_type: OCTET_STREAM,
-            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
-            video: false,
-            frames,
-        });
-    }
-    let (media_type, video) = frames::media_type(ts).ok_or_else(|| {
-        Error::new(ErrorKind::NotAcceptable, format!("frames of transfer syntax {ts} cannot be served"))
-    })?;
-    // Offset tables of up to a million frames are read; beyond that the marker scan decides.
-    let basic = layout.fragments.first().filter(|(_, length)| *length > 0 && *length <= 4 * 1_000_000);
-    let extended = record.large_values.iter().find(|v| v.tag == crate::dicom::layout::EXTENDED_OFFSET_TABLE);
-    let offset_table: Vec<u64> = match (basic, extended) {
-        (Some((offset, length)), _) => {
-            let bytes = archive.read_bytes(record, *offset, *length as usize)?;
-            bytes.chunks_exact(4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
-        }
-        (None, Some(table)) if table.length <= 8 * 1_000_000 => {
-            let bytes = archive.read_bytes(record, table.offset, table.length as usize)?;
-            bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
-        }
-        _ => Vec::new(),
+        (OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN.to_string(), false)
+    } else {
+        let (media_type, video) = frames::media_type(ts).ok_or_else(|| {
+            Error::new(ErrorKind::NotAcceptable, format!("frames of transfer syntax {ts} cannot be served"))
+        })?;
+        (media_type, ts.to_string(), video)
     };
-    let frames = frames::encapsulated(layout, number_of_frames, &offset_table, |offset| {
-        archive.read_bytes(record, offset, 4).unwrap_or_default()
+    let (archive, record) = (archive.clone(), record.clone());
+    let map = tokio::task::spawn_blocking(move || -> Result<FrameMap, Error> {
+        let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
+        let mut offset_table = Vec::new();
+        if layout.length.is_none() && u64::from(description.frames) != layout.fragments.len() as u64 - 1 {
+            // Offset tables of up to a million frames are read; beyond that the marker scan decides.
+            let basic = layout.fragments.first().filter(|(_, length)| *length > 0 && *length <= 4 * 1_000_000);
+            let extended = record.large_values.iter().find(|v| v.tag == crate::dicom::layout::EXTENDED_OFFSET_TABLE);
+            offset_table = match (basic, extended) {
+                (Some((offset, length)), _) => {
+                    let bytes = archive.read_bytes(&record, *offset, *length as usize)?;
+                    bytes.chunks_exact(4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
+                }
+                (None, Some(table)) if table.length <= 8 * 1_000_000 => {
+                    let bytes = archive.read_bytes(&record, table.offset, table.length as usize)?;
+                    bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+                }
+                _ => Vec::new(),
+            };
+        }
+        frames::map(layout, &description, &offset_table, |offset| {
+            archive.read_bytes(&record, offset, 4).unwrap_or_default()
+        })
+        .map_err(frame_error)
     })
-    .map_err(frame_error)?;
-    Ok(Frames { media_type, transfer_syntax_uid: ts.to_string(), video, frames })
+    .await
+    .map_err(Error::internal)??;
+    Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map) })
 }
 
 /// How frames go out: their stored bytes, or decoded to native pixels.
@@ -162,28 +173,53 @@ pub(crate) fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Erro
     Ok(numbers)
 }
 
+/// What one part of a frames or bulk data response holds.
+enum Part {
+    /// These frames (0-based) of the map, one after the other.
+    Frames(std::ops::Range<u32>),
+    /// One stored value: offset and length.
+    Value(u64, u64),
+}
+
 /// A multipart/related response with one part per item, each a list of stored byte ranges.
+/// Parts and ranges are produced as the body streams: nothing is built per frame up front.
 fn multipart_response(
     archive: &Arc<Archive>,
     record: &InstanceRecord,
+    map: Option<Arc<FrameMap>>,
     media_type: &str,
     transfer_syntax_uid: &str,
-    parts: Vec<(String, FrameRanges)>,
+    parts: impl Iterator<Item = (String, Part)> + Send + 'static,
 ) -> Response<ResponseBody> {
     let boundary = multipart::new_boundary();
     let part_type = format!("{media_type}; transfer-syntax={transfer_syntax_uid}");
-    let mut pieces = Vec::with_capacity(parts.len());
-    for (i, (location, ranges)) in parts.into_iter().enumerate() {
+    let layout = Arc::new(record.pixel_data.clone().unwrap_or_else(|| crate::dicom::layout::PixelDataLayout {
+        offset: 0,
+        length: Some(0),
+        fragments: Vec::new(),
+        vr: None,
+    }));
+    let (archive, record, head_boundary) = (archive.clone(), record.clone(), boundary.clone());
+    let body = stream::iter(parts.enumerate()).flat_map(move |(i, (location, part))| {
+        let ranges: Box<dyn Iterator<Item = (u64, u64)> + Send> = match (part, &map) {
+            (Part::Value(offset, length), _) => Box::new(std::iter::once((offset, length))),
+            (Part::Frames(frames), Some(map)) => {
+                let (map, layout) = (map.clone(), layout.clone());
+                Box::new(frames.flat_map(move |frame| map.ranges(&layout, frame).collect::<Vec<_>>()))
+            }
+            (Part::Frames(_), None) => Box::new(std::iter::empty()),
+        };
+        let ranges: Vec<(u64, u64)> = ranges.collect();
         let length: u64 = ranges.iter().map(|(_, l)| l).sum();
         let mut head = if i == 0 { Vec::new() } else { b"\r\n".to_vec() };
-        head.extend_from_slice(&multipart::part_header(&boundary, &part_type, Some(&location), Some(length)));
-        pieces.push(stream::once(async move { Ok(Bytes::from(head)) }).boxed());
-        for (offset, length) in ranges {
-            pieces.push(archive.payload_range(record, offset, length).boxed());
-        }
-    }
+        head.extend_from_slice(&multipart::part_header(&head_boundary, &part_type, Some(&location), Some(length)));
+        let (archive, record) = (archive.clone(), record.clone());
+        stream::once(async move { Ok(Bytes::from(head)) }).chain(
+            stream::iter(ranges).flat_map(move |(offset, length)| archive.payload_range(&record, offset, length)),
+        )
+    });
     let closing = multipart::closing(&boundary);
-    let body = stream::iter(pieces).flatten().chain(stream::once(async move { Ok(closing) }));
+    let body = body.chain(stream::once(async move { Ok(closing) }));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{media_type}\"; boundary={boundary}"))
@@ -224,8 +260,8 @@ pub async fn frames(
     list: &str,
     headers: &HeaderMap,
 ) -> Result<Response<ResponseBody>, Error> {
-    let all = all_frames(archive, record)?;
-    let numbers = frame_numbers(list, all.frames.len())?;
+    let all = all_frames(archive, record).await?;
+    let numbers = frame_numbers(list, all.map.len() as usize)?;
     let form = choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))?;
     let instance_url = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
     if form == FrameForm::Decoded {
@@ -234,14 +270,16 @@ pub async fn frames(
         let locations = numbers.iter().map(|n| format!("{instance_url}/frames/{n}"));
         return Ok(decoded_response(locations.zip(decoded).collect()));
     }
-    let parts: Vec<(String, FrameRanges)> = if all.video {
+    let parts: Vec<(String, Part)> = if all.video {
         // Video: all frames in one part (§8.7.3.3.2).
-        vec![(format!("{instance_url}/frames/{list}"), all.frames.concat())]
+        vec![(format!("{instance_url}/frames/{list}"), Part::Frames(0..all.map.len()))]
     } else {
-        numbers.iter().map(|n| (format!("{instance_url}/frames/{n}"), all.frames[n - 1].clone())).collect()
+        let frame = |n: usize| Part::Frames(n as u32 - 1..n as u32);
+        numbers.iter().map(|n| (format!("{instance_url}/frames/{n}"), frame(*n))).collect()
     };
     tracing::debug!(frames = parts.len(), "wado frames");
-    Ok(multipart_response(archive, record, all.media_type, &all.transfer_syntax_uid, parts))
+    let map = Some(all.map.clone());
+    Ok(multipart_response(archive, record, map, all.media_type, &all.transfer_syntax_uid, parts.into_iter()))
 }
 
 /// A single `bytes=` range of a value of `length` bytes (RFC 9110 §14.1.2); `None` when absent or
@@ -292,14 +330,15 @@ pub async fn bulkdata(
         match layout.length {
             Some(length) => (layout.offset, length),
             None => {
-                let all = all_frames(archive, record)?;
+                let all = all_frames(archive, record).await?;
                 if choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))? == FrameForm::Decoded {
-                    let indices = (0..all.frames.len() as u32).collect();
+                    let indices = (0..all.map.len()).collect();
                     let native = archive.decoded_frames(record, indices).await?.concat();
                     return Ok(decoded_response(vec![(location, native)]));
                 }
-                let parts = all.frames.into_iter().map(|ranges| (location.clone(), ranges)).collect();
-                return Ok(multipart_response(archive, record, all.media_type, &all.transfer_syntax_uid, parts));
+                let parts = (0..all.map.len()).map(move |frame| (location.clone(), Part::Frames(frame..frame + 1)));
+                let map = Some(all.map.clone());
+                return Ok(multipart_response(archive, record, map, all.media_type, &all.transfer_syntax_uid, parts));
             }
         }
     } else {
@@ -317,13 +356,13 @@ pub async fn bulkdata(
             media_type: OCTET_STREAM,
             transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
             video: false,
-            frames: Vec::new(),
+            map: Arc::new(FrameMap::Single),
         };
         if choose_form(headers, &native, false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
         }
-        let parts = vec![(location, vec![(offset, length)])];
-        return Ok(multipart_response(archive, record, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, parts));
+        let parts = std::iter::once((location, Part::Value(offset, length)));
+        return Ok(multipart_response(archive, record, None, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, parts));
     }
     // Single part: HTTP Range applies to the value's bytes.
     let (status, first, last) = match byte_range(headers, length)? {

@@ -44,9 +44,41 @@ pub struct Target<'a> {
     pub frames: Option<&'a str>,
 }
 
-/// Number of Frames, 1 when absent.
-pub(crate) fn frame_total(record: &InstanceRecord) -> u32 {
-    record.number(tags::NUMBER_OF_FRAMES).unwrap_or(1).clamp(1, u64::from(u32::MAX)) as u32
+/// Number of Frames (1 when absent), once the Image Pixel attributes proved consistent with
+/// Pixel Data: never more frames than Pixel Data holds.
+pub(crate) fn frame_total(record: &InstanceRecord) -> Result<u32, Error> {
+    Ok(super::frames::description(record)?.frames)
+}
+
+/// The frames (0-based) one instance contributes: a list, or all of them, iterated (never
+/// collected: a count can be large).
+#[derive(Debug, Clone)]
+enum Selection {
+    List(Vec<u32>),
+    All(std::ops::Range<u32>),
+}
+
+impl Selection {
+    fn len(&self) -> u64 {
+        match self {
+            Selection::List(list) => list.len() as u64,
+            Selection::All(range) => u64::from(range.end - range.start),
+        }
+    }
+
+    fn first(&self) -> Option<u32> {
+        match self {
+            Selection::List(list) => list.first().copied(),
+            Selection::All(range) => (!range.is_empty()).then_some(range.start),
+        }
+    }
+
+    fn into_iter(self) -> Box<dyn Iterator<Item = u32> + Send> {
+        match self {
+            Selection::List(list) => Box::new(list.into_iter()),
+            Selection::All(range) => Box::new(range),
+        }
+    }
 }
 
 /// Parses the rendering parameters of §8.3.5.1; returns them and whether `annotation` was given
@@ -180,7 +212,7 @@ fn images(
     context: &RequestContext,
     kind: Kind,
     target: &Target<'_>,
-) -> Result<Vec<(InstanceRecord, Vec<u32>)>, Error> {
+) -> Result<Vec<(InstanceRecord, Selection)>, Error> {
     let level = target_level(target.series, target.instance);
     let mut records = archive.instances_of(&context.principal, level, target.study, target.series, target.instance)?;
     if records.iter().all(|r| r.pixel_data.is_none()) {
@@ -189,13 +221,13 @@ fn images(
     records.retain(|r| r.pixel_data.is_some());
     if let Some(list) = target.frames {
         let record = records.swap_remove(0);
-        let count = frame_total(&record);
+        let count = frame_total(&record)?;
         let numbers = super::frames::frame_numbers(list, count as usize)?;
         let mut frames: Vec<u32> = numbers.into_iter().map(|n| n as u32 - 1).collect();
         if kind == Kind::Thumbnail {
             frames.truncate(1);
         }
-        return Ok(vec![(record, frames)]);
+        return Ok(vec![(record, Selection::List(frames))]);
     }
     if kind == Kind::Thumbnail {
         // The middle image: in a series sorted by Instance Number, or of a multi-frame instance.
@@ -203,11 +235,13 @@ fn images(
         let series = records[0].series_uid.clone();
         records.retain(|r| r.series_uid == series);
         let record = records.swap_remove(records.len() / 2);
-        let frame = frame_total(&record) / 2;
-        return Ok(vec![(record, vec![frame])]);
+        let frame = frame_total(&record)? / 2;
+        return Ok(vec![(record, Selection::List(vec![frame]))]);
     }
     records.sort_by_key(|r| (r.series_uid.clone(), r.number(tags::INSTANCE_NUMBER).unwrap_or(0)));
-    Ok(records.into_iter().map(|r| (r.clone(), (0..frame_total(&r)).collect())).collect())
+    // Every instance is checked before the response starts, so that a bad one is a 4xx, not a
+    // broken stream.
+    records.into_iter().map(|r| Ok((r.clone(), Selection::All(0..frame_total(&r)?)))).collect()
 }
 
 fn annotation_warning(context: &RequestContext) -> HeaderValue {
@@ -229,7 +263,7 @@ pub async fn retrieve(
 ) -> Result<Response<ResponseBody>, Error> {
     let (mut options, annotated) = options(query, kind)?;
     let images = images(archive, context, kind, &target)?;
-    let count: usize = images.iter().map(|(_, frames)| frames.len()).sum();
+    let count: u64 = images.iter().map(|(_, frames)| frames.len()).sum();
     let (format, multipart) = negotiate(headers, count > 1)?;
     options.format = format;
     let mut response = Response::builder().status(StatusCode::OK);
@@ -238,7 +272,8 @@ pub async fn retrieve(
     }
     if !multipart {
         let (record, frames) = &images[0];
-        let image = archive.rendered_frames(record, frames.clone(), options).await?.swap_remove(0);
+        let frame = frames.first().ok_or_else(|| Error::not_found("no frame to render"))?;
+        let image = archive.rendered_frames(record, vec![frame], options).await?.swap_remove(0);
         return Ok(response
             .header(header::CONTENT_TYPE, format.media_type())
             .header(header::CONTENT_LENGTH, image.len())
@@ -255,8 +290,13 @@ pub async fn retrieve(
         let mut first = true;
         for (record, frames) in images {
             let url = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
-            for batch in frames.chunks(FRAMES_PER_JOB) {
-                let rendered = match archive.rendered_frames(&record, batch.to_vec(), options.clone()).await {
+            let mut frames = frames.into_iter();
+            loop {
+                let batch: Vec<u32> = frames.by_ref().take(FRAMES_PER_JOB).collect();
+                if batch.is_empty() {
+                    break;
+                }
+                let rendered = match archive.rendered_frames(&record, batch.clone(), options.clone()).await {
                     Ok(rendered) => rendered,
                     Err(error) => {
                         let _ = sender.send(Err(Box::new(error))).await;

@@ -164,7 +164,7 @@ async fn rendered(
             })
             .transpose()
     };
-    let frames = super::rendered::frame_total(record);
+    let frames = super::rendered::frame_total(record)?;
     let frame = match positive("frameNumber")? {
         Some(n) if n > frames => {
             return Err(Error::bad_request(format!("frameNumber {n}: the instance has {frames} frame(s) (§9.5.2.1)")));
@@ -182,13 +182,17 @@ async fn rendered(
     }
     match (value("windowCenter"), value("windowWidth")) {
         (Some(center), Some(width)) => {
-            let center: f64 =
-                center.parse().map_err(|_| Error::bad_request(format!("windowCenter={center:?} is not a number")))?;
-            let width: f64 = width
+            // Rust parses "NaN", "inf" and "1e999" (infinite) as floats; none is a decimal
+            // string (DS), and a VOI LUT cannot be built from them (§9.5.1.2.6): 400, not 406.
+            let center: f64 = center
                 .parse()
                 .ok()
-                .filter(|w: &f64| *w > 0.0)
-                .ok_or_else(|| Error::bad_request(format!("windowWidth={width:?} is not a positive number")))?;
+                .filter(|c: &f64| c.is_finite())
+                .ok_or_else(|| Error::bad_request(format!("windowCenter={center:?} is not a finite number")))?;
+            let width: f64 =
+                width.parse().ok().filter(|w: &f64| w.is_finite() && *w > 0.0).ok_or_else(|| {
+                    Error::bad_request(format!("windowWidth={width:?} is not a finite positive number"))
+                })?;
             options.window = Some((center, width, dicom_pixeldata::VoiLutFunction::Linear));
         }
         (None, None) => {}
