@@ -2,8 +2,9 @@
 //!
 //! Codemap (see ARCHITECTURE.md): `server` speaks HTTP and knows nothing of storage;
 //! `dicomweb` holds one module per PS3.18 transaction; `archive` is the domain core over the
-//! `store` (sled, source of truth) and the `index` (tantivy, derived); `dicom`, `media`,
-//! `auth` and `error` are leaves.
+//! `store` (the sled catalog, source of truth), the `blob` store (instance bytes) and the
+//! `index` (tantivy, derived); `model` holds the types they all speak; `dicom`, `media`,
+//! `auth`, `error` and `durable_fs` are leaves.
 
 pub mod archive;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod durable_fs;
 pub mod error;
 pub mod index;
 pub mod media;
+pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -12,7 +12,7 @@ use crate::auth::Principal;
 use crate::blob::{BlobError, BlobWrite, SharedBlobStore};
 use crate::dicom::part10::{self, HEADER_LEN, ParseError, ParsedInstance};
 use crate::error::FailureReason;
-use crate::store::record::RECORD_VERSION;
+use crate::model::records::RECORD_VERSION;
 use crate::store::{DuplicatePolicy, InstanceRecord, PayloadRef, PutOutcome, Store};
 
 /// An instance that is now in the store (durable after the next `Store::commit`).

@@ -17,11 +17,10 @@ use crate::config::Config;
 use crate::dicom::attrs::{self, Level, Return};
 use crate::dicom::part10::AttributeValue;
 use crate::error::{Error, ErrorKind};
-use crate::index::search::has_wildcard;
-use crate::index::{Criterion, Hit};
 use crate::media::compress;
 use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
 use crate::media::multipart;
+use crate::model::search::{Criterion, Hit, has_wildcard};
 use crate::server::router::Endpoint;
 
 /// The representation of a search response.

@@ -8,8 +8,9 @@ use dicom_dictionary_std::{StandardDataDictionary, tags};
 use crate::dicom::attrs::{self, Attribute, Level, Matching};
 use crate::dicom::uid;
 use crate::error::Error;
-use crate::index::search::{combine_date_times, has_wildcard, parse_date, parse_time, parse_utc_offset};
-use crate::index::{Criterion, Filter, SearchQuery};
+use crate::model::search::{
+    Criterion, Filter, SearchQuery, combine_date_times, has_wildcard, parse_date, parse_time, parse_utc_offset,
+};
 
 pub use crate::media::mime::APPLICATION_DICOM_JSON;
 

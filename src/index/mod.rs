@@ -13,12 +13,12 @@ pub mod search;
 mod stored;
 mod tantivy_index;
 
-pub use search::{Criterion, Filter, Hit, SearchHits, SearchQuery};
+pub use crate::model::search::{Criterion, DocKey, Filter, Hit, SearchHits, SearchQuery};
 pub use tantivy_index::TantivyIndex;
 
 use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
-use crate::store::BoxFuture;
+use crate::model::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -29,26 +29,6 @@ pub enum IndexError {
 }
 
 pub type IndexResult<T> = Result<T, IndexError>;
-
-/// The identity of one index document.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DocKey {
-    pub level: Level,
-    pub study_uid: String,
-    pub series_uid: Option<String>,
-    pub sop_uid: Option<String>,
-}
-
-impl DocKey {
-    /// The unique term under which the document is replaced or deleted.
-    pub fn term(&self) -> String {
-        match self.level {
-            Level::Study => format!("T|{}", self.study_uid),
-            Level::Series => format!("S|{}|{}", self.study_uid, self.series_uid.as_deref().unwrap_or("")),
-            Level::Instance => format!("I|{}", self.sop_uid.as_deref().unwrap_or("")),
-        }
-    }
-}
 
 /// A document to add or replace: the values of its level and of the levels above it, so that
 /// relational searches (e.g. `/instances?PatientID=…`) need one query.

@@ -28,11 +28,10 @@ use tantivy::{
 use tokio::sync::oneshot;
 
 use super::schema::{self, Fields, PN_TOKENIZER, SCHEMA_VERSION};
-use super::search::{
-    self, Hit, SearchHits, SearchQuery, level_term, normalise_person_name, parse_date, parse_time, parse_utc_offset,
-};
+use super::search::{self, level_term, normalise_person_name};
 use super::*;
 use crate::dicom::attrs::{self, ATTRIBUTES, DATE_TIME_PAIRS, Matching};
+use crate::model::search::{Hit, SearchHits, SearchQuery, date_time, parse_date, parse_time, parse_utc_offset};
 
 const DISK_WRITER_MEMORY: usize = 32 * 1024 * 1024;
 const RECENT_WRITER_MEMORY: usize = 16 * 1024 * 1024;
@@ -336,7 +335,7 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
         }
         let Some((local_field, utc_field)) = fields.date_time_of(date_attribute) else { continue };
         let local = parse_date(first(*date_tag)).zip(parse_time(first(*time_tag)));
-        let local = local.map(|(date, time)| search::date_time(date, time));
+        let local = local.map(|(date, time)| date_time(date, time));
         if let Some(local) = local {
             out.add_u64(local_field, local);
         }

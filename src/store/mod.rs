@@ -17,14 +17,11 @@
 //! entries. A crash in between leaves the entries, and the archive retries at the next open.
 pub mod group_commit;
 pub mod keys;
-pub mod record;
 mod sled_store;
 
-use std::future::Future;
-use std::pin::Pin;
-
+pub use crate::model::BoxFuture;
+pub use crate::model::records::{Change, InstanceRecord, PayloadRef, RECORD_VERSION, SeriesRecord, StudyRecord};
 use bytes::Bytes;
-pub use record::{Change, InstanceRecord, PayloadRef, SeriesRecord, StudyRecord};
 pub use sled_store::{LegacyPayload, SledStore, SledStoreOptions};
 
 /// Errors of the storage backend. Always a server-side failure for the client.
@@ -69,8 +66,6 @@ pub enum PutOutcome {
 
 /// The largest metadata document stored with an instance.
 pub const MAX_METADATA_BYTES: usize = 512 * 1024;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The archive's catalog. See the module docs for the durability contract.
 pub trait Store: Send + Sync + 'static {

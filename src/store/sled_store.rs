@@ -24,10 +24,10 @@ use sled::{Batch, Tree};
 
 use super::group_commit::GroupCommit;
 use super::keys;
-use super::record::*;
 use super::*;
 use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
+use crate::model::records::*;
 
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 /// The largest piece of a catalog value; see the module docs.

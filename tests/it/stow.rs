@@ -246,7 +246,7 @@ async fn identical_resend_refreshes_records_of_an_older_version() {
     let store = SledStore::open(dir.path(), SledStoreOptions::default()).expect("open");
     let old_values = vec![AttributeValue::new(dicom_dictionary_std::tags::MODALITY, vec!["CT".into()])];
     let record = |attributes: Vec<AttributeValue>| InstanceRecord {
-        version: kura::store::record::RECORD_VERSION,
+        version: kura::model::records::RECORD_VERSION,
         owner: "test".into(),
         study_uid: "1.2.3".into(),
         series_uid: "1.2.3.4".into(),

@@ -18,7 +18,7 @@ use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, stream_body}
 use crate::error::{Error, ErrorKind};
 use crate::media::mime::{MULTIPART_RELATED, MediaType};
 use crate::media::multipart;
-use crate::store::InstanceRecord;
+use crate::model::records::InstanceRecord;
 
 const OCTET_STREAM: &str = "application/octet-stream";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";

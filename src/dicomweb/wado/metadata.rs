@@ -49,7 +49,7 @@ fn negotiate(headers: &HeaderMap) -> Result<Format, Error> {
 
 /// A strong validator of the resource's current content: it changes whenever an instance is
 /// added, replaced or removed.
-fn entity_tag(records: &[crate::store::InstanceRecord]) -> String {
+fn entity_tag(records: &[crate::model::records::InstanceRecord]) -> String {
     // FNV-1a over (SOP Instance UID, store sequence number) of each instance.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for record in records {

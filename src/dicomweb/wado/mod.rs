@@ -20,7 +20,7 @@ use crate::error::{Error, ErrorKind};
 use crate::media::mime::{APPLICATION_DICOM, APPLICATION_ZIP, MULTIPART_RELATED};
 use crate::media::multipart;
 use crate::media::zip::ZipWriter;
-use crate::store::InstanceRecord;
+use crate::model::records::InstanceRecord;
 
 /// Explicit VR Little Endian, the default transfer syntax of web services (PS3.18 §8.7.3.4).
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";

@@ -22,7 +22,7 @@ use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body, s
 use crate::error::{Error, ErrorKind};
 use crate::media::mime::MULTIPART_RELATED;
 use crate::media::multipart;
-use crate::store::InstanceRecord;
+use crate::model::records::InstanceRecord;
 
 /// The default size of a thumbnail's longer side (the server's choice, §10.4.1.1.4).
 pub const THUMBNAIL_SIZE: u32 = 128;

@@ -143,7 +143,7 @@ fn selectable(media_type: &str) -> Option<Selected> {
 async fn rendered(
     archive: &Arc<Archive>,
     context: &RequestContext,
-    record: &crate::store::InstanceRecord,
+    record: &crate::model::records::InstanceRecord,
     params: &[(String, String)],
     format: ImageFormat,
 ) -> Result<Response<ResponseBody>, Error> {
