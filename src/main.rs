@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
                     .map_err(anyhow::Error::new)
                     .with_context(|| format!("opening the archive in {}", args.data_dir.display()))?;
                 let n = archive.reindex().await.map_err(anyhow::Error::new).context("reindex failed")?;
+                archive.close().await.map_err(anyhow::Error::new).context("closing the archive")?;
                 println!("reindexed {n} instances");
                 Ok(())
             }

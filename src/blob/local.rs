@@ -30,6 +30,8 @@ const READ_PIECE: u64 = 1024 * 1024;
 /// Pieces read ahead of the one being sent.
 const READ_AHEAD: usize = 2;
 
+/// Writes run on the calling worker with `block_in_place` (short page-cache writes) or on the
+/// blocking pool (fsyncs): it needs tokio's multi-thread runtime.
 pub struct LocalBlobStore {
     root: PathBuf,
     /// Free bytes kept on the file system for the catalog and the index.

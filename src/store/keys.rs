@@ -34,6 +34,14 @@ fn with_prefix(prefix: u8, parts: &[&str]) -> Vec<u8> {
     key
 }
 
+/// A one-byte prefix and a big-endian number.
+fn numbered(prefix: u8, n: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9);
+    key.push(prefix);
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
 pub fn instance(sop_uid: &str) -> Vec<u8> {
     with_prefix(INSTANCE, &[sop_uid])
 }
@@ -71,27 +79,19 @@ pub fn study(study: &str) -> Vec<u8> {
 }
 
 pub fn change(seq: u64) -> Vec<u8> {
-    let mut key = vec![CHANGE];
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+    numbered(CHANGE, seq)
 }
 
 pub fn pending_payload(id: u64) -> Vec<u8> {
-    let mut key = vec![PENDING_PAYLOAD];
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    numbered(PENDING_PAYLOAD, id)
 }
 
 pub fn payload_ref(id: u64) -> Vec<u8> {
-    let mut key = vec![PAYLOAD_REF];
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    numbered(PAYLOAD_REF, id)
 }
 
 pub fn garbage(id: u64) -> Vec<u8> {
-    let mut key = vec![GARBAGE];
-    key.extend_from_slice(&id.to_be_bytes());
-    key
+    numbered(GARBAGE, id)
 }
 
 /// Piece `n` of a value stored in pieces under `base` (see `SledStore`'s module docs).
