@@ -15,13 +15,17 @@ import pydicom
 
 MAX_BYTES = 64 * 1024
 HERE = Path(__file__).resolve().parent
+# pydicom files that crash a target now (see regressions/<target>/README.md): left out of the
+# seeds so that a short run explores the rest; the crash itself is a regression test. Remove a
+# name when its fix is in.
+KNOWN_CRASHERS = {"UN_sequence.dcm"}
 
 
 def dicom_files():
     data = Path(pydicom.__file__).parent / "data"
     for directory in ("test_files", "charset_files"):
         for path in sorted((data / directory).iterdir()):
-            if not path.is_file() or path.stat().st_size > MAX_BYTES:
+            if not path.is_file() or path.stat().st_size > MAX_BYTES or path.name in KNOWN_CRASHERS:
                 continue
             head = path.read_bytes()[:132]
             if head[128:132] == b"DICM":
