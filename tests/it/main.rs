@@ -32,3 +32,6 @@ mod durability;
 /// The HTTP edge: huge offsets, connection floods and stalls, multipart framing, Host and
 /// Origin checks.
 mod edge;
+
+/// Inputs the fuzz targets (tests/fuzz) crashed on.
+mod fuzz_regressions;

@@ -156,7 +156,8 @@ fn not_acceptable(frames: &Frames) -> Error {
 }
 
 /// Parses `{frames}`: comma-separated frame numbers from 1 (PS3.18 §8.2).
-pub(crate) fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Error> {
+// pub for the fuzz targets (tests/fuzz).
+pub fn frame_numbers(list: &str, count: usize) -> Result<Vec<usize>, Error> {
     let mut numbers = Vec::new();
     for item in list.split(',') {
         let number: usize = item
@@ -284,7 +285,8 @@ pub async fn frames(
 
 /// A single `bytes=` range of a value of `length` bytes (RFC 9110 §14.1.2); `None` when absent or
 /// not understood (the whole value is then sent), `Err` when unsatisfiable.
-fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, Error> {
+// pub for the fuzz targets (tests/fuzz).
+pub fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>, Error> {
     let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
     let Some(spec) = spec.trim().strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
