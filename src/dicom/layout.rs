@@ -245,25 +245,20 @@ impl<R: Read + Seek> Walker<'_, R> {
                 }
             } else if length == UNDEFINED {
                 // dicom-rs reads any other undefined-length element as a sequence, in the data
-                // set's own encoding; PS3.5 §6.2.2 says an undefined-length UN holds Implicit VR
-                // Little Endian. Walk it as dicom-rs will parse it, and as the standard says when
-                // that fails (the depth limit holds either way).
-                let start = self.position;
-                match self.sequence(None, depth) {
-                    Ok(()) => {}
-                    Err(LayoutError::TooDeep) => return Err(LayoutError::TooDeep),
-                    Err(_) if &vr == b"UN" && (self.explicit || self.big_endian) => {
-                        self.position = start;
-                        self.reader.seek(SeekFrom::Start(start))?;
-                        let explicit = std::mem::replace(&mut self.explicit, false);
-                        let big_endian = std::mem::replace(&mut self.big_endian, false);
-                        let walked = self.sequence(None, depth);
-                        self.explicit = explicit;
-                        self.big_endian = big_endian;
-                        walked?;
-                    }
-                    Err(error) => return Err(error),
-                }
+                // set's own encoding, and walks the same way. PS3.5 §6.2.2 says an
+                // undefined-length UN holds Implicit VR Little Endian; in an explicit data set
+                // dicom-rs 0.10 reads that content as Explicit VR, takes item tags for value
+                // lengths and allocates them (3.7 GB for pydicom's 674-byte UN_sequence.dcm,
+                // found by fuzzing). So when the walk in the data set's encoding fails, the
+                // object is refused: nothing may reach dicom-rs that it would misread.
+                self.sequence(None, depth).map_err(|error| match error {
+                    LayoutError::TooDeep => LayoutError::TooDeep,
+                    _ if &vr == b"UN" => LayoutError::Invalid(
+                        "an undefined-length UN element holds Implicit VR content inside an explicit VR data set \
+                         (PS3.5 6.2.2), which Kura cannot parse safely",
+                    ),
+                    other => other,
+                })?;
             } else {
                 self.value(tag, vr, length, top_level)?;
             }
