@@ -115,7 +115,7 @@ impl Archive {
     }
 
     /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable, and
-    /// found by searches, only after [`Archive::make_durable_and_visible`].
+    /// found by searches, only after [`Archive::make_durable`].
     pub async fn store_instance<S, E>(
         &self,
         principal: &Principal,
@@ -135,17 +135,20 @@ impl Archive {
     /// Makes every instance stored so far durable (group commit). Every search that starts
     /// after this returns finds them: searches catch the index up first (see `visibility`),
     /// so the answer to a STOW-RS request does not wait for an index commit.
-    pub async fn make_durable_and_visible(&self) -> Result<(), Error> {
+    pub async fn make_durable(&self) -> Result<(), Error> {
         let started = std::time::Instant::now();
-        // Garbage read before the commit is garbage in durable state after it: only then may
-        // its blobs go (a replaced instance's old payload).
-        let garbage = self.store.garbage()?;
-        self.store.commit().await?;
-        if !garbage.is_empty() {
-            delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
-        }
+        let garbage = self.commit_catalog().await?;
+        delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
         tracing::debug!(store_commit_us = started.elapsed().as_micros() as u64, "durable");
         Ok(())
+    }
+
+    /// Commits the catalog, and returns the garbage payloads whose unreferencing that commit made
+    /// durable: read before the commit, so only then may their blobs go.
+    async fn commit_catalog(&self) -> Result<Vec<u64>, Error> {
+        let garbage = self.store.garbage()?;
+        self.store.commit().await?;
+        Ok(garbage)
     }
 
     /// Waits until the index reflects every change made before this call (read-your-writes
@@ -382,8 +385,7 @@ impl Archive {
             return Err(Error::not_found(format!("no such {}", level_name(level))));
         }
         self.follower.changed();
-        let garbage = self.store.garbage()?;
-        self.store.commit().await?;
+        let garbage = self.commit_catalog().await?;
         self.follower.catch_up().await?;
         delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
         Ok(removed.len())

@@ -139,7 +139,7 @@ where
     }
     if !outcome.stored.is_empty() {
         // Acknowledge nothing before it is durable and searchable.
-        archive.make_durable_and_visible().await?;
+        archive.make_durable().await?;
     }
     render(context, study, outcome, want_xml)
 }

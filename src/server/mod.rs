@@ -107,7 +107,7 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("some connections did not finish within the drain timeout");
     }
-    app.archive().make_durable_and_visible().await.map_err(std::io::Error::other)?;
+    app.archive().make_durable().await.map_err(std::io::Error::other)?;
     app.archive().close().await.map_err(std::io::Error::other)?;
     tracing::info!("shutdown complete");
     Ok(())
