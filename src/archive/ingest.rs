@@ -1,5 +1,11 @@
-//! Taking one instance in: stream its bytes into the store, parse and validate what it says,
-//! apply the duplicate policy, and record it. Nothing of a failed instance remains stored.
+//! Taking instances in: stream each one's bytes into the blob store, parse and validate what it
+//! says ([`prepare`]); then, for a batch of them, make their bytes durable with one blob-store
+//! sync and record them, applying the duplicate policy ([`record`]). Nothing of a failed instance
+//! remains stored.
+//!
+//! The split is what lets concurrent uploads share their syncs (group commit): a request's
+//! instances wait for one payload sync together, and then for one catalog commit
+//! (`Archive::make_durable`), instead of one of each per instance.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -9,7 +15,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
-use crate::blob::{BlobError, BlobWrite, SharedBlobStore};
+use crate::blob::{BlobError, BlobId, BlobWrite, SharedBlobStore};
 use crate::dicom::part10::{self, HEADER_LEN, ParseError, ParsedInstance};
 use crate::error::FailureReason;
 use crate::model::records::RECORD_VERSION;
@@ -66,16 +72,29 @@ pub struct IngestLimits {
     pub policy: DuplicatePolicy,
 }
 
-/// Streams one instance into the blob store and records it in the catalog. The caller must
-/// drive `Store::commit` before acknowledging it.
-pub async fn ingest<S, E>(
+/// An instance whose bytes are written (not yet durable) and parsed, waiting to be recorded.
+pub struct PreparedInstance {
+    record: InstanceRecord,
+    metadata: Vec<u8>,
+}
+
+impl PreparedInstance {
+    /// Memory it holds until it is recorded.
+    pub fn held_bytes(&self) -> usize {
+        self.metadata.len() + std::mem::size_of::<Self>()
+    }
+}
+
+/// Streams one instance into the blob store, parses it and builds its record. [`record`] must
+/// follow, and the catalog commit after it, before it is acknowledged.
+pub async fn prepare<S, E>(
     store: &Arc<dyn Store>,
     blobs: &SharedBlobStore,
     principal: &Principal,
     expected_study: Option<&str>,
     limits: &IngestLimits,
     mut body: S,
-) -> Result<StoredInstance, IngestError<E>>
+) -> Result<PreparedInstance, IngestError<E>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
@@ -161,27 +180,25 @@ where
             ParseError::NotPart10.to_string(),
         )));
     };
-    // Durable before any record can point at it (the blob store's contract).
-    let written = writer.finish().await.map_err(internal)?;
-    debug_assert_eq!(written, length);
+    let _ = id; // The store may name the finished blob anew (a pack entry).
+    let finished = writer.finish().await.map_err(internal)?;
+    debug_assert_eq!(finished.length, length);
     let sha256 = format!("{:x}", hasher.finalize());
-    let payload = PayloadRef { id, length, sha256 };
-    let outcome = finish(store, blobs, principal, expected_study, limits, payload).await;
-    if outcome.is_err() || outcome.as_ref().is_ok_and(|stored| stored.already_stored) {
+    let payload = PayloadRef { id: finished.id, length, sha256 };
+    let prepared = parse_into_record(blobs, principal, expected_study, payload).await;
+    if prepared.is_err() {
         // Not referenced by any record: remove it now (a crash here leaves it to the sweep).
-        let _ = blobs.delete(id).await;
+        let _ = blobs.delete(vec![finished.id]).await;
     }
-    outcome.map_err(IngestError::Instance)
+    prepared.map_err(IngestError::Instance)
 }
 
-async fn finish(
-    store: &Arc<dyn Store>,
+async fn parse_into_record(
     blobs: &SharedBlobStore,
     principal: &Principal,
     expected_study: Option<&str>,
-    limits: &IngestLimits,
     payload: PayloadRef,
-) -> Result<StoredInstance, InstanceFailure> {
+) -> Result<PreparedInstance, InstanceFailure> {
     let length = payload.length;
     let reader = blobs.reader(payload.id).map_err(|e| {
         tracing::warn!(error = %e, "payload read failed");
@@ -224,30 +241,87 @@ async fn finish(
         pixel_data: parsed.pixel_data.clone(),
         large_values: parsed.large_values.clone(),
     };
-    let outcome =
-        tokio::task::block_in_place(|| store.put_instance(record, &parsed.metadata, limits.policy)).map_err(|e| {
-            tracing::warn!(error = %e, "catalog update failed");
-            InstanceFailure::of(&parsed, FailureReason::ProcessingFailure, "the archive could not store the instance")
-        })?;
-    let (already_stored, replaced) = match outcome {
-        PutOutcome::Stored { replaced, .. } => (false, replaced),
-        PutOutcome::AlreadyStored => (true, false),
-        PutOutcome::Conflict => {
-            return Err(InstanceFailure::of(
-                &parsed,
-                FailureReason::DuplicateSopInstance,
-                "a different object is already stored under this SOPInstanceUID",
-            ));
-        }
-    };
-    Ok(StoredInstance {
-        study_uid: parsed.study_uid,
-        series_uid: parsed.series_uid,
-        sop_instance_uid: parsed.sop_instance_uid,
-        sop_class_uid: parsed.sop_class_uid,
-        already_stored,
-        replaced,
-    })
+    Ok(PreparedInstance { record, metadata: parsed.metadata })
+}
+
+/// Makes the payloads of prepared instances durable with one blob-store sync, then records
+/// them in the catalog (durable after the next catalog commit). One result per instance, in
+/// order.
+pub async fn record(
+    store: &Arc<dyn Store>,
+    blobs: &SharedBlobStore,
+    limits: &IngestLimits,
+    batch: Vec<PreparedInstance>,
+) -> Vec<Result<StoredInstance, InstanceFailure>> {
+    if batch.is_empty() {
+        return Vec::new();
+    }
+    let ids: Vec<BlobId> = batch.iter().map(|prepared| prepared.record.payload.id).collect();
+    // Durable before any record can point at it (the blob store's contract).
+    if let Err(error) = blobs.make_durable(&ids).await {
+        let failure = blob_failure(error);
+        let _ = blobs.delete(ids).await;
+        return batch
+            .iter()
+            .map(|prepared| {
+                let held = stored(&prepared.record);
+                Err(InstanceFailure {
+                    sop_class_uid: Some(held.sop_class_uid),
+                    sop_instance_uid: Some(held.sop_instance_uid),
+                    ..failure.clone()
+                })
+            })
+            .collect();
+    }
+    let mut unused = Vec::new();
+    let results = tokio::task::block_in_place(|| {
+        batch
+            .into_iter()
+            .map(|prepared| {
+                let payload = prepared.record.payload.id;
+                let held = stored(&prepared.record);
+                let failure = |reason, message: &str| InstanceFailure {
+                    sop_class_uid: Some(held.sop_class_uid.clone()),
+                    sop_instance_uid: Some(held.sop_instance_uid.clone()),
+                    reason,
+                    message: message.to_string(),
+                };
+                let result = match store.put_instance(prepared.record, &prepared.metadata, limits.policy) {
+                    Ok(PutOutcome::Stored { replaced, .. }) => Ok(StoredInstance { replaced, ..held.clone() }),
+                    Ok(PutOutcome::AlreadyStored) => Ok(StoredInstance { already_stored: true, ..held.clone() }),
+                    Ok(PutOutcome::Conflict) => Err(failure(
+                        FailureReason::DuplicateSopInstance,
+                        "a different object is already stored under this SOPInstanceUID",
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "catalog update failed");
+                        Err(failure(FailureReason::ProcessingFailure, "the archive could not store the instance"))
+                    }
+                };
+                if !matches!(result, Ok(StoredInstance { already_stored: false, .. })) {
+                    unused.push(payload);
+                }
+                result
+            })
+            .collect()
+    });
+    if !unused.is_empty() {
+        // Not referenced by any record: remove them now (a crash here leaves them to the sweep).
+        let _ = blobs.delete(unused).await;
+    }
+    results
+}
+
+/// The identity of a newly stored instance.
+fn stored(record: &InstanceRecord) -> StoredInstance {
+    StoredInstance {
+        study_uid: record.study_uid.clone(),
+        series_uid: record.series_uid.clone(),
+        sop_instance_uid: record.sop_instance_uid.clone(),
+        sop_class_uid: record.sop_class_uid.clone(),
+        already_stored: false,
+        replaced: false,
+    }
 }
 
 /// A payload write that failed: out of space is Out of Resources (A700, PS3.18 Table I.2-2: the

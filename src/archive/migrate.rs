@@ -26,7 +26,9 @@ pub async fn payloads_out_of_sled(store: &SledStore, blobs: &dyn BlobStore) -> R
             })?;
             writer.write(&chunk).await?;
         }
-        let length = writer.finish().await?;
+        let finished = writer.finish().await?;
+        blobs.make_durable(&[finished.id]).await?;
+        let (id, length) = (finished.id, finished.length);
         if length != payload.length {
             return Err(Error::internal(StoreError::Corrupt(format!(
                 "format-1 payload {} holds {length} bytes, its record says {}",

@@ -114,22 +114,10 @@ impl Archive {
         Ok(archive)
     }
 
-    /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable, and
-    /// found by searches, only after [`Archive::make_durable`].
-    pub async fn store_instance<S, E>(
-        &self,
-        principal: &Principal,
-        expected_study: Option<&str>,
-        body: S,
-    ) -> Result<StoredInstance, IngestError<E>>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-    {
-        let stored = ingest::ingest(&self.store, &self.blobs, principal, expected_study, &self.limits, body).await;
-        if stored.as_ref().is_ok_and(|stored| !stored.already_stored) {
-            self.follower.changed();
-        }
-        stored
+    /// Starts taking instances in (the parts of a STOW-RS request, later C-STOREs of an
+    /// association). See [`StoreBatch`].
+    pub fn begin_store<'a>(&'a self, principal: &'a Principal) -> StoreBatch<'a> {
+        StoreBatch { archive: self, principal, prepared: Vec::new(), held: 0, results: Vec::new() }
     }
 
     /// Makes every instance stored so far durable (group commit). Every search that starts
@@ -408,11 +396,75 @@ impl Archive {
     }
 }
 
+/// Instances taken in together: each is streamed into the blob store and parsed as it arrives;
+/// they are recorded in groups, each group's payloads made durable by one blob-store sync; and
+/// the caller acknowledges them after [`Archive::make_durable`]. A group is recorded when it
+/// holds [`StoreBatch::MAX_PENDING`] instances or [`StoreBatch::MAX_HELD_BYTES`] of metadata,
+/// so a request of thousands of instances holds a bounded amount of memory.
+pub struct StoreBatch<'a> {
+    archive: &'a Archive,
+    principal: &'a Principal,
+    prepared: Vec<ingest::PreparedInstance>,
+    held: usize,
+    results: Vec<Result<StoredInstance, InstanceFailure>>,
+}
+
+impl StoreBatch<'_> {
+    pub const MAX_PENDING: usize = 64;
+    pub const MAX_HELD_BYTES: usize = 8 * 1024 * 1024;
+
+    /// Streams one instance in. A failure of this instance is kept for [`StoreBatch::finish`];
+    /// an error of the body stream itself is returned (the request cannot go on).
+    pub async fn add<S, E>(&mut self, expected_study: Option<&str>, body: S) -> Result<(), E>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+    {
+        let archive = self.archive;
+        match ingest::prepare(&archive.store, &archive.blobs, self.principal, expected_study, &archive.limits, body)
+            .await
+        {
+            Ok(prepared) => {
+                self.held += prepared.held_bytes();
+                self.prepared.push(prepared);
+                if self.prepared.len() >= Self::MAX_PENDING || self.held >= Self::MAX_HELD_BYTES {
+                    self.record().await;
+                }
+                Ok(())
+            }
+            Err(IngestError::Instance(failure)) => {
+                self.results.push(Err(failure));
+                Ok(())
+            }
+            Err(IngestError::Stream(error)) => Err(error),
+        }
+    }
+
+    async fn record(&mut self) {
+        let archive = self.archive;
+        let batch = std::mem::take(&mut self.prepared);
+        self.held = 0;
+        let results = ingest::record(&archive.store, &archive.blobs, &archive.limits, batch).await;
+        if results.iter().any(|r| r.as_ref().is_ok_and(|stored| !stored.already_stored)) {
+            archive.follower.changed();
+        }
+        self.results.extend(results);
+    }
+
+    /// Records what is still pending and returns what happened to every instance, in order of
+    /// arrival within each kind. They are durable, and searchable, after
+    /// [`Archive::make_durable`].
+    pub async fn finish(mut self) -> Vec<Result<StoredInstance, InstanceFailure>> {
+        self.record().await;
+        self.results
+    }
+}
+
 /// Deletes the blobs of garbage payloads (whose unreferencing is durable), then forgets them.
 async fn delete_blobs(store: &dyn Store, blobs: &dyn BlobStore, garbage: &[u64]) -> Result<(), Error> {
-    for id in garbage {
-        blobs.delete(*id).await?;
+    if garbage.is_empty() {
+        return Ok(());
     }
+    blobs.delete(garbage.to_vec()).await?;
     Ok(store.forget_garbage(garbage)?)
 }
 
@@ -427,13 +479,14 @@ async fn collect_garbage(store: &dyn Store, blobs: &dyn BlobStore) -> Result<(),
 /// After an unclean stop: blobs that no record references were written for instances that were
 /// never acknowledged (their records were not durable, or their ingest was cut off).
 async fn sweep_unreferenced(store: &dyn Store, blobs: &dyn BlobStore) -> Result<u64, Error> {
-    let mut swept = 0;
+    let mut unreferenced = Vec::new();
     for id in blobs.list()? {
         if !store.is_referenced(id)? {
-            blobs.delete(id).await?;
-            swept += 1;
+            unreferenced.push(id);
         }
     }
+    let swept = unreferenced.len() as u64;
+    blobs.delete(unreferenced).await?;
     Ok(swept)
 }
 

@@ -1,14 +1,18 @@
-//! The embedded blob store: one file per blob under the data directory.
+//! The embedded blob store: a file per large blob, and pack files for small ones, under the
+//! data directory.
 //!
-//! Chosen by measurement (benches/README.md): one file per instance, written sequentially and
-//! fdatasynced once, then its directory fsynced, comes within a few percent of the disk's
-//! fsynced write bandwidth, reads straight from the page cache with `pread`, and gives space
-//! back with a plain unlink — no compaction that could block readers or writers.
+//! Chosen by measurement (benches/README.md): a large instance in a file of its own, written
+//! sequentially and fdatasynced once, then its directory fsynced, comes within a few percent of
+//! the disk's fsynced write bandwidth when uploads run in parallel, reads straight from the page
+//! cache with `pread`, and gives space back with a plain unlink — no compaction that could block
+//! readers or writers. A blob of at most [`pack::MAX_ENTRY`] bytes is kept in memory while it is
+//! written and appended to a pack when it finishes (see `pack`): its durability is one shared
+//! `fdatasync` instead of two flushes of its own.
 //!
-//! Layout: `{root}/{id & 0xff:02x}/{id:016x}`. The 256 fan-out directories are created (and
-//! fsynced) when the store opens, so a put only ever adds a name to an existing directory;
-//! consecutive ids land in different directories, which keeps each one small (4,000 files per
-//! directory at a million instances).
+//! Layout: `{root}/{id & 0xff:02x}/{id:016x}` for files, `{root}/packs/{n:08x}` for packs. The
+//! 256 fan-out directories are created (and fsynced) when the store opens, so a put only ever
+//! adds a name to an existing directory; consecutive ids land in different directories, which
+//! keeps each one small (4,000 files per directory at a million instances).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -19,7 +23,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-use super::{BlobError, BlobId, BlobRead, BlobResult, BlobStore, BlobWrite};
+use super::pack::{self, Entry, EntryReader, Packs};
+use super::{BlobError, BlobId, BlobRead, BlobResult, BlobStore, BlobWrite, FinishedBlob};
 use crate::durable_fs;
 use crate::store::BoxFuture;
 
@@ -36,6 +41,7 @@ pub struct LocalBlobStore {
     root: PathBuf,
     /// Free bytes kept on the file system for the catalog and the index.
     min_free: u64,
+    packs: Arc<Packs>,
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.
@@ -74,7 +80,8 @@ impl LocalBlobStore {
         if created {
             durable_fs::sync_dir(root)?;
         }
-        Ok(Arc::new(LocalBlobStore { root: root.to_path_buf(), min_free }))
+        let packs = Arc::new(Packs::open(root)?);
+        Ok(Arc::new(LocalBlobStore { root: root.to_path_buf(), min_free, packs }))
     }
 
     fn dir_of(&self, id: BlobId) -> PathBuf {
@@ -93,24 +100,31 @@ impl LocalBlobStore {
     }
 }
 
+/// A blob being written: kept in memory while it is small enough for a pack, in a file of its
+/// own once it is not.
 struct LocalWrite {
-    file: File,
+    id: BlobId,
     path: PathBuf,
     dir: PathBuf,
     min_free: u64,
+    packs: Arc<Packs>,
+    file: Option<File>,
     buffer: Vec<u8>,
     length: u64,
 }
 
 impl LocalWrite {
+    /// Writes the buffer out to the blob's own file, creating it the first time.
     fn drain(&mut self) -> BlobResult<()> {
-        if !self.buffer.is_empty() {
-            tokio::task::block_in_place(|| -> BlobResult<()> {
-                check_room(&self.dir, self.min_free)?;
-                Ok(self.file.write_all(&self.buffer)?)
-            })?;
-            self.buffer.clear();
-        }
+        tokio::task::block_in_place(|| -> BlobResult<()> {
+            check_room(&self.dir, self.min_free)?;
+            let file = match &mut self.file {
+                Some(file) => file,
+                None => self.file.insert(OpenOptions::new().write(true).create_new(true).open(&self.path)?),
+            };
+            Ok(file.write_all(&self.buffer)?)
+        })?;
+        self.buffer.clear();
         Ok(())
     }
 }
@@ -119,19 +133,30 @@ impl BlobWrite for LocalWrite {
     fn write(&mut self, bytes: &[u8]) -> BoxFuture<'_, BlobResult<()>> {
         self.buffer.extend_from_slice(bytes);
         self.length += bytes.len() as u64;
-        let outcome = if self.buffer.len() >= WRITE_BUFFER { self.drain() } else { Ok(()) };
+        let spill =
+            if self.file.is_none() { self.length > pack::MAX_ENTRY as u64 } else { self.buffer.len() >= WRITE_BUFFER };
+        let outcome = if spill { self.drain() } else { Ok(()) };
         Box::pin(std::future::ready(outcome))
     }
 
-    fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<u64>> {
+    fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<FinishedBlob>> {
         let mut this = *self;
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || -> BlobResult<u64> {
-                this.file.write_all(&this.buffer)?;
+            let length = this.length;
+            let Some(mut file) = this.file.take() else {
+                let id = tokio::task::block_in_place(|| {
+                    check_room(&this.dir, this.min_free)?;
+                    this.packs.append(&this.buffer)
+                })?;
+                return Ok(FinishedBlob { id, length });
+            };
+            let id = this.id;
+            tokio::task::spawn_blocking(move || -> BlobResult<FinishedBlob> {
+                file.write_all(&this.buffer)?;
                 // fdatasync covers the data and the length; the directory fsync covers the name.
-                this.file.sync_data()?;
+                file.sync_data()?;
                 durable_fs::sync_dir(&this.dir)?;
-                Ok(this.length)
+                Ok(FinishedBlob { id, length })
             })
             .await
             .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
@@ -139,9 +164,10 @@ impl BlobWrite for LocalWrite {
     }
 
     fn abort(self: Box<Self>) -> BoxFuture<'static, BlobResult<()>> {
-        let path = self.path.clone();
+        let path = self.file.is_some().then(|| self.path.clone());
         drop(self);
         Box::pin(async move {
+            let Some(path) = path else { return Ok(()) };
             // No fsync: an unfinished blob that reappears after a power cut is swept anyway.
             match tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
                 Ok(Ok(())) => Ok(()),
@@ -158,28 +184,59 @@ impl BlobStore for LocalBlobStore {
         let path = self.path_of(id);
         let dir = self.dir_of(id);
         let min_free = self.min_free;
+        let packs = self.packs.clone();
         Box::pin(async move {
-            let file = tokio::task::block_in_place(|| -> BlobResult<File> {
-                check_room(&dir, min_free)?;
-                Ok(OpenOptions::new().write(true).create_new(true).open(&path)?)
-            })?;
-            Ok(Box::new(LocalWrite { file, path, dir, min_free, buffer: Vec::with_capacity(64 * 1024), length: 0 })
-                as Box<dyn BlobWrite>)
+            if path.exists() {
+                return Err(BlobError::Io(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("blob {id} exists"),
+                )));
+            }
+            Ok(Box::new(LocalWrite {
+                id,
+                path,
+                dir,
+                min_free,
+                packs,
+                file: None,
+                buffer: Vec::with_capacity(64 * 1024),
+                length: 0,
+            }) as Box<dyn BlobWrite>)
         })
+    }
+
+    fn make_durable<'a>(&'a self, ids: &'a [BlobId]) -> BoxFuture<'a, BlobResult<()>> {
+        // Files are durable when they finish; pack entries share the pack's sync.
+        let entries: Vec<Entry> = ids.iter().filter_map(|&id| Entry::of(id)).collect();
+        Box::pin(async move { self.packs.make_durable(&entries).await })
     }
 
     fn reader(&self, id: BlobId) -> BlobResult<Box<dyn BlobRead>> {
         // The parsers read element headers a few bytes at a time: buffer them.
+        if Entry::of(id).is_some() {
+            let (file, start, length) = self.packs.locate(id)?;
+            return Ok(Box::new(std::io::BufReader::with_capacity(64 * 1024, EntryReader::new(file, start, length))));
+        }
         Ok(Box::new(std::io::BufReader::with_capacity(64 * 1024, self.open_file(id)?)))
     }
 
     fn read_range(&self, id: BlobId, offset: u64, length: u64) -> BoxStream<'static, BlobResult<Bytes>> {
         use futures_util::StreamExt;
-        let file = match self.open_file(id) {
-            Ok(file) => Arc::new(file),
+        let opened = match Entry::of(id) {
+            // A pack entry: its bytes start past its header and end where it says.
+            Some(_) => self.packs.locate(id).and_then(|(file, start, size)| {
+                if offset.saturating_add(length) > size {
+                    return Err(BlobError::Short(id));
+                }
+                Ok((file, start))
+            }),
+            None => self.open_file(id).map(|file| (file, 0)),
+        };
+        let (file, base) = match opened {
+            Ok((file, base)) => (Arc::new(file), base),
             Err(e) => return Box::pin(futures_util::stream::once(std::future::ready(Err(e)))),
         };
-        let end = offset.saturating_add(length);
+        let (offset, end) = (base + offset, base + offset.saturating_add(length));
         let pieces =
             (offset..end).step_by(READ_PIECE as usize).map(move |at| (at, (end - at).min(READ_PIECE) as usize));
         // Each piece is one `pread` on the blocking pool; the next one is read while the
@@ -198,13 +255,19 @@ impl BlobStore for LocalBlobStore {
         )
     }
 
-    fn delete(&self, id: BlobId) -> BoxFuture<'_, BlobResult<()>> {
-        let path = self.path_of(id);
+    fn delete(&self, ids: Vec<BlobId>) -> BoxFuture<'_, BlobResult<()>> {
+        let (packed, files): (Vec<BlobId>, Vec<BlobId>) = ids.into_iter().partition(|&id| Entry::of(id).is_some());
+        let paths: Vec<PathBuf> = files.into_iter().map(|id| self.path_of(id)).collect();
+        let packs = self.packs.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || durable_fs::remove_file(&path))
-                .await
-                .map_err(|e| BlobError::Io(std::io::Error::other(e)))??;
-            Ok(())
+            tokio::task::spawn_blocking(move || -> BlobResult<()> {
+                for path in paths {
+                    durable_fs::remove_file(&path)?;
+                }
+                packs.delete(&packed)
+            })
+            .await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
         })
     }
 
@@ -219,6 +282,7 @@ impl BlobStore for LocalBlobStore {
                 }
             }
         }
+        ids.extend(self.packs.list()?);
         Ok(ids)
     }
 }
@@ -253,7 +317,7 @@ mod tests {
         for piece in bytes.chunks(70_000) {
             writer.write(piece).await.unwrap();
         }
-        assert_eq!(writer.finish().await.unwrap(), bytes.len() as u64);
+        assert_eq!(writer.finish().await.unwrap(), FinishedBlob { id: 0x1234, length: bytes.len() as u64 });
         assert!(dir.path().join("blobs/34/0000000000001234").is_file());
 
         let range: Vec<Bytes> = store.read_range(0x1234, 1_000_001, 1_500_000).try_collect().await.unwrap();
@@ -273,9 +337,39 @@ mod tests {
         assert_eq!(store.list().unwrap(), vec![0x1234]);
         assert!(store.create(0x1234).await.is_err(), "an existing blob is never overwritten");
 
-        store.delete(0x1234).await.unwrap();
-        store.delete(0x1234).await.unwrap();
+        store.delete(vec![0x1234]).await.unwrap();
+        store.delete(vec![0x1234]).await.unwrap();
         assert!(store.list().unwrap().is_empty());
         assert!(matches!(store.reader(0x1234), Err(BlobError::Missing(0x1234))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_blobs_go_to_a_pack_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(&dir.path().join("blobs"), 0).unwrap();
+        let bytes: Vec<u8> = (0..5_000u32).map(|i| (i % 253) as u8).collect();
+        let mut writer = store.create(9).await.unwrap();
+        writer.write(&bytes[..1000]).await.unwrap();
+        writer.write(&bytes[1000..]).await.unwrap();
+        let finished = writer.finish().await.unwrap();
+        assert_ne!(finished.id, 9, "a small blob is named by its place in a pack");
+        assert_eq!(finished.length, 5_000);
+        assert!(!dir.path().join("blobs/09/0000000000000009").exists());
+        store.make_durable(&[finished.id]).await.unwrap();
+
+        let range: Vec<Bytes> = store.read_range(finished.id, 100, 4_900).try_collect().await.unwrap();
+        assert_eq!(range.concat(), bytes[100..]);
+        let past_end: Result<Vec<Bytes>, _> = store.read_range(finished.id, 4_990, 11).try_collect().await;
+        assert!(matches!(past_end, Err(BlobError::Short(_))));
+        let mut reader = store.reader(finished.id).unwrap();
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(4_000)).unwrap();
+        let mut tail = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut tail).unwrap();
+        assert_eq!(tail, bytes[4_000..]);
+        assert_eq!(store.list().unwrap(), vec![finished.id]);
+
+        store.delete(vec![finished.id]).await.unwrap();
+        assert!(store.list().unwrap().is_empty());
+        assert!(matches!(store.reader(finished.id), Err(BlobError::Missing(_))));
     }
 }

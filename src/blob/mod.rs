@@ -7,16 +7,22 @@
 //! changes to the archive.
 //!
 //! # Durability contract
-//! - [`BlobWrite::finish`] returns only when the blob's bytes, its length and its name are
-//!   durable: a process crash **or a power loss** after it returns cannot lose or tear the blob.
-//!   Only then may a catalog record that points at it be committed.
+//! - [`BlobWrite::finish`] returns the blob's final id (a store may name a blob anew when it
+//!   finishes, for example by where it landed in a shared log) and makes it readable.
+//! - [`BlobStore::make_durable`] returns only when the bytes, the length and the name of every
+//!   blob it is given are durable: a process crash **or a power loss** after it returns cannot
+//!   lose or tear them. Only then may a catalog record that points at one be committed. A store
+//!   whose `finish` is already durable (one file per blob, an S3 multipart upload) has nothing
+//!   left to do here; one that appends small blobs to a shared log syncs that log once for every
+//!   blob appended before the call, so concurrent uploads share one sync (group commit).
 //! - A blob that was written but never finished may or may not survive a crash, whole or in
 //!   part; the archive treats it as garbage (it is not referenced) and sweeps it.
-//! - [`BlobStore::delete`] returns when the removal is durable; deleting a blob that does not
+//! - [`BlobStore::delete`] returns when the removals are durable; deleting a blob that does not
 //!   exist succeeds (deletes are retried after a crash).
 //! - Blobs are immutable once finished: readers never see a blob change.
 
 mod local;
+mod pack;
 
 use std::io::{Read, Seek};
 use std::sync::Arc;
@@ -28,8 +34,16 @@ pub use local::LocalBlobStore;
 
 use crate::store::BoxFuture;
 
-/// A blob's name: a number allocated by the catalog, never reused.
+/// A blob's name: the number the catalog allocated for it, or one the store gave it when it was
+/// finished (see [`FinishedBlob`]); never reused while the blob exists.
 pub type BlobId = u64;
+
+/// A blob whose bytes are all written: readable now, durable after [`BlobStore::make_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FinishedBlob {
+    pub id: BlobId,
+    pub length: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -63,8 +77,8 @@ pub type BlobResult<T> = Result<T, BlobError>;
 pub trait BlobWrite: Send {
     /// Appends bytes. They are not durable before `finish`.
     fn write(&mut self, bytes: &[u8]) -> BoxFuture<'_, BlobResult<()>>;
-    /// Makes the blob durable (see the module docs) and returns its length.
-    fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<u64>>;
+    /// Completes the blob and returns its final id and length (see the module docs).
+    fn finish(self: Box<Self>) -> BoxFuture<'static, BlobResult<FinishedBlob>>;
     /// Gives the blob up and removes what was written of it.
     fn abort(self: Box<Self>) -> BoxFuture<'static, BlobResult<()>>;
 }
@@ -77,12 +91,14 @@ impl<T: Read + Seek + Send> BlobRead for T {}
 pub trait BlobStore: Send + Sync + 'static {
     /// Starts writing blob `id`, which must not exist yet.
     fn create(&self, id: BlobId) -> BoxFuture<'_, BlobResult<Box<dyn BlobWrite>>>;
+    /// Makes finished blobs durable (see the module docs).
+    fn make_durable<'a>(&'a self, ids: &'a [BlobId]) -> BoxFuture<'a, BlobResult<()>>;
     /// A blocking reader over the blob (call it from the blocking pool).
     fn reader(&self, id: BlobId) -> BlobResult<Box<dyn BlobRead>>;
     /// Streams `length` bytes from `offset`; an error if the blob holds fewer.
     fn read_range(&self, id: BlobId, offset: u64, length: u64) -> BoxStream<'static, BlobResult<Bytes>>;
-    /// Removes a blob durably; a missing blob is not an error.
-    fn delete(&self, id: BlobId) -> BoxFuture<'_, BlobResult<()>>;
+    /// Removes blobs durably; a missing blob is not an error.
+    fn delete(&self, ids: Vec<BlobId>) -> BoxFuture<'_, BlobResult<()>>;
     /// Every blob that exists, finished or not (the sweep after an unclean stop).
     fn list(&self) -> BlobResult<Vec<BlobId>>;
 }

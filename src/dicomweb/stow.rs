@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 
 use super::dataset::{Dataset, Values};
 use super::{RequestContext, ResponseBody, accepted_types, full_body};
-use crate::archive::{Archive, IngestError, InstanceFailure, StoredInstance};
+use crate::archive::{Archive, InstanceFailure, StoreBatch, StoredInstance};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, FailureReason};
 use crate::media::mime::{APPLICATION_DICOM, APPLICATION_DICOM_XML, MULTIPART_RELATED, MediaType};
@@ -171,16 +171,28 @@ where
     }
 }
 
+impl Outcome {
+    /// Takes in what a batch recorded.
+    async fn settle(&mut self, batch: StoreBatch<'_>) {
+        for result in batch.finish().await {
+            match result {
+                Ok(stored) => self.stored.push(stored),
+                Err(failure) => self.failed.push(failure),
+            }
+        }
+    }
+}
+
 async fn single_part<S>(archive: &Archive, context: &RequestContext, study: Option<&str>, body: S) -> Outcome
 where
     S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Unpin,
 {
     let mut outcome = Outcome::default();
-    match archive.store_instance(&context.principal, study, body).await {
-        Ok(stored) => outcome.stored.push(stored),
-        Err(IngestError::Instance(failure)) => outcome.failed.push(failure),
-        Err(IngestError::Stream(error)) => outcome.request_error = Some(body_error(error)),
+    let mut batch = archive.begin_store(&context.principal);
+    if let Err(error) = batch.add(study, body).await {
+        outcome.request_error = Some(body_error(error));
     }
+    outcome.settle(batch).await;
     outcome
 }
 
@@ -199,6 +211,7 @@ where
         multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(config.max_request_bytes));
     let mut parts = multer::Multipart::with_constraints(body, boundary.to_string(), constraints);
     let mut outcome = Outcome::default();
+    let mut batch = archive.begin_store(&context.principal);
     let mut n_parts = 0usize;
     loop {
         let field = match parts.next_field().await {
@@ -229,15 +242,12 @@ where
             continue;
         }
         let field_stream = field.map(|chunk| chunk.map_err(multer_error));
-        match archive.store_instance(&context.principal, study, field_stream).await {
-            Ok(stored) => outcome.stored.push(stored),
-            Err(IngestError::Instance(failure)) => outcome.failed.push(failure),
-            Err(IngestError::Stream(error)) => {
-                outcome.request_error = Some(error);
-                break;
-            }
+        if let Err(error) = batch.add(study, field_stream).await {
+            outcome.request_error = Some(error);
+            break;
         }
     }
+    outcome.settle(batch).await;
     if n_parts == 0 && outcome.request_error.is_none() {
         outcome.request_error = Some(Error::bad_request("the request contains no parts"));
     }

@@ -18,7 +18,11 @@ pub const META: u8 = b'm';
 pub const METADATA: u8 = b'j';
 
 /// The catalog's on-disk format; a store with another value is refused at open.
-pub const FORMAT_VERSION: &[u8] = b"kura-catalog-2";
+/// Format 3: payload ids with the top bit set name entries of the blob store's pack files, which
+/// an older Kura would not find; format 2 (files only) is read as is and relabelled.
+pub const FORMAT_VERSION: &[u8] = b"kura-catalog-3";
+/// Format 2: every payload in a file of its own. Opens as format 3 without any change.
+pub const FORMAT_VERSION_2: &[u8] = b"kura-catalog-2";
 /// Format 1: payload chunks in sled, every value in one key. Migrated at open.
 pub const FORMAT_VERSION_1: &[u8] = b"kura-catalog-1";
 

@@ -33,7 +33,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error(
         "the data directory has format {0:?}, which this version of Kura does not know (it reads \
-         kura-catalog-1 and kura-catalog-2): start the Kura version that wrote it, or restore a backup"
+         kura-catalog-1 to kura-catalog-3): start the Kura version that wrote it, or restore a backup"
     )]
     UnknownFormat(String),
 }

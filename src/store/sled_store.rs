@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -86,11 +86,12 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// The durable flush: sled's flush, then a real fsync of its log and of its directory.
-fn durable_flush(db: &sled::Db, log: &File, dir: &Path) -> Result<(), String> {
+/// The durable flush: sled's flush, then a real `fdatasync` of its log (data and length; its
+/// timestamps need not survive) and an fsync of its directory when a name in it changed.
+fn durable_flush(db: &sled::Db, log: &File, dir: &crate::durable_fs::DirSync) -> Result<(), String> {
     db.flush().map_err(|e| e.to_string())?;
-    log.sync_all().map_err(|e| e.to_string())?;
-    crate::durable_fs::sync_dir(dir).map_err(|e| e.to_string())
+    log.sync_data().map_err(|e| e.to_string())?;
+    dir.sync().map_err(|e| e.to_string())
 }
 
 impl SledStore {
@@ -107,6 +108,10 @@ impl SledStore {
         let legacy_payloads = db.open_tree("payloads").map_err(backend)?;
         let legacy_format = match catalog.get(keys::meta("format")).map_err(backend)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => false,
+            Some(found) if found.as_ref() == keys::FORMAT_VERSION_2 => {
+                catalog.insert(keys::meta("format"), keys::FORMAT_VERSION).map_err(backend)?;
+                false
+            }
             Some(found) if found.as_ref() == keys::FORMAT_VERSION_1 => true,
             Some(found) => return Err(StoreError::UnknownFormat(String::from_utf8_lossy(&found).into_owned())),
             None => {
@@ -117,7 +122,7 @@ impl SledStore {
         // sled creates `conf`, `db` and `blobs/` without fsyncing them or the directory.
         let log = File::open(dir.join("db")).map_err(io)?;
         File::open(dir.join("conf")).and_then(|conf| conf.sync_all()).map_err(io)?;
-        let dir: PathBuf = dir.to_path_buf();
+        let dir = Arc::new(crate::durable_fs::DirSync::new(dir));
         let flush_db = db.clone();
         let log = Arc::new(log);
         let group_commit = GroupCommit::start(move || {

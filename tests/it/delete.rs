@@ -23,7 +23,7 @@ async fn delete_instance_series_and_study() {
     parts.push(instance(&other));
     let server = Server::with(&parts).await;
     let base = &server.base;
-    assert_eq!(blob_files(&server.data_dir()).len(), 6);
+    assert_eq!(stored_blobs(&server.data_dir()).len(), 6);
 
     // One instance.
     let gone = &specs[1];
@@ -48,7 +48,7 @@ async fn delete_instance_series_and_study() {
         let reply = get(&kept.instance_url(base), "application/dicom").await;
         assert_eq!(reply.body.as_ref(), as_stored(&instance(kept)).as_slice());
     }
-    assert_eq!(blob_files(&server.data_dir()).len(), 5, "the deleted instance's blob is gone");
+    assert_eq!(stored_blobs(&server.data_dir()).len(), 5, "the deleted instance's blob is gone");
     assert_eq!(delete(&gone.instance_url(base)).await.status, StatusCode::NOT_FOUND, "a second delete is 404");
 
     // A series.
@@ -70,7 +70,7 @@ async fn delete_instance_series_and_study() {
     let zip = get(&gone.study_url(base), "application/zip").await;
     assert_eq!(zip.status, StatusCode::NOT_FOUND);
     assert_eq!(delete(&gone.study_url(base)).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(blob_files(&server.data_dir()).len(), 1, "only the other study's blob is left");
+    assert_eq!(stored_blobs(&server.data_dir()).len(), 1, "only the other study's blob is left");
     let untouched = get(&other.instance_url(base), "application/dicom").await;
     assert_eq!(untouched.body.as_ref(), as_stored(&instance(&other)).as_slice());
 
@@ -111,7 +111,35 @@ async fn overwrite_gives_the_old_blob_back() {
     assert_eq!(stow(&server.base, None, &[instance(&spec)]).await.status, StatusCode::OK);
     let replacement = instance(&Spec { seed: 3, ..spec.clone() });
     assert_eq!(stow(&server.base, None, std::slice::from_ref(&replacement)).await.status, StatusCode::OK);
-    let blobs = blob_files(&server.data_dir());
-    assert_eq!(blobs.len(), 1, "{blobs:?}");
-    assert_eq!(std::fs::read(&blobs[0]).unwrap(), as_stored(&replacement));
+    let blobs = stored_blobs(&server.data_dir());
+    assert_eq!(blobs.len(), 1, "{:?}", blobs.iter().map(|(id, _)| id).collect::<Vec<_>>());
+    assert_eq!(blobs[0].1, as_stored(&replacement));
+}
+
+/// Small instances share pack files; deleting them gives their space back: a pack of an earlier
+/// run goes as soon as nothing in it lives, and the others stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_small_instances_gives_their_pack_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let packs = || std::fs::read_dir(data.join("blobs/packs")).unwrap().count();
+    let specs: Vec<Spec> = (1..=20).map(|i| Spec::new(65, 1 + i % 2, i)).collect();
+    let server = ChildServer::start(&data);
+    let parts: Vec<Vec<u8>> = specs.iter().map(instance).collect();
+    assert_eq!(stow(&server.base, None, &parts).await.status, StatusCode::OK);
+    server.terminate();
+    assert_eq!(packs(), 1, "twenty small instances, one pack");
+
+    let server = ChildServer::start(&data);
+    let other = Spec::new(66, 1, 1);
+    assert_eq!(stow(&server.base, None, &[instance(&other)]).await.status, StatusCode::OK);
+    assert_eq!(packs(), 2, "a new run appends to a pack of its own");
+    let reply = delete(&specs[0].study_url(&server.base)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("x-kura-deleted-instances"), Some("20"));
+    assert_eq!(packs(), 1, "the first run's pack is gone with its last instance");
+    let kept = get(&other.instance_url(&server.base), "application/dicom").await;
+    assert_eq!(kept.body.as_ref(), as_stored(&instance(&other)).as_slice());
+    server.terminate();
+    assert_eq!(stored_blobs(&data).len(), 1);
 }

@@ -114,7 +114,7 @@ async fn verify(base: &str, data_dir: &std::path::Path, ledger: &Ledger) {
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "deleted instance {sop} is retrievable after the crash");
     }
     // Space: one blob per instance, none left of unacknowledged or deleted ones.
-    assert_eq!(blob_files(data_dir).len(), visible_sops.len(), "blob files match the stored instances");
+    assert_eq!(stored_blobs(data_dir).len(), visible_sops.len(), "blob files match the stored instances");
     for sop in &visible_sops {
         let expected = ledger.attempted.get(sop).unwrap_or_else(|| panic!("QIDO shows {sop}, which nobody sent"));
         let spec = &ledger.specs[sop];
@@ -326,7 +326,7 @@ async fn disk_full_refuses_with_a700_and_resumes_after_a_delete() {
     assert_eq!(failure_reasons(&reply.json()), vec![0xA700], "Out of Resources");
     assert!(reply.warnings().contains("retry when space has been freed"), "{}", reply.warnings());
     assert!(stored.len() >= 40, "{} stored before the disk filled", stored.len());
-    assert_eq!(blob_files(&data).len(), stored.len(), "nothing of the refused instance is left");
+    assert_eq!(stored_blobs(&data).len(), stored.len(), "nothing of the refused instance is left");
     // Reads keep working.
     assert_eq!(qido(&server.base, "/instances?limit=1000").await.len(), stored.len());
     let first = get(&stored[0].instance_url(&server.base), "application/dicom").await;

@@ -18,6 +18,7 @@ fn downgrade_to_format_1(data_dir: &std::path::Path) {
         .map(|item| item.unwrap().0.to_vec())
         .filter(|key| keys::is_first_piece(key))
         .collect();
+    let stored = stored_blobs(data_dir);
     for first in first_pieces {
         let base = keys::piece_base(&first).to_vec();
         let join = |base: &[u8]| -> Vec<u8> {
@@ -36,17 +37,18 @@ fn downgrade_to_format_1(data_dir: &std::path::Path) {
         let sop = String::from_utf8(base[1..].to_vec()).unwrap();
         let metadata = join(&keys::metadata(&sop));
         let id = record["payload"]["id"].as_u64().unwrap();
-        let blob = blob_files(data_dir).into_iter().find(|p| p.ends_with(format!("{id:016x}"))).unwrap();
-        for (n, chunk) in std::fs::read(&blob).unwrap().chunks(64 * 1024).enumerate() {
+        let blob = stored.iter().find(|(stored, _)| *stored == id).map(|(_, bytes)| bytes).unwrap();
+        for (n, chunk) in blob.chunks(64 * 1024).enumerate() {
             payloads.insert(keys::chunk(id, n as u32), chunk).unwrap();
         }
-        std::fs::remove_file(blob).unwrap();
         record["version"] = 1.into();
         record["payload"]["chunk_size"] = (64 * 1024).into();
         catalog.insert(&base, serde_json::to_vec(&record).unwrap()).unwrap();
         catalog.insert(keys::metadata(&sop), metadata).unwrap();
         catalog.remove(keys::payload_ref(id)).unwrap();
     }
+    // Format 1 kept every payload in sled.
+    std::fs::remove_dir_all(data_dir.join("blobs")).unwrap();
     // Series and study records were JSON too.
     for item in catalog.iter() {
         let (key, value) = item.unwrap();
@@ -73,7 +75,7 @@ async fn a_format_1_directory_is_migrated_at_open() {
     assert_eq!(stow(&server.base, None, &parts).await.status, StatusCode::OK);
     server.terminate();
     downgrade_to_format_1(&data);
-    assert!(blob_files(&data).is_empty());
+    assert!(!data.join("blobs").exists());
 
     let server = ChildServer::start(&data);
     for (spec, part) in specs.iter().zip(&parts) {
@@ -84,7 +86,7 @@ async fn a_format_1_directory_is_migrated_at_open() {
         assert_eq!(metadata.status, StatusCode::OK);
     }
     assert_eq!(qido(&server.base, "/instances").await.len(), 3);
-    assert_eq!(blob_files(&data).len(), 3, "every payload is a blob now");
+    assert_eq!(stored_blobs(&data).len(), 3, "every payload is a blob now");
     server.terminate();
     let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
     assert!(db.open_tree("payloads").unwrap().is_empty(), "no chunk is left in sled");
@@ -109,4 +111,39 @@ async fn an_unknown_format_is_refused_with_a_message() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("format"), "the refusal names the problem: {stderr}");
+}
+
+/// Format 2 (every payload a file of its own, what the previous release wrote) opens as format 3
+/// without any change to what is stored; the new small instances go to a pack beside the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_2_directory_opens_as_format_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let big = Spec::new(72, 1, 1).size(512, 512, 1);
+    let server = ChildServer::start(&data);
+    assert_eq!(stow(&server.base, None, &[instance(&big)]).await.status, StatusCode::OK);
+    server.terminate();
+    {
+        let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+        db.open_tree("catalog").unwrap().insert(keys::meta("format"), keys::FORMAT_VERSION_2).unwrap();
+        db.flush().unwrap();
+    }
+    let server = ChildServer::start(&data);
+    let small = Spec::new(72, 1, 2);
+    assert_eq!(stow(&server.base, None, &[instance(&small)]).await.status, StatusCode::OK);
+    for (spec, part) in [(&big, instance(&big)), (&small, instance(&small))] {
+        let reply = get(&spec.instance_url(&server.base), "application/dicom").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.as_ref(), as_stored(&part).as_slice());
+    }
+    server.terminate();
+    let blobs = stored_blobs(&data);
+    assert_eq!(blobs.len(), 2);
+    assert!(
+        blobs.iter().any(|(id, _)| id >> 63 == 0) && blobs.iter().any(|(id, _)| id >> 63 == 1),
+        "a file and a pack entry"
+    );
+    let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+    let format = db.open_tree("catalog").unwrap().get(keys::meta("format")).unwrap().unwrap();
+    assert_eq!(format.as_ref(), keys::FORMAT_VERSION);
 }

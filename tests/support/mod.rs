@@ -12,14 +12,19 @@ pub use client::*;
 pub use fixtures::*;
 pub use server::*;
 
-/// Every payload blob file under a data directory (`blobs/{fan}/{id}`).
-pub fn blob_files(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for fan in std::fs::read_dir(data_dir.join("blobs")).into_iter().flatten().flatten() {
-        for file in std::fs::read_dir(fan.path()).into_iter().flatten().flatten() {
-            out.push(file.path());
-        }
-    }
-    out.sort();
-    out
+/// Every payload blob under a data directory (files of their own and live pack entries), read
+/// through Kura's blob store: (id, bytes), in id order.
+pub fn stored_blobs(data_dir: &std::path::Path) -> Vec<(u64, Vec<u8>)> {
+    use kura::blob::BlobStore;
+    use std::io::Read;
+    let store = kura::blob::LocalBlobStore::open(&data_dir.join("blobs"), 0).unwrap();
+    let mut ids = store.list().unwrap();
+    ids.sort();
+    ids.into_iter()
+        .map(|id| {
+            let mut bytes = Vec::new();
+            store.reader(id).unwrap().read_to_end(&mut bytes).unwrap();
+            (id, bytes)
+        })
+        .collect()
 }
