@@ -76,12 +76,14 @@ pub struct IngestLimits {
 pub struct PreparedInstance {
     record: InstanceRecord,
     metadata: Vec<u8>,
+    /// Where each frame starts, when only the stored bytes could tell (`FrameMap::to_stored`).
+    frame_map: Option<Vec<u8>>,
 }
 
 impl PreparedInstance {
     /// Memory it holds until it is recorded.
     pub fn held_bytes(&self) -> usize {
-        self.metadata.len() + std::mem::size_of::<Self>()
+        self.metadata.len() + self.frame_map.as_ref().map_or(0, Vec::len) + std::mem::size_of::<Self>()
     }
 }
 
@@ -241,7 +243,23 @@ async fn parse_into_record(
         pixel_data: parsed.pixel_data.clone(),
         large_values: parsed.large_values.clone(),
     };
-    Ok(PreparedInstance { record, metadata: parsed.metadata })
+    let frame_map = stored_frame_map(blobs, &record).await;
+    Ok(PreparedInstance { record, metadata: parsed.metadata, frame_map })
+}
+
+/// Works out where the frames of an encapsulated multi-frame instance start, once, when the
+/// fragments alone do not say (offset tables, fragment markers): frame requests then read the map
+/// from the catalog instead of the instance's bytes. An instance whose frames cannot be found
+/// is still stored; its frame requests answer why.
+async fn stored_frame_map(blobs: &SharedBlobStore, record: &InstanceRecord) -> Option<Vec<u8>> {
+    let layout = record.pixel_data.as_ref().filter(|layout| layout.length.is_none())?;
+    let description = crate::dicom::pixels::describe(|tag| record.number(tag), layout).ok()?;
+    if description.frames <= 1 || u64::from(description.frames) == (layout.fragments.len() as u64).saturating_sub(1) {
+        return None;
+    }
+    let (blobs, record) = (blobs.clone(), record.clone());
+    let map = tokio::task::spawn_blocking(move || super::map_frames(blobs.as_ref(), &record, &description)).await;
+    map.ok()?.ok()?.ok()?.to_stored()
 }
 
 /// Makes the payloads of prepared instances durable with one blob-store sync, then records
@@ -286,7 +304,12 @@ pub async fn record(
                     reason,
                     message: message.to_string(),
                 };
-                let result = match store.put_instance(prepared.record, &prepared.metadata, limits.policy) {
+                let result = match store.put_instance(
+                    prepared.record,
+                    &prepared.metadata,
+                    prepared.frame_map.as_deref(),
+                    limits.policy,
+                ) {
                     Ok(PutOutcome::Stored { replaced, .. }) => Ok(StoredInstance { replaced, ..held.clone() }),
                     Ok(PutOutcome::AlreadyStored) => Ok(StoredInstance { already_stored: true, ..held.clone() }),
                     Ok(PutOutcome::Conflict) => Err(failure(

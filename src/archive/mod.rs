@@ -18,7 +18,9 @@ pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
 use crate::auth::Principal;
 use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
+use crate::dicom::frames::{FrameError, FrameMap};
 use crate::dicom::part10::AttributeValue;
+use crate::dicom::pixels::PixelDescription;
 use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
 use crate::store::{
@@ -263,6 +265,27 @@ impl Archive {
         Ok(bytes)
     }
 
+    /// Where each frame of an instance is: the map worked out when the instance was stored, or
+    /// (for maps that follow from the record alone, and records of an older Kura) worked out now
+    /// on the blocking pool.
+    pub async fn frame_map(
+        &self,
+        record: &InstanceRecord,
+        description: &PixelDescription,
+    ) -> Result<Result<FrameMap, FrameError>, Error> {
+        let Some(layout) = record.pixel_data.as_ref() else { return Ok(Err(FrameError::NoPixelData)) };
+        if let Some(stored) = self.store.frame_map(&record.sop_instance_uid)?
+            && let Some(map) =
+                FrameMap::from_stored(&stored, description.frames, layout.fragments.len().saturating_sub(1))
+        {
+            return Ok(Ok(map));
+        }
+        let (blobs, record, description) = (self.blobs.clone(), record.clone(), description.clone());
+        tokio::task::spawn_blocking(move || map_frames(blobs.as_ref(), &record, &description))
+            .await
+            .map_err(Error::internal)?
+    }
+
     /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was
     /// compressed (see `dicom::transcode`).
     pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
@@ -394,6 +417,26 @@ impl Archive {
     pub async fn reindex(&self) -> Result<u64, Error> {
         self.follower.rebuild(&self.data_dir.join(REBUILD_MARKER)).await
     }
+}
+
+/// Maps the frames of a stored instance from its bytes (offset tables, fragment markers), with
+/// one reader. Blocking.
+pub(crate) fn map_frames(
+    blobs: &dyn BlobStore,
+    record: &InstanceRecord,
+    description: &PixelDescription,
+) -> Result<Result<FrameMap, FrameError>, Error> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(layout) = record.pixel_data.as_ref() else { return Ok(Err(FrameError::NoPixelData)) };
+    let mut reader = blobs.reader(record.payload.id)?;
+    let read = |offset: u64, length: usize| -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(length.min(1 << 20));
+        if reader.seek(SeekFrom::Start(offset)).is_ok() {
+            let _ = (&mut reader).take(length as u64).read_to_end(&mut bytes);
+        }
+        bytes
+    };
+    Ok(crate::dicom::frames::map_stored(layout, description, &record.large_values, read))
 }
 
 /// Instances taken in together: each is streamed into the blob store and parsed as it arrives;

@@ -6,7 +6,7 @@
 //! single frame, all fragments; else a new frame starts at each fragment that opens with a JPEG
 //! SOI or JPEG 2000 SOC marker.
 
-use super::layout::PixelDataLayout;
+use super::layout::{EXTENDED_OFFSET_TABLE, LargeValue, PixelDataLayout};
 
 use super::pixels::PixelDescription;
 
@@ -36,6 +36,28 @@ pub enum FrameError {
 }
 
 impl FrameMap {
+    /// The form kept in the catalog when the map had to be worked out from the stored bytes
+    /// (offset tables, fragment markers): the other forms follow from the record alone.
+    pub fn to_stored(&self) -> Option<Vec<u8>> {
+        match self {
+            FrameMap::Starts(starts) => Some(starts.iter().flat_map(|s| s.to_le_bytes()).collect()),
+            _ => None,
+        }
+    }
+
+    /// Reads what [`FrameMap::to_stored`] wrote, for an instance of `frames` frames and
+    /// `fragments` fragments after the offset table; `None` when it does not fit them.
+    pub fn from_stored(bytes: &[u8], frames: u32, fragments: usize) -> Option<FrameMap> {
+        if bytes.len() % 4 != 0 || bytes.len() / 4 != frames as usize + 1 {
+            return None;
+        }
+        let starts: Vec<u32> =
+            bytes.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        let ascending = starts.windows(2).all(|pair| pair[0] < pair[1]);
+        (ascending && starts.first() == Some(&0) && starts.last() == Some(&(fragments as u32)))
+            .then_some(FrameMap::Starts(starts))
+    }
+
     /// Number of frames.
     pub fn len(&self) -> u32 {
         match self {
@@ -67,6 +89,34 @@ impl FrameMap {
     pub fn all_ranges<'a>(&'a self, layout: &'a PixelDataLayout) -> impl Iterator<Item = (u64, u64)> + 'a {
         (0..self.len()).flat_map(move |index| self.ranges(layout, index))
     }
+}
+
+/// Maps the frames of a stored instance: reads its offset tables (`read(offset, length)` reads
+/// stored bytes) when the fragments alone cannot tell, then [`map`]s. Blocking.
+pub fn map_stored(
+    layout: &PixelDataLayout,
+    description: &PixelDescription,
+    large_values: &[LargeValue],
+    mut read: impl FnMut(u64, usize) -> Vec<u8>,
+) -> Result<FrameMap, FrameError> {
+    let mut offset_table = Vec::new();
+    if layout.length.is_none() && u64::from(description.frames) != (layout.fragments.len() as u64).saturating_sub(1) {
+        // Offset tables of up to a million frames are read; beyond that the marker scan decides.
+        let basic = layout.fragments.first().filter(|(_, length)| *length > 0 && *length <= 4 * 1_000_000);
+        let extended = large_values.iter().find(|v| v.tag == EXTENDED_OFFSET_TABLE);
+        offset_table = match (basic, extended) {
+            (Some((offset, length)), _) => read(*offset, *length as usize)
+                .chunks_exact(4)
+                .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            (None, Some(table)) if table.length <= 8 * 1_000_000 => read(table.offset, table.length as usize)
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            _ => Vec::new(),
+        };
+    }
+    map(layout, description, &offset_table, |offset| read(offset, 4))
 }
 
 /// Maps the frames of an instance whose Image Pixel attributes were checked by

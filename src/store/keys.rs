@@ -16,6 +16,8 @@ pub const PAYLOAD_REF: u8 = b'b';
 pub const GARBAGE: u8 = b'd';
 pub const META: u8 = b'm';
 pub const METADATA: u8 = b'j';
+/// Where each frame of an encapsulated instance starts, worked out when it was stored.
+pub const FRAME_MAP: u8 = b'g';
 
 /// The catalog's on-disk format; a store with another value is refused at open.
 /// Format 3: payload ids with the top bit set name entries of the blob store's pack files, which
@@ -52,6 +54,10 @@ pub fn instance(sop_uid: &str) -> Vec<u8> {
 
 pub fn metadata(sop_uid: &str) -> Vec<u8> {
     with_prefix(METADATA, &[sop_uid])
+}
+
+pub fn frame_map(sop_uid: &str) -> Vec<u8> {
+    with_prefix(FRAME_MAP, &[sop_uid])
 }
 
 pub fn hierarchy(study: &str, series: &str, sop: &str) -> Vec<u8> {

@@ -72,11 +72,17 @@ pub trait Store: Send + Sync + 'static {
     /// A new payload id, never handed out before (it names a blob).
     fn allocate_payload(&self) -> StoreResult<u64>;
 
-    /// Atomically records an instance with its DICOM JSON metadata, updates its series and
-    /// study, marks its payload as referenced, and logs a change. `metadata` must be at most
+    /// Atomically records an instance with its DICOM JSON metadata and, when its frames could
+    /// only be found from its bytes, its frame map; updates its series and study, marks its
+    /// payload as referenced, and logs a change. `metadata` must be at most
     /// [`MAX_METADATA_BYTES`].
-    fn put_instance(&self, record: InstanceRecord, metadata: &[u8], policy: DuplicatePolicy)
-    -> StoreResult<PutOutcome>;
+    fn put_instance(
+        &self,
+        record: InstanceRecord,
+        metadata: &[u8],
+        frame_map: Option<&[u8]>,
+        policy: DuplicatePolicy,
+    ) -> StoreResult<PutOutcome>;
     /// Atomically removes the instances of a study, of one series of it, or one instance
     /// (`sop_uid` must then be in that series), with their series and study updates and a
     /// change-log entry; their payloads become garbage. Returns the removed records (empty
@@ -89,6 +95,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<InstanceRecord>>;
     /// The DICOM JSON metadata stored with an instance.
     fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
+    /// The frame map stored with an instance (`dicom::frames::FrameMap::to_stored`), if any.
+    fn frame_map(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>>;
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>>;

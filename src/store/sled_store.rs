@@ -263,6 +263,7 @@ impl SledStore {
         batch.remove(keys::hierarchy(&record.study_uid, &record.series_uid, sop));
         self.remove_pieces(batch, &keys::instance(sop))?;
         self.remove_pieces(batch, &keys::metadata(sop))?;
+        self.remove_pieces(batch, &keys::frame_map(sop))?;
         batch.remove(keys::payload_ref(record.payload.id));
         batch.insert(keys::garbage(record.payload.id), &[]);
         Ok(())
@@ -457,6 +458,7 @@ impl Store for SledStore {
         &self,
         mut record: InstanceRecord,
         metadata: &[u8],
+        frame_map: Option<&[u8]>,
         policy: DuplicatePolicy,
     ) -> StoreResult<PutOutcome> {
         if metadata.len() > MAX_METADATA_BYTES {
@@ -533,6 +535,10 @@ impl Store for SledStore {
         batch.insert(keys::hierarchy(&study, &series, &sop), &[]);
         self.put_pieces(&mut batch, &keys::instance(&sop), &encode(&record))?;
         self.put_pieces(&mut batch, &keys::metadata(&sop), metadata)?;
+        match frame_map {
+            Some(map) => self.put_pieces(&mut batch, &keys::frame_map(&sop), map)?,
+            None => self.remove_pieces(&mut batch, &keys::frame_map(&sop))?,
+        }
         batch.insert(keys::payload_ref(record.payload.id), &[]);
         batch.insert(keys::change(seq), encode(&Change { seq, touched }));
         self.catalog.apply_batch(batch).map_err(backend)?;
@@ -595,6 +601,10 @@ impl Store for SledStore {
 
     fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>> {
         Ok(self.get_pieces(&keys::metadata(sop_uid))?.map(Bytes::from))
+    }
+
+    fn frame_map(&self, sop_uid: &str) -> StoreResult<Option<Bytes>> {
+        Ok(self.get_pieces(&keys::frame_map(sop_uid))?.map(Bytes::from))
     }
 
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>> {

@@ -42,3 +42,31 @@ async fn unknown_uids_are_404_and_malformed_400() {
     assert_eq!(get(&format!("{}/studies/1.2.x", server.base), accept).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(get(&format!("{}/studies/..%2f..%2fetc", server.base), accept).await.status, StatusCode::BAD_REQUEST);
 }
+
+/// Where the frames of an encapsulated instance start is worked out once, when it is stored
+/// (here from its Extended Offset Table), and kept in the catalog: frame requests read that map
+/// instead of the instance's offset tables (issue 17: no per-request fragment mapping).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frame_map_is_worked_out_at_store_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spec = Spec::new(323, 1, 1).size(8, 8, 3);
+    let (file, frames) = extended_offset_table_instance(&spec, 3);
+    let server = ChildServer::start(&data);
+    assert_eq!(stow(&server.base, None, &[file]).await.status, StatusCode::OK);
+    server.terminate();
+    {
+        use kura::store::keys;
+        let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+        let catalog = db.open_tree("catalog").unwrap();
+        let stored = catalog.get(keys::piece(&keys::frame_map(&spec.sop_uid()), 0)).unwrap().expect("a frame map");
+        let starts: Vec<u32> = stored.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(starts, [0, 3, 6, 9], "three frames of three fragments each");
+    }
+    let server = ChildServer::start(&data);
+    let url = format!("{}/frames/3", spec.instance_url(&server.base));
+    let reply = get(&url, "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(split_multipart(reply.content_type(), &reply.body)[0].1, frames[2]);
+    server.terminate();
+}

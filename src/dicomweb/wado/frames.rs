@@ -70,33 +70,7 @@ async fn all_frames(archive: &Arc<Archive>, record: &InstanceRecord) -> Result<F
         })?;
         (media_type, ts.to_string(), video)
     };
-    let (archive, record) = (archive.clone(), record.clone());
-    let map = tokio::task::spawn_blocking(move || -> Result<FrameMap, Error> {
-        let layout = record.pixel_data.as_ref().ok_or_else(|| frame_error(FrameError::NoPixelData))?;
-        let mut offset_table = Vec::new();
-        if layout.length.is_none() && u64::from(description.frames) != layout.fragments.len() as u64 - 1 {
-            // Offset tables of up to a million frames are read; beyond that the marker scan decides.
-            let basic = layout.fragments.first().filter(|(_, length)| *length > 0 && *length <= 4 * 1_000_000);
-            let extended = record.large_values.iter().find(|v| v.tag == crate::dicom::layout::EXTENDED_OFFSET_TABLE);
-            offset_table = match (basic, extended) {
-                (Some((offset, length)), _) => {
-                    let bytes = archive.read_bytes(&record, *offset, *length as usize)?;
-                    bytes.chunks_exact(4).map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect()
-                }
-                (None, Some(table)) if table.length <= 8 * 1_000_000 => {
-                    let bytes = archive.read_bytes(&record, table.offset, table.length as usize)?;
-                    bytes.chunks_exact(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
-                }
-                _ => Vec::new(),
-            };
-        }
-        frames::map(layout, &description, &offset_table, |offset| {
-            archive.read_bytes(&record, offset, 4).unwrap_or_default()
-        })
-        .map_err(frame_error)
-    })
-    .await
-    .map_err(Error::internal)??;
+    let map = archive.frame_map(record, &description).await?.map_err(frame_error)?;
     Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map) })
 }
 
