@@ -16,6 +16,7 @@ use futures_util::Stream;
 pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
 
 use crate::auth::Principal;
+use crate::auth::keys::KeyStore;
 use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
 use crate::dicom::part10::AttributeValue;
@@ -67,6 +68,8 @@ pub struct Archive {
     codec_permits: Arc<tokio::sync::Semaphore>,
     /// Codec jobs running on the blocking pool now.
     codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
+    /// The API keys, on the catalog's database (`auth::keys`).
+    keys: Arc<KeyStore>,
 }
 
 impl Archive {
@@ -75,6 +78,7 @@ impl Archive {
     pub async fn open(data_dir: &Path, options: ArchiveOptions) -> Result<Archive, Error> {
         crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
         let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
+        let key_tree = sled.tree(crate::auth::keys::TREE)?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -83,6 +87,7 @@ impl Archive {
             migrate::payloads_out_of_sled(&sled, blobs.as_ref()).await?;
         }
         let store: Arc<dyn Store> = sled;
+        let keys = Arc::new(KeyStore::new(key_tree, store.clone()));
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -101,6 +106,7 @@ impl Archive {
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             codec_permits: Arc::new(tokio::sync::Semaphore::new(codec_slots())),
             codec_jobs: Default::default(),
+            keys,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -112,6 +118,11 @@ impl Archive {
             }
         }
         Ok(archive)
+    }
+
+    /// The API keys.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
     }
 
     /// Streams one instance into the store (STOW-RS part, later C-STORE). It is durable, and
