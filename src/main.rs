@@ -43,7 +43,10 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
         }
         KeyCommand::List { data } => {
             let keys = open(&data.data_dir)?;
-            println!("{:<16}  {:<24}  {:<16}  {:<28}  {:<20}  {:<20}  revoked", "id", "name", "institution", "roles", "created", "last used");
+            println!(
+                "{:<16}  {:<24}  {:<16}  {:<28}  {:<20}  {:<20}  revoked",
+                "id", "name", "institution", "roles", "created", "last used"
+            );
             for key in keys.list()? {
                 let roles: Vec<String> = key.roles.iter().map(|r| r.to_string()).collect();
                 println!(

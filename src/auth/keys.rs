@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(key_id(&good[..good.len() - 1]), None);
         assert_eq!(key_id(&good.replace("kura_", "kurb_")), None);
         assert_eq!(key_id(&format!("kura_0123456789ABCDEF_{}", "A".repeat(43))), None);
-        assert_eq!(key_id(&format!("kura_0123456789abcdef_{}", "A.".repeat(22)[..43].to_string())), None);
+        assert_eq!(key_id(&format!("kura_0123456789abcdef_{}", &"A.".repeat(22)[..43])), None);
     }
 
     #[test]

@@ -43,11 +43,7 @@ impl FailureLimiter {
         match buckets.get(&address) {
             Some(bucket) => {
                 let tokens = bucket.refilled(Instant::now());
-                if tokens >= 1.0 {
-                    Ok(())
-                } else {
-                    Err(((1.0 - tokens) * REFILL.as_secs_f64()).ceil().max(1.0) as u64)
-                }
+                if tokens >= 1.0 { Ok(()) } else { Err(((1.0 - tokens) * REFILL.as_secs_f64()).ceil().max(1.0) as u64) }
             }
             None => Ok(()),
         }

@@ -69,7 +69,7 @@ impl Access {
             return peer;
         }
         let headers = request.headers();
-        let last_header = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).last();
+        let last_header = |name: &str| headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).next_back();
         let from_xff = last_header("x-forwarded-for").and_then(|v| v.rsplit(',').next()).and_then(forwarded_for);
         let from_forwarded = || {
             let element = last_header("forwarded")?.rsplit(',').next()?;

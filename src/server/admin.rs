@@ -58,7 +58,11 @@ where
     Ok(bytes)
 }
 
-pub async fn keys<B>(keys: &KeyStore, operation: KeyOperation, request: Request<B>) -> Result<Response<ResponseBody>, Error>
+pub async fn keys<B>(
+    keys: &KeyStore,
+    operation: KeyOperation,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Error>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,

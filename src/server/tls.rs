@@ -45,9 +45,7 @@ fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{} does not belong to {}: {e}", key.display(), cert.display()))?;
+    certified.keys_match().map_err(|e| format!("{} does not belong to {}: {e}", key.display(), cert.display()))?;
     Ok(certified)
 }
 

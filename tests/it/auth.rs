@@ -50,7 +50,8 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
         (Some(&administrator), StatusCode::FORBIDDEN),
         (Some(&uploader), StatusCode::OK),
     ] {
-        let reply = call(Method::POST, &format!("{base}/studies"), key.map(|k| k.as_str()), &stow_headers, body.clone()).await;
+        let reply =
+            call(Method::POST, &format!("{base}/studies"), key.map(|k| k.as_str()), &stow_headers, body.clone()).await;
         assert_eq!(reply.status, expected, "STOW with {key:?}: {}", reply.text());
     }
 
@@ -93,12 +94,15 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
 
     // Capabilities: any authenticated caller. Keys: administrators only.
     for key in [&uploader, &reader, &administrator] {
-        let reply = call(Method::OPTIONS, &format!("{base}/"), Some(key), &[("accept", "application/json")], Vec::new()).await;
+        let reply =
+            call(Method::OPTIONS, &format!("{base}/"), Some(key), &[("accept", "application/json")], Vec::new()).await;
         assert_eq!(reply.status, StatusCode::OK);
     }
     let reply = call(Method::OPTIONS, &format!("{base}/"), None, &[], Vec::new()).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
-    for (key, expected) in [(&uploader, StatusCode::FORBIDDEN), (&reader, StatusCode::FORBIDDEN), (&administrator, StatusCode::OK)] {
+    for (key, expected) in
+        [(&uploader, StatusCode::FORBIDDEN), (&reader, StatusCode::FORBIDDEN), (&administrator, StatusCode::OK)]
+    {
         let reply = call(Method::GET, &format!("{root}/admin/keys"), Some(key), &[], Vec::new()).await;
         assert_eq!(reply.status, expected, "{}", reply.text());
     }
@@ -123,9 +127,11 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
     assert_eq!(reply.status, StatusCode::OK);
 
     // Delete: administrators only.
-    for (key, expected) in
-        [(None, StatusCode::UNAUTHORIZED), (Some(&uploader), StatusCode::FORBIDDEN), (Some(&reader), StatusCode::FORBIDDEN)]
-    {
+    for (key, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(&uploader), StatusCode::FORBIDDEN),
+        (Some(&reader), StatusCode::FORBIDDEN),
+    ] {
         let reply = call(Method::DELETE, &spec.study_url(&base), key.map(|k| k.as_str()), &[], Vec::new()).await;
         assert_eq!(reply.status, expected);
     }
@@ -133,7 +139,8 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
 
     // Revocation takes effect at once; unknown and malformed keys are 401 as well.
-    let reply = call(Method::DELETE, &format!("{root}/admin/keys/{reader_id}"), Some(&administrator), &[], Vec::new()).await;
+    let reply =
+        call(Method::DELETE, &format!("{root}/admin/keys/{reader_id}"), Some(&administrator), &[], Vec::new()).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     let forged = format!("kura_{reader_id}_{}", "A".repeat(43));
     for key in [reader.as_str(), forged.as_str(), "not-a-kura-key"] {
@@ -172,7 +179,12 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentications_are_rate_limited_per_address() {
     let server = Server::start_with(|config| config.security.require_auth = true).await;
-    let key = server.archive.keys().create("script", "st-mary", "reader".parse::<kura::auth::Role>().into_iter().collect()).await.unwrap();
+    let key = server
+        .archive
+        .keys()
+        .create("script", "st-mary", "reader".parse::<kura::auth::Role>().into_iter().collect())
+        .await
+        .unwrap();
     let studies = format!("{}/studies", server.base);
     let wrong = format!("kura_{}_{}", key.info.id, "B".repeat(43));
     for attempt in 0..10 {
@@ -198,7 +210,12 @@ async fn loopback_without_require_auth_keeps_the_local_principal_but_checks_keys
     assert_eq!(call(Method::GET, &studies, None, &[], Vec::new()).await.status, StatusCode::OK);
     let reply = call(Method::GET, &studies, Some("kura_0000000000000000_bad"), &[], Vec::new()).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "a presented key is always checked");
-    let key = server.archive.keys().create("up", "st-mary", "uploader".parse::<kura::auth::Role>().into_iter().collect()).await.unwrap();
+    let key = server
+        .archive
+        .keys()
+        .create("up", "st-mary", "uploader".parse::<kura::auth::Role>().into_iter().collect())
+        .await
+        .unwrap();
     let reply = call(Method::GET, &studies, Some(&key.secret), &[], Vec::new()).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "a key's roles apply on loopback too");
 }
@@ -208,5 +225,9 @@ fn serve_refuses_required_authentication_that_nobody_could_pass() {
     let dir = tempfile::tempdir().unwrap();
     let output = kura(&["serve", "--listen", "127.0.0.1:0", "--data", dir.path().to_str().unwrap(), "--require-auth"]);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("kura key create"), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("kura key create"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -86,9 +86,11 @@ fn tls_1_1_is_refused() {
     let url = format!("https://localhost:{}/dicomweb/studies", server.address.port());
     let ca_pem = ca.ca_pem.to_str().unwrap();
     // OpenSSL 3 needs security level 0 to offer TLS 1.1 at all; the same client reaches TLS 1.2.
-    let (code, out) = curl(&["--cacert", ca_pem, "--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", &url]);
+    let (code, out) =
+        curl(&["--cacert", ca_pem, "--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT@SECLEVEL=0", &url]);
     assert_eq!(code, 35, "TLS 1.1 handshake must fail: {out}");
-    let (code, out) = curl(&["--cacert", ca_pem, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", "DEFAULT@SECLEVEL=0", &url]);
+    let (code, out) =
+        curl(&["--cacert", ca_pem, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", "DEFAULT@SECLEVEL=0", &url]);
     assert_eq!(code, 0, "TLS 1.2 with the same client works: {out}");
 }
 
@@ -162,12 +164,21 @@ async fn client_certificates_map_to_principals() {
     let clients = TestCa::new(dir.path(), "clients");
     let stranger = TestCa::new(dir.path(), "stranger");
     let map = dir.path().join("clients.map");
-    std::fs::write(&map, "# name institution roles\ngateway.st-mary.example st-mary uploader,reader\nCT Scanner 1 st-mary uploader\n")
-        .unwrap();
+    std::fs::write(
+        &map,
+        "# name institution roles\ngateway.st-mary.example st-mary uploader,reader\nCT Scanner 1 st-mary uploader\n",
+    )
+    .unwrap();
     let server = tls_server(
         dir.path(),
         &ca,
-        &["--require-auth", "--tls-client-ca", clients.ca_pem.to_str().unwrap(), "--tls-client-map", map.to_str().unwrap()],
+        &[
+            "--require-auth",
+            "--tls-client-ca",
+            clients.ca_pem.to_str().unwrap(),
+            "--tls-client-map",
+            map.to_str().unwrap(),
+        ],
     );
     let studies = "/dicomweb/studies";
     let spec = Spec::new(901, 1, 1);
@@ -189,7 +200,10 @@ async fn client_certificates_map_to_principals() {
 
     // A subject CN that the map lists (no SAN): uploader only.
     options.client_certificate = Some(clients.leaf("CT Scanner 1", &[]));
-    assert_eq!(https(server.address, &options, Method::GET, studies, &[], "").await.unwrap().status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        https(server.address, &options, Method::GET, studies, &[], "").await.unwrap().status,
+        StatusCode::FORBIDDEN
+    );
 
     // A verified certificate the map does not list, and no certificate: 401.
     options.client_certificate = Some(clients.leaf("unlisted", &["unlisted.example"]));

@@ -35,7 +35,8 @@ impl TestCa {
 
     /// A leaf certificate and key (PEM) with the given subject CN and DNS/IP subject names.
     pub fn leaf(&self, common_name: &str, names: &[&str]) -> (String, String) {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(DnType::CommonName, common_name);
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed");
@@ -126,7 +127,8 @@ pub async fn https(
         .await
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let (_, session) = stream.get_ref();
-    let server_certificate = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    let server_certificate =
+        session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let protocol = session.protocol_version();
     let h2 = session.alpn_protocol() == Some(b"h2");
     let mut request = Request::builder().method(method);
@@ -152,5 +154,12 @@ pub async fn https(
     };
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(TlsReply { status: parts.status, version: parts.version, headers: parts.headers, body, server_certificate, protocol })
+    Ok(TlsReply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+        server_certificate,
+        protocol,
+    })
 }
