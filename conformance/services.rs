@@ -217,26 +217,45 @@ fn serve_args(extra: &[&str]) -> ServeArgs {
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("command line").command {
         Command::Serve(args) => args,
-        Command::Reindex(_) => unreachable!("serve"),
+        _ => unreachable!("serve"),
     }
 }
 
-/// PS3.18 §8.11 leaves security to the implementation. With no authentication, Kura listens on
-/// 127.0.0.1 by default and refuses a non-loopback address unless told
-/// `--allow-remote-without-auth` (for use behind an authenticating, TLS-terminating proxy).
+/// PS3.18 §8.11 leaves security to the implementation. Kura listens on 127.0.0.1 by default;
+/// a non-loopback address is refused unless the transport is TLS (`--tls-cert`/`--tls-key`) or
+/// a TLS-terminating proxy is named (`--behind-proxy`), and there authentication is required
+/// unless `--allow-remote-without-auth` says the proxy authenticates.
 #[test]
 fn sec_001_listens_on_loopback_unless_told_otherwise() {
     if std::env::var_os("KURA_LISTEN").is_none() {
         let config = Config::from_args(serve_args(&[])).expect("defaults");
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(!config.security.require_auth, "loopback keeps the local principal");
     }
     for address in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:80"] {
         let refused = Config::from_args(serve_args(&["--listen", address])).expect_err(address);
-        assert!(refused.contains("--allow-remote-without-auth"), "{refused}");
-        let allowed = Config::from_args(serve_args(&["--listen", address, "--allow-remote-without-auth"]));
-        assert!(allowed.is_ok(), "{address}");
+        assert!(refused.contains("--tls-cert") && refused.contains("--behind-proxy"), "{refused}");
+        let refused = Config::from_args(serve_args(&["--listen", address, "--allow-remote-without-auth"]));
+        assert!(refused.is_err(), "{address}: no longer enough without TLS or a proxy");
+        let tls = Config::from_args(serve_args(&["--listen", address, "--tls-cert", "c.pem", "--tls-key", "k.pem"]));
+        assert!(tls.expect(address).security.require_auth, "{address}: TLS, and authentication required");
+        let proxied = Config::from_args(serve_args(&["--listen", address, "--behind-proxy", "192.0.2.1"]));
+        let proxied = proxied.expect(address);
+        assert!(proxied.security.require_auth && proxied.security.trusted_proxy.is_some());
+        let open = Config::from_args(serve_args(&[
+            "--listen",
+            address,
+            "--behind-proxy",
+            "192.0.2.1",
+            "--allow-remote-without-auth",
+        ]));
+        assert!(!open.expect(address).security.require_auth);
     }
     assert!(Config::from_args(serve_args(&["--listen", "[::1]:8080"])).is_ok(), "IPv6 loopback");
+    let required = Config::from_args(serve_args(&["--require-auth"])).expect("loopback, --require-auth");
+    assert!(required.security.require_auth);
+    let half = Config::from_args(serve_args(&["--tls-cert", "c.pem"]));
+    assert!(half.is_err(), "--tls-cert without --tls-key");
 }
 
 /// Every response carries `X-Content-Type-Options: nosniff`; a single-part instance is sent

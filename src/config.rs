@@ -25,6 +25,39 @@ pub enum Command {
     Serve(ServeArgs),
     /// Rebuild the search index from the store (the server must not be running).
     Reindex(DataArgs),
+    /// Manage API keys (the server must not be running; a running one offers /admin/keys).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print its secret, once: only a hash of it is stored.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The institution the key acts for.
+        #[arg(long)]
+        institution: String,
+        /// uploader, reader or administrator; repeat or separate with commas for several.
+        #[arg(long = "role", required = true, value_delimiter = ',')]
+        roles: Vec<crate::auth::Role>,
+        /// A name to recognise the key by (default: the institution).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys: id, name, institution, roles, created, last used, revoked (never a secret).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a key: requests that present it get 401 from then on.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The key's id (from `kura key list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -115,9 +148,33 @@ pub struct ServeArgs {
     /// before the request fails.
     #[arg(long, env = "KURA_BODY_TIMEOUT_SECS", default_value_t = default_body_timeout_secs())]
     pub body_timeout_secs: u64,
-    /// Allow listening on a non-loopback address although no authentication is configured.
+    /// Do not require authentication on a non-loopback listener (or behind --behind-proxy):
+    /// for a proxy that authenticates every request itself. TLS (or --behind-proxy) is still
+    /// required.
     #[arg(long, env = "KURA_ALLOW_REMOTE_WITHOUT_AUTH", default_value_t = false)]
     pub allow_remote_without_auth: bool,
+    /// Require authentication (an API key or a mapped client certificate) on loopback too.
+    #[arg(long, env = "KURA_REQUIRE_AUTH", default_value_t = false)]
+    pub require_auth: bool,
+    /// The server certificate chain (PEM); with --tls-key, Kura speaks HTTPS. Reloaded on SIGHUP.
+    #[arg(long, env = "KURA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    #[arg(long, env = "KURA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against (mTLS, optional for
+    /// the client); a verified certificate authenticates as --tls-client-map says.
+    #[arg(long, env = "KURA_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Maps client certificate names to principals, one `name institution role[,role]` a line
+    /// (README.md, "Authentication").
+    #[arg(long, env = "KURA_TLS_CLIENT_MAP")]
+    pub tls_client_map: Option<PathBuf>,
+    /// The address of a TLS-terminating reverse proxy in front of Kura: allows a non-loopback
+    /// listener without --tls-cert, and only from this address are X-Forwarded-For, Forwarded
+    /// and X-Forwarded-Proto believed.
+    #[arg(long, env = "KURA_BEHIND_PROXY")]
+    pub behind_proxy: Option<std::net::IpAddr>,
 }
 
 fn default_listen() -> &'static str {
@@ -187,6 +244,21 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     pub connections: ConnectionLimits,
     pub archive: ArchiveOptions,
+    pub security: Security,
+}
+
+/// Transport security and authentication (README.md, "Security").
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Certificate, key and client CAs; `None`: plain HTTP.
+    pub tls: Option<crate::server::tls::TlsFiles>,
+    /// Client certificate names → principals (empty without --tls-client-map).
+    pub client_certificates: crate::auth::certs::CertificateMap,
+    /// Every request must authenticate: on a non-loopback listener or behind a proxy (unless
+    /// --allow-remote-without-auth), or with --require-auth.
+    pub require_auth: bool,
+    /// The TLS-terminating proxy whose forwarding headers are believed.
+    pub trusted_proxy: Option<std::net::IpAddr>,
 }
 
 /// Limits of the HTTP edge: how many connections, and how long each may stay silent.
@@ -235,14 +307,41 @@ impl Config {
         let trimmed = args.base_path.trim_end_matches('/');
         let base_path =
             if trimmed.is_empty() || trimmed.starts_with('/') { trimmed.to_string() } else { format!("/{trimmed}") };
-        if !args.listen.ip().is_loopback() && !args.allow_remote_without_auth {
+        let remote = !args.listen.ip().is_loopback();
+        if remote && args.tls_cert.is_none() && args.behind_proxy.is_none() {
             return Err(format!(
-                "refusing to listen on {} without authentication: patient data would be open to the \
-                 network. Listen on 127.0.0.1, or pass --allow-remote-without-auth behind a \
-                 TLS-terminating, authenticating proxy",
+                "refusing to listen on {} without TLS: patient data and credentials would cross the \
+                 network in clear. Give --tls-cert and --tls-key, or --behind-proxy <address> when a \
+                 TLS-terminating proxy forwards to Kura (or listen on 127.0.0.1)",
                 args.listen
             ));
         }
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        if args.tls_client_ca.is_some() && args.tls_cert.is_none() {
+            return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+        }
+        if args.tls_client_map.is_some() && args.tls_client_ca.is_none() {
+            return Err("--tls-client-map needs --tls-client-ca (the CAs that vouch for the names)".into());
+        }
+        let client_certificates = match &args.tls_client_map {
+            Some(path) => crate::auth::certs::CertificateMap::load(path)?,
+            None => Default::default(),
+        };
+        let security = Security {
+            tls,
+            client_certificates,
+            require_auth: args.require_auth
+                || ((remote || args.behind_proxy.is_some()) && !args.allow_remote_without_auth),
+            trusted_proxy: args.behind_proxy,
+        };
         if args.qido_max_results == 0 || args.max_parts == 0 {
             return Err("--qido-max-results and --max-parts must be at least 1".into());
         }
@@ -304,6 +403,7 @@ impl Config {
                 blob_dir: None,
                 min_free_bytes: args.min_free_mib.saturating_mul(1024 * 1024),
             },
+            security,
         })
     }
 }

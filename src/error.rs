@@ -25,6 +25,12 @@ pub enum ErrorKind {
     Unavailable,
     /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
     MisdirectedRequest,
+    /// No valid credentials (401 with `WWW-Authenticate: Bearer`, RFC 6750 §3).
+    Unauthorized,
+    /// A known principal without the role the endpoint needs (403).
+    Forbidden,
+    /// Too many failed authentications from this address (429 with Retry-After, RFC 6585 §4).
+    TooManyRequests,
 }
 
 impl ErrorKind {
@@ -40,6 +46,9 @@ impl ErrorKind {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -85,6 +94,17 @@ impl Error {
 impl From<crate::store::StoreError> for Error {
     fn from(error: crate::store::StoreError) -> Error {
         Error::internal(error)
+    }
+}
+
+/// A key management request that named a bad value or an unknown key.
+impl From<crate::auth::keys::KeyError> for Error {
+    fn from(error: crate::auth::keys::KeyError) -> Error {
+        match error {
+            crate::auth::keys::KeyError::Invalid(message) => Error::bad_request(message),
+            crate::auth::keys::KeyError::Unknown(_) => Error::not_found(error.to_string()),
+            crate::auth::keys::KeyError::Store(store) => Error::from(store),
+        }
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kura::config::{Cli, Command, Config};
+use kura::auth::keys::{KeyStore, format_time};
+use kura::config::{Cli, Command, Config, KeyCommand};
 use kura::{App, Archive};
 
 /// glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
@@ -22,6 +23,53 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// `kura key create|list|revoke` on a stopped server's data directory.
+async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
+    let open = |dir: &std::path::Path| -> anyhow::Result<KeyStore> {
+        kura::auth::keys::open_offline(dir).map_err(anyhow::Error::new)
+    };
+    match command {
+        KeyCommand::Create { data, institution, roles, name } => {
+            let keys = open(&data.data_dir)?;
+            let name = name.unwrap_or_else(|| institution.clone());
+            let created = keys.create(&name, &institution, roles.into_iter().collect()).await?;
+            let roles: Vec<String> = created.info.roles.iter().map(|r| r.to_string()).collect();
+            eprintln!(
+                "created key {} ({name}) for {institution}, roles {}; the secret below is shown once, store it now:",
+                created.info.id,
+                roles.join(",")
+            );
+            println!("{}", created.secret);
+        }
+        KeyCommand::List { data } => {
+            let keys = open(&data.data_dir)?;
+            println!(
+                "{:<16}  {:<24}  {:<16}  {:<28}  {:<20}  {:<20}  revoked",
+                "id", "name", "institution", "roles", "created", "last used"
+            );
+            for key in keys.list()? {
+                let roles: Vec<String> = key.roles.iter().map(|r| r.to_string()).collect();
+                println!(
+                    "{:<16}  {:<24}  {:<16}  {:<28}  {:<20}  {:<20}  {}",
+                    key.id,
+                    key.name,
+                    key.institution,
+                    roles.join(","),
+                    format_time(key.created),
+                    key.last_used.map_or("never".into(), format_time),
+                    key.revoked.map_or("-".into(), format_time),
+                );
+            }
+        }
+        KeyCommand::Revoke { data, id } => {
+            let keys = open(&data.data_dir)?;
+            let key = keys.revoke(&id).await?;
+            println!("revoked key {} ({})", key.id, key.name);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     kura::telemetry::init();
@@ -35,13 +83,35 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::new)
                     .with_context(|| format!("opening the archive in {}", config.data_dir.display()))?;
+                let security = &config.security;
+                if security.require_auth
+                    && security.client_certificates.is_empty()
+                    && !archive.keys().any_active().map_err(anyhow::Error::new)?
+                {
+                    anyhow::bail!(
+                        "authentication is required here (a non-loopback listener, --behind-proxy or \
+                         --require-auth) but nobody could authenticate: create an API key first with \
+                         `kura key create --data {} --institution <name> --role administrator`, or map client \
+                         certificates with --tls-client-map",
+                        config.data_dir.display()
+                    );
+                }
+                let tls = match &security.tls {
+                    None => None,
+                    Some(files) => {
+                        let holder = kura::server::tls::CertHolder::load(files.clone()).map_err(anyhow::Error::msg)?;
+                        kura::server::tls::reload_on_sighup(holder.clone()).context("installing the SIGHUP handler")?;
+                        Some(kura::server::tls::server_config(holder).map_err(anyhow::Error::msg)?)
+                    }
+                };
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
                 let app = App::new(Arc::new(archive), Arc::new(config));
-                kura::server::serve(listener, app, kura::server::shutdown_signal()).await?;
+                kura::server::serve_with(listener, app, tls, kura::server::shutdown_signal()).await?;
                 Ok(())
             }
+            Command::Key(command) => key_command(command).await,
             Command::Reindex(args) => {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await

@@ -16,6 +16,7 @@ use futures_util::Stream;
 pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
 
 use crate::auth::Principal;
+use crate::auth::keys::KeyStore;
 use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
 use crate::dicom::frames::{FrameError, FrameMap};
@@ -69,6 +70,8 @@ pub struct Archive {
     codec_permits: Arc<tokio::sync::Semaphore>,
     /// Codec jobs running on the blocking pool now.
     codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
+    /// The API keys, on the catalog's database (`auth::keys`).
+    keys: Arc<KeyStore>,
 }
 
 impl Archive {
@@ -77,6 +80,7 @@ impl Archive {
     pub async fn open(data_dir: &Path, options: ArchiveOptions) -> Result<Archive, Error> {
         crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
         let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
+        let key_tree = sled.tree(crate::auth::keys::TREE)?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -85,6 +89,7 @@ impl Archive {
             migrate::payloads_out_of_sled(&sled, blobs.as_ref()).await?;
         }
         let store: Arc<dyn Store> = sled;
+        let keys = Arc::new(KeyStore::new(key_tree, store.clone()));
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -103,6 +108,7 @@ impl Archive {
             limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
             codec_permits: Arc::new(tokio::sync::Semaphore::new(codec_slots())),
             codec_jobs: Default::default(),
+            keys,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -120,6 +126,11 @@ impl Archive {
     /// association). See [`StoreBatch`].
     pub fn begin_store<'a>(&'a self, principal: &'a Principal) -> StoreBatch<'a> {
         StoreBatch { archive: self, principal, prepared: Vec::new(), held: 0, results: Vec::new() }
+    }
+
+    /// The API keys.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
     }
 
     /// Makes every instance stored so far durable (group commit). Every search that starts

@@ -84,6 +84,8 @@ where
         apply_accept_parameter(query.as_deref(), request.headers_mut())?;
     }
     match endpoint {
+        // Answered by `server::admin` before dispatch; not a DICOMweb resource.
+        Endpoint::Keys(_) => Err(Error::not_found("no such DICOMweb resource")),
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await

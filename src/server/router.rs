@@ -3,6 +3,7 @@
 
 use http::Method;
 
+use crate::auth::Role;
 use crate::dicom::uid;
 use crate::error::{Error, ErrorKind};
 
@@ -42,7 +43,21 @@ pub enum Endpoint {
     /// Delete (not a PS3.18 transaction; the form dcm4chee, Google's and Microsoft's archives
     /// and dicomweb-client use): `DELETE /studies/{study}[/series/{series}[/instances/{instance}]]`.
     Delete { study: String, series: Option<String>, instance: Option<String> },
+    /// API key management (not DICOMweb; `server::admin`): `GET` and `POST /admin/keys`,
+    /// `DELETE /admin/keys/{id}`.
+    Keys(KeyOperation),
 }
+
+/// What a request to `/admin/keys` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOperation {
+    List,
+    Create,
+    Revoke { id: String },
+}
+
+/// Path of the key management API (outside the DICOMweb root).
+pub const KEYS_PATH: &str = "/admin/keys";
 
 impl Endpoint {
     /// A short name for logs and spans.
@@ -59,8 +74,46 @@ impl Endpoint {
             Endpoint::Delete { .. } => "delete",
             Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
             Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
+            Endpoint::Keys(_) => "keys",
         }
     }
+
+    /// The role a principal needs for this endpoint: the one place where roles meet routes.
+    /// `None`: any authenticated caller (the capabilities document describes the service, not
+    /// its contents).
+    pub fn required_role(&self) -> Option<Role> {
+        match self {
+            Endpoint::Store { .. } => Some(Role::Uploader),
+            Endpoint::SearchStudies
+            | Endpoint::SearchSeries { .. }
+            | Endpoint::SearchInstances { .. }
+            | Endpoint::Retrieve { .. }
+            | Endpoint::Metadata { .. }
+            | Endpoint::Frames { .. }
+            | Endpoint::Bulkdata { .. }
+            | Endpoint::Rendered { .. }
+            | Endpoint::WadoUri => Some(Role::Reader),
+            Endpoint::Delete { .. } | Endpoint::Keys(_) => Some(Role::Administrator),
+            Endpoint::Capabilities { .. } => None,
+        }
+    }
+}
+
+/// Routes a path below [`KEYS_PATH`] (`rest` is what follows it).
+pub fn route_keys(method: &Method, rest: &str) -> Result<Endpoint, Error> {
+    let operation = match (rest.trim_end_matches('/'), method) {
+        ("", &Method::GET | &Method::HEAD) => KeyOperation::List,
+        ("", &Method::POST) => KeyOperation::Create,
+        ("", _) => return Err(method_not_allowed("GET, HEAD, POST")),
+        (id, &Method::DELETE) if id.len() > 1 && id.len() <= 65 && id[1..].bytes().all(|b| b.is_ascii_hexdigit()) => {
+            KeyOperation::Revoke { id: id[1..].to_string() }
+        }
+        (id, _) if id.len() > 1 && id[1..].bytes().all(|b| b.is_ascii_hexdigit()) => {
+            return Err(method_not_allowed("DELETE"));
+        }
+        _ => return Err(Error::not_found("no such key resource")),
+    };
+    Ok(Endpoint::Keys(operation))
 }
 
 fn checked_uid(segment: &str, what: &str) -> Result<String, Error> {
@@ -226,6 +279,24 @@ mod tests {
             Endpoint::Retrieve { study: "1.2".into(), series: Some("1.3".into()), instance: Some("1.4".into()) }
         );
         assert_eq!(route(&Method::POST, "/studies/1.2").unwrap(), Endpoint::Store { study: Some("1.2".into()) });
+    }
+
+    #[test]
+    fn roles_per_route_class() {
+        assert_eq!(route(&Method::POST, "/studies").unwrap().required_role(), Some(Role::Uploader));
+        for path in ["/studies", "/studies/1.2", "/studies/1.2/thumbnail", "/studies/1.2/metadata"] {
+            assert_eq!(get(path).unwrap().required_role(), Some(Role::Reader), "{path}");
+        }
+        assert_eq!(route(&Method::DELETE, "/studies/1.2").unwrap().required_role(), Some(Role::Administrator));
+        assert_eq!(route(&Method::OPTIONS, "/").unwrap().required_role(), None);
+        assert_eq!(route_keys(&Method::GET, "").unwrap(), Endpoint::Keys(KeyOperation::List));
+        assert_eq!(
+            route_keys(&Method::DELETE, "/00ff").unwrap(),
+            Endpoint::Keys(KeyOperation::Revoke { id: "00ff".into() })
+        );
+        assert_eq!(route_keys(&Method::GET, "/00ff").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(route_keys(&Method::DELETE, "/../x").unwrap_err().kind, ErrorKind::NotFound);
+        assert_eq!(route_keys(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
     }
 
     #[test]

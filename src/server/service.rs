@@ -9,6 +9,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use tracing::Instrument;
 
+use super::access::Access;
 use super::router::{self, Endpoint};
 use crate::archive::Archive;
 use crate::auth::Principal;
@@ -25,11 +26,13 @@ pub struct LocalAddr(pub std::net::SocketAddr);
 pub struct App {
     archive: Arc<Archive>,
     config: Arc<Config>,
+    access: Arc<Access>,
 }
 
 impl App {
     pub fn new(archive: Arc<Archive>, config: Arc<Config>) -> App {
-        App { archive, config }
+        let access = Arc::new(Access::new(archive.keys().clone(), &config.security));
+        App { archive, config, access }
     }
 
     pub fn archive(&self) -> &Arc<Archive> {
@@ -60,11 +63,19 @@ impl App {
         }
         let route = self.route(&request);
         let endpoint_name = route.as_ref().map_or("none", |e| e.name());
-        let span = tracing::info_span!("request", %method, endpoint = endpoint_name);
+        let span = tracing::info_span!("request", %method, endpoint = endpoint_name, caller = tracing::field::Empty);
         let head_only = method == http::Method::HEAD;
         let mut response = async {
+            // Authentication before routing: without credentials, where they are required, no
+            // answer says which resources exist.
+            let principal = self.access.authenticate(&request)?;
+            tracing::Span::current().record("caller", principal.subject.as_str());
             let endpoint = route?;
-            let context = self.context(&request);
+            Access::authorize(&principal, endpoint.required_role())?;
+            if let Endpoint::Keys(operation) = endpoint {
+                return super::admin::keys(self.archive.keys(), operation, request).await;
+            }
+            let context = self.context(&request, principal);
             dicomweb::dispatch(&self.archive, &self.config, &context, endpoint, request).await
         }
         .instrument(span.clone())
@@ -132,6 +143,9 @@ impl App {
 
     fn route<B>(&self, request: &Request<B>) -> Result<Endpoint, Error> {
         let path = request.uri().path();
+        if let Some(rest) = path.strip_prefix(router::KEYS_PATH).filter(|r| r.is_empty() || r.starts_with('/')) {
+            return router::route_keys(request.method(), rest);
+        }
         if path == self.config.wado_uri_path {
             return match *request.method() {
                 http::Method::GET | http::Method::HEAD => Ok(Endpoint::WadoUri),
@@ -146,10 +160,12 @@ impl App {
         router::route(request.method(), relative)
     }
 
-    fn context<B>(&self, request: &Request<B>) -> RequestContext {
+    fn context<B>(&self, request: &Request<B>, principal: Principal) -> RequestContext {
         let base_url = match &self.config.public_url {
             Some(url) => url.clone(),
             None => {
+                let scheme = self.access.scheme(request);
+                let default_port = if scheme == "https" { 443 } else { 80 };
                 let host = request
                     .headers()
                     .get(header::HOST)
@@ -159,16 +175,18 @@ impl App {
                     .or_else(|| request.uri().authority().map(|a| a.to_string()))
                     .unwrap_or_else(|| self.config.listen.to_string());
                 // Some clients (dicomweb-client among them) send a Host without the port.
+                // Not behind the proxy: its Host names the proxy's port (or the default one).
                 let local_port = request.extensions().get::<LocalAddr>().map(|a| a.0.port());
+                let local_port = local_port.filter(|_| !self.access.from_trusted_proxy(request));
                 let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
                 let host = match local_port {
-                    Some(port) if !has_port && port != 80 => format!("{host}:{port}"),
+                    Some(port) if !has_port && port != default_port => format!("{host}:{port}"),
                     _ => host,
                 };
-                format!("http://{host}{}", self.config.base_path)
+                format!("{scheme}://{host}{}", self.config.base_path)
             }
         };
-        RequestContext { base_url, principal: Principal::local() }
+        RequestContext { base_url, principal }
     }
 }
 
@@ -227,8 +245,14 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
     }
     let body = serde_json::json!({ "status": status.as_u16(), "message": error.public_message() });
     let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, "application/json");
-    if error.kind == ErrorKind::MethodNotAllowed {
-        builder = builder.header(header::ALLOW, error.message.as_str());
+    match error.kind {
+        ErrorKind::MethodNotAllowed => builder = builder.header(header::ALLOW, error.message.as_str()),
+        // RFC 6750 §3: the scheme Kura accepts (API keys as bearer tokens).
+        ErrorKind::Unauthorized => builder = builder.header(header::WWW_AUTHENTICATE, "Bearer realm=\"kura\""),
+        ErrorKind::TooManyRequests => {
+            builder = builder.header(header::RETRY_AFTER, crate::auth::limiter::REFILL.as_secs().to_string())
+        }
+        _ => {}
     }
     builder.body(dicomweb::full_body(Bytes::from(body.to_string()))).expect("valid response")
 }

@@ -141,6 +141,12 @@ impl SledStore {
         }))
     }
 
+    /// A tree of its own on the catalog's database (the API keys: `auth::keys`); what is
+    /// written to it is made durable by [`Store::commit`] like the catalog.
+    pub fn tree(&self, name: &str) -> StoreResult<Tree> {
+        self.db.open_tree(name).map_err(backend)
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
         match self.catalog.get(key).map_err(backend)? {
             Some(bytes) => Ok(Some(decode(&bytes)?)),

@@ -534,9 +534,22 @@ def kura_servers(binary: Path, count: int):
 class KuraServer:
     """One `kura serve` process with a fresh data directory."""
 
-    def __init__(self, binary: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        binary: Path,
+        extra_args: tuple[str, ...] = (),
+        *,
+        scheme: str = "http",
+        verify: str | bool = True,
+        ready_headers: dict[str, str] | None = None,
+    ):
+        """`scheme`, `verify` (a CA bundle for https) and `ready_headers` (e.g. an API key)
+        are what the readiness probe needs for a server started with TLS or --require-auth."""
         self.binary = binary
         self.extra_args = tuple(extra_args)
+        self.scheme = scheme
+        self.verify = verify
+        self.ready_headers = ready_headers or {}
         self._tmp = tempfile.TemporaryDirectory(prefix="kura-interop-")
         self.data_dir = Path(self._tmp.name) / "data"
         self.log_path = Path(self._tmp.name) / "kura.log"
@@ -545,7 +558,7 @@ class KuraServer:
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
@@ -587,7 +600,9 @@ class KuraServer:
                     last_error = f"exited with {self.proc.returncode}"
                     break
                 try:
-                    response = requests.get(f"{self.url}/studies", timeout=1)
+                    response = requests.get(
+                        f"{self.url}/studies", timeout=1, verify=self.verify, headers=self.ready_headers
+                    )
                     if response.status_code == 200:
                         return self
                 except requests.RequestException:

@@ -35,3 +35,11 @@ mod edge;
 
 /// Inputs the fuzz targets (tests/fuzz) crashed on.
 mod fuzz_regressions;
+
+/// TLS: HTTP/1.1 and HTTP/2 by ALPN, TLS 1.1 refused, SIGHUP reload, the handshake under the
+/// header timeout, client certificates as principals.
+mod tls;
+
+/// API keys: roles per route class, revocation, the failure rate limit, the key CLI, no
+/// secret in the log.
+mod auth;

@@ -65,6 +65,28 @@ impl Server {
     }
 }
 
+impl Drop for ChildServer {
+    /// A test that fails leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kura key create` on a stopped server's data directory; returns (id, secret).
+pub fn create_key(data_dir: &Path, institution: &str, roles: &str) -> (String, String) {
+    let output = Command::new(kura_binary())
+        .args(["key", "create", "--data"])
+        .arg(data_dir)
+        .args(["--institution", institution, "--role", roles, "--name", &format!("{institution} {roles}")])
+        .output()
+        .expect("kura key create");
+    assert!(output.status.success(), "kura key create: {}", String::from_utf8_lossy(&output.stderr));
+    let secret = String::from_utf8(output.stdout).expect("utf-8").trim().to_string();
+    let id = secret.strip_prefix("kura_").and_then(|rest| rest.split('_').next()).expect("key shape").to_string();
+    (id, secret)
+}
+
 /// The `kura` binary under test.
 pub fn kura_binary() -> &'static str {
     env!("CARGO_BIN_EXE_kura")
@@ -88,17 +110,32 @@ impl ChildServer {
 
     /// `kura serve` with further arguments.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> ChildServer {
+        ChildServer::start_logged(data_dir, args, None)
+    }
+
+    /// `kura serve` with further arguments; with `log`, its output goes to that file at debug
+    /// level. `base` says `https` when `--tls-cert` is among the arguments.
+    pub fn start_logged(data_dir: &Path, args: &[&str], log: Option<&Path>) -> ChildServer {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // The log goes to stdout (tracing's default); errors at start-up to stderr.
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                (Stdio::from(file.try_clone().expect("clone")), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
         let child = Command::new(kura_binary())
             .args(["serve", "--listen", &address.to_string(), "--data"])
             .arg(data_dir)
             .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .env("RUST_LOG", if log.is_some() { "debug" } else { "warn" })
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("spawn kura");
-        let server = ChildServer { child, base: format!("http://{address}/dicomweb"), address };
+        let scheme = if args.contains(&"--tls-cert") { "https" } else { "http" };
+        let server = ChildServer { child, base: format!("{scheme}://{address}/dicomweb"), address };
         server.wait_ready();
         server
     }
@@ -112,6 +149,12 @@ impl ChildServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("kura did not start listening within 60 s");
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        assert!(status.expect("kill").success(), "kill -{name}");
     }
 
     /// SIGKILL: no chance to flush anything.
