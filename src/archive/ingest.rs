@@ -64,6 +64,8 @@ pub enum IngestError<E> {
 pub struct IngestLimits {
     pub max_instance_bytes: u64,
     pub policy: DuplicatePolicy,
+    /// What the store-time parse draws from (see `crate::memory`).
+    pub budget: Arc<crate::memory::MemoryBudget>,
 }
 
 /// Streams one instance into the blob store and records it in the catalog. The caller must
@@ -189,9 +191,10 @@ async fn finish(
     })?;
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
     let permit = super::parse_permit().await;
+    let budget = limits.budget.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse_within(reader, length, Some(&budget))))
     })
     .await;
     let parsed = match parsed {
@@ -268,6 +271,7 @@ fn parse_failure(error: ParseError) -> InstanceFailure {
     let reason = match &error {
         ParseError::NotPart10 | ParseError::Malformed(_) => FailureReason::CannotUnderstand,
         ParseError::UnsupportedTransferSyntax(_) => FailureReason::TransferSyntaxNotSupported,
+        ParseError::OutOfMemory(_) => FailureReason::OutOfResources,
         ParseError::MissingAttribute { .. } | ParseError::InvalidUid { .. } => {
             FailureReason::DataSetDoesNotMatchSopClass
         }
