@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// ZIP and metadata responses draw from before they allocate: work that would need more
     /// than the whole budget is refused (406; a STOW-RS part A700), work that fits waits for it
     /// (at most 10 s, then 503 with Retry-After). The default keeps the server within about
-    /// 250 MiB RSS.
+    /// 250 MiB RSS and renders a 4096 × 3328 16-bit image.
     #[arg(long, env = "KURA_MEMORY_BUDGET_MIB", default_value_t = crate::memory::DEFAULT_BUDGET_MIB)]
     pub memory_budget_mib: u64,
     /// Page cache of the store, in MiB.

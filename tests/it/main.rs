@@ -35,3 +35,6 @@ mod edge;
 
 /// Inputs the fuzz targets (tests/fuzz) crashed on.
 mod fuzz_regressions;
+
+/// The memory budget: large values never held, metadata streamed, the abusive mix.
+mod memory;
