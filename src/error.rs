@@ -22,7 +22,7 @@ pub enum ErrorKind {
     /// Server-side failure; the body reveals nothing internal.
     Internal,
     /// Overloaded: the memory budget stayed in use for the whole wait (503, with Retry-After;
-    /// see `memory`). The message says so and nothing internal.
+    /// see `memory`). The client sees a fixed message; the cause is logged.
     Unavailable,
     /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
     MisdirectedRequest,
@@ -77,6 +77,7 @@ impl Error {
     pub fn public_message(&self) -> &str {
         match self.kind {
             ErrorKind::Internal => "internal server error; the failure was logged",
+            ErrorKind::Unavailable => "the archive is unavailable; retry later",
             _ => &self.message,
         }
     }

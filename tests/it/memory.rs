@@ -334,7 +334,7 @@ async fn the_memory_budget_mix_keeps_rss_bounded_and_qido_answering() {
     let peak = peak_rss_kib(server.child.id());
     latencies.sort();
     let p95 = latencies[latencies.len() * 95 / 100];
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     eprintln!(
         "memory-budget mix: baseline {baseline} KiB, peak {peak} KiB (+{} MiB); {} answered 200, {} 503; \
          QIDO p95 {p95:?} over {} searches (max {:?})",
