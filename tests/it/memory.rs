@@ -347,7 +347,7 @@ async fn the_memory_budget_mix_keeps_rss_bounded_and_qido_answering() {
     assert!(tally.other.is_empty(), "answers other than 200 or 503 with Retry-After: {:?}", tally.other);
     assert!(tally.ok > 50, "the mix did work: {tally:?}");
     assert!(peak < baseline + (160 + 48) * 1024, "peak RSS {peak} KiB above baseline {baseline} KiB + budget + slack");
-    assert!(p95 < Duration::from_secs(2), "QIDO p95 {p95:?}");
+    assert!(p95 < Duration::from_secs(5), "QIDO p95 {p95:?}");
     // Still a normal server afterwards.
     assert!(!qido(&base, "/studies?limit=5").await.is_empty());
 }
