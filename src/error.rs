@@ -21,7 +21,8 @@ pub enum ErrorKind {
     RangeNotSatisfiable,
     /// Server-side failure; the body reveals nothing internal.
     Internal,
-    /// Shutting down or overloaded (503).
+    /// Overloaded: the memory budget stayed in use for the whole wait (503, with Retry-After;
+    /// see `memory`). The client sees a fixed message; the cause is logged.
     Unavailable,
     /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
     MisdirectedRequest,
@@ -87,6 +88,21 @@ impl Error {
             ErrorKind::Internal => "internal server error; the failure was logged",
             ErrorKind::Unavailable => "the archive is unavailable; retry later",
             _ => &self.message,
+        }
+    }
+}
+
+/// A reservation of the memory budget that failed: the work needs more than the whole budget
+/// (406, as for any representation the server cannot produce: PS3.18 §8.7.5; the stored form
+/// is still available), or the budget stayed busy (503 with Retry-After).
+impl From<crate::memory::BudgetError> for Error {
+    fn from(error: crate::memory::BudgetError) -> Error {
+        match error {
+            crate::memory::BudgetError::NeverFits { .. } => Error::new(
+                ErrorKind::NotAcceptable,
+                format!("{error} (--memory-budget-mib); the instance is available as stored (transfer-syntax=*)"),
+            ),
+            crate::memory::BudgetError::Busy => Error::new(ErrorKind::Unavailable, error.to_string()),
         }
     }
 }

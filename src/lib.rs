@@ -4,7 +4,7 @@
 //! `dicomweb` holds one module per PS3.18 transaction; `archive` is the domain core over the
 //! `store` (the sled catalog, source of truth), the `blob` store (instance bytes) and the
 //! `index` (tantivy, derived); `model` holds the types they all speak; `dicom`, `media`,
-//! `auth`, `error` and `durable_fs` are leaves.
+//! `auth`, `error`, `memory` (the memory budget) and `durable_fs` are leaves.
 
 pub mod archive;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod durable_fs;
 pub mod error;
 pub mod index;
 pub mod media;
+pub mod memory;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -70,6 +70,8 @@ pub enum IngestError<E> {
 pub struct IngestLimits {
     pub max_instance_bytes: u64,
     pub policy: DuplicatePolicy,
+    /// What the store-time parse draws from (see `crate::memory`).
+    pub budget: Arc<crate::memory::MemoryBudget>,
 }
 
 /// An instance whose bytes are written (not yet durable) and parsed, waiting to be recorded.
@@ -187,7 +189,7 @@ where
     debug_assert_eq!(finished.length, length);
     let sha256 = format!("{:x}", hasher.finalize());
     let payload = PayloadRef { id: finished.id, length, sha256 };
-    let prepared = parse_into_record(blobs, principal, expected_study, payload).await;
+    let prepared = parse_into_record(blobs, principal, expected_study, limits, payload).await;
     if prepared.is_err() {
         // Not referenced by any record: remove it now (a crash here leaves it to the sweep).
         let _ = blobs.delete(vec![finished.id]).await;
@@ -199,6 +201,7 @@ async fn parse_into_record(
     blobs: &SharedBlobStore,
     principal: &Principal,
     expected_study: Option<&str>,
+    limits: &IngestLimits,
     payload: PayloadRef,
 ) -> Result<PreparedInstance, InstanceFailure> {
     let length = payload.length;
@@ -208,9 +211,10 @@ async fn parse_into_record(
     })?;
     // dicom-rs has panicked on crafted input before (dicom-rs#543, #828): contain it.
     let permit = super::parse_permit().await;
+    let budget = limits.budget.clone();
     let parsed = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse(reader, length)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| part10::parse_within(reader, length, Some(&budget))))
     })
     .await;
     let parsed = match parsed {
@@ -365,6 +369,7 @@ fn parse_failure(error: ParseError) -> InstanceFailure {
     let reason = match &error {
         ParseError::NotPart10 | ParseError::Malformed(_) => FailureReason::CannotUnderstand,
         ParseError::UnsupportedTransferSyntax(_) => FailureReason::TransferSyntaxNotSupported,
+        ParseError::OutOfMemory(_) => FailureReason::OutOfResources,
         ParseError::MissingAttribute { .. } | ParseError::InvalidUid { .. } => {
             FailureReason::DataSetDoesNotMatchSopClass
         }

@@ -1,6 +1,7 @@
 //! The domain core: the archive facade over the store (source of truth) and the index
 //! (derived). HTTP handlers and, later, DIMSE services call only this.
 
+mod costs;
 mod indexing;
 pub mod ingest;
 mod migrate;
@@ -24,6 +25,7 @@ use crate::dicom::part10::AttributeValue;
 use crate::dicom::pixels::PixelDescription;
 use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
+use crate::memory::{MemoryBudget, MemoryPermit};
 use crate::store::{
     DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StoreError, StudyRecord,
 };
@@ -42,6 +44,8 @@ pub struct ArchiveOptions {
     /// Free space below which new blobs are refused, so that the catalog and the index (which
     /// a full disk would stop) always have room.
     pub min_free_bytes: u64,
+    /// The memory budget of parses, codec jobs, ZIP and metadata responses (`crate::memory`).
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for ArchiveOptions {
@@ -52,6 +56,7 @@ impl Default for ArchiveOptions {
             store: SledStoreOptions::default(),
             blob_dir: None,
             min_free_bytes: 1024 * 1024 * 1024,
+            memory_budget_bytes: crate::memory::DEFAULT_BUDGET_MIB * 1024 * 1024,
         }
     }
 }
@@ -64,10 +69,12 @@ pub struct Archive {
     limits: IngestLimits,
     /// Brings the index up to the store's changes (see `visibility`).
     follower: Arc<visibility::IndexFollower>,
-    /// Pixel decoding is CPU- and memory-heavy (up to `transcode::MAX_DECODED_BYTES` each): at
-    /// most one per core runs at a time, the others wait. A permit is owned by the blocking job
-    /// until it ends, not by the request: a client that leaves does not free it early.
+    /// Pixel decoding is CPU-heavy: at most one job per core runs at a time, the others wait. A
+    /// permit is owned by the blocking job until it ends, not by the request: a client that
+    /// leaves does not free it early. Memory is the budget's business, not this one's.
     codec_permits: Arc<tokio::sync::Semaphore>,
+    /// What memory-heavy work draws from (`crate::memory`).
+    budget: Arc<MemoryBudget>,
     /// Codec jobs running on the blocking pool now.
     codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
     /// The API keys, on the catalog's database (`auth::keys`).
@@ -99,14 +106,20 @@ impl Archive {
         collect_garbage(store.as_ref(), blobs.as_ref()).await?;
         let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"), &data_dir.join(REBUILD_MARKER))?;
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
+        let budget = MemoryBudget::new(options.memory_budget_bytes, crate::memory::DEFAULT_WAIT);
         let archive = Archive {
             data_dir: data_dir.to_path_buf(),
             follower: visibility::IndexFollower::start(store.clone(), index.clone()),
             store,
             blobs,
             index,
-            limits: IngestLimits { max_instance_bytes: options.max_instance_bytes, policy: options.duplicate_policy },
+            limits: IngestLimits {
+                max_instance_bytes: options.max_instance_bytes,
+                policy: options.duplicate_policy,
+                budget: budget.clone(),
+            },
             codec_permits: Arc::new(tokio::sync::Semaphore::new(codec_slots())),
+            budget,
             codec_jobs: Default::default(),
             keys,
         };
@@ -298,44 +311,70 @@ impl Archive {
     }
 
     /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was
-    /// compressed (see `dicom::transcode`).
+    /// compressed (see `dicom::transcode`). The bytes hold their share of the memory budget until
+    /// they are dropped.
     pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
         let reader = self.blobs.reader(record.payload.id)?;
         let bits_allocated = record.bits_allocated();
-        let bytes = self
-            .run_codec(move || crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated))
+        let (bytes, permit) = self
+            .run_codec(costs::transcode(record), move || {
+                crate::dicom::transcode::to_explicit_vr_little_endian(reader, bits_allocated)
+            })
             .await?;
-        Ok(Bytes::from(bytes))
+        Ok(crate::memory::attach_all(permit, vec![bytes]).swap_remove(0))
     }
 
-    /// Native bytes of the given frames (0-based) of a compressed instance.
-    pub async fn decoded_frames(&self, record: &InstanceRecord, frames: Vec<u32>) -> Result<Vec<Vec<u8>>, Error> {
+    /// Native bytes of the given frames (0-based) of a compressed instance, holding their share
+    /// of the memory budget.
+    pub async fn decoded_frames(&self, record: &InstanceRecord, frames: Vec<u32>) -> Result<Vec<Bytes>, Error> {
         let reader = self.blobs.reader(record.payload.id)?;
-        self.run_codec(move || crate::dicom::transcode::decode_frames(reader, &frames)).await
+        let estimate = costs::decode(record, frames.len());
+        let (decoded, permit) =
+            self.run_codec(estimate, move || crate::dicom::transcode::decode_frames(reader, &frames)).await?;
+        Ok(crate::memory::attach_all(permit, decoded))
     }
 
-    /// The given frames (0-based) of an instance rendered as consumer images.
+    /// The given frames (0-based) of an instance rendered as consumer images, holding their
+    /// share of the memory budget.
     pub async fn rendered_frames(
         &self,
         record: &InstanceRecord,
         frames: Vec<u32>,
         options: crate::dicom::render::RenderOptions,
-    ) -> Result<Vec<Vec<u8>>, Error> {
+    ) -> Result<Vec<Bytes>, Error> {
         let reader = self.blobs.reader(record.payload.id)?;
-        self.run_codec(move || crate::dicom::render::render_frames(reader, &frames, &options)).await
+        let estimate = costs::render(record, frames.len(), &options);
+        let (images, permit) =
+            self.run_codec(estimate, move || crate::dicom::render::render_frames(reader, &frames, &options)).await?;
+        Ok(crate::memory::attach_all(permit, images))
     }
 
-    /// Runs a transcoding job on the blocking pool, one per core at a time. The permit moves into
-    /// the job and is released when the job ends, even if the request that started it was
-    /// dropped (a client that disconnects cannot start decodes beyond the cap). The stored object
-    /// failing to parse whole, or a codec panicking on it, is a 406 for this request only: the
-    /// stored form is still available.
+    /// Reserves `bytes` of the memory budget for work the caller does itself (ZIP and metadata
+    /// responses); 406 when they can never fit, 503 when the budget stays busy.
+    pub async fn reserve_memory(&self, bytes: u64) -> Result<MemoryPermit, Error> {
+        Ok(self.budget.reserve(bytes).await?)
+    }
+
+    /// The memory budget.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Runs a transcoding job on the blocking pool, after reserving `estimate` bytes of the
+    /// memory budget (406 if they can never fit, 503 if the budget stays busy), one job per core
+    /// at a time. The reservation and the CPU permit move into the job, so they are released when
+    /// the job ends, even if the request that started it was dropped (a client that disconnects
+    /// cannot start decodes beyond the caps); the reservation comes back with the result for the
+    /// caller to attach to it. The stored object failing to parse whole, or a codec panicking on
+    /// it, is a 406 for this request only: the stored form is still available.
     async fn run_codec<T: Send + 'static>(
         &self,
+        estimate: u64,
         job: impl FnOnce() -> Result<T, crate::dicom::transcode::TranscodeError> + Send + 'static,
-    ) -> Result<T, Error> {
+    ) -> Result<(T, MemoryPermit), Error> {
         use crate::dicom::transcode::TranscodeError;
         use std::sync::atomic::Ordering;
+        let memory = self.budget.reserve(estimate).await?;
         let permit = self.codec_permits.clone().acquire_owned().await.map_err(Error::internal)?;
         let running = self.codec_jobs.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -343,7 +382,7 @@ impl Archive {
             running.fetch_add(1, Ordering::SeqCst);
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             running.fetch_sub(1, Ordering::SeqCst);
-            outcome
+            outcome.map(|result| result.map(|value| (value, memory)))
         })
         .await
         .map_err(Error::internal)?;
@@ -544,7 +583,8 @@ async fn sweep_unreferenced(store: &dyn Store, blobs: &dyn BlobStore) -> Result<
     Ok(swept)
 }
 
-/// Codec jobs (and, separately, store-time parses) that run at once: one per core.
+/// Codec jobs (and, separately, store-time parses) that run at once: one per core. These bound
+/// CPU; memory is bounded by the budget, which both also draw from.
 fn codec_slots() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }

@@ -32,6 +32,9 @@ pub struct Context<'a> {
     /// Raw bytes of small top-level elements (from `layout::walk`).
     pub raw_values: &'a super::layout::RawValues,
     pub pixel_data: Option<&'a PixelDataLayout>,
+    /// Top-level elements whose values the parse did not read (`part10::HIDDEN_VALUE_MIN`):
+    /// bulk data, given by BulkDataURI whatever their VR (PS3.18 F.2.5). Sorted.
+    pub bulk_values: &'a [u32],
 }
 
 fn tag_hex(tag: Tag) -> String {
@@ -110,6 +113,32 @@ fn primitive_value(vr: VR, value: &PrimitiveValue) -> Option<Json> {
 fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value: &Value<InMemDicomObject>) -> Json {
     let mut out = Map::new();
     out.insert("vr".into(), Json::String(vr.to_string().to_string()));
+    if top_level && context.bulk_values.binary_search(&tag_number(tag)).is_ok() {
+        // F.2.6 allows BulkDataURI for these VRs only; a value of another VR this large (possible
+        // in Implicit VR alone, and never valid) is given as present but empty (F.2.5).
+        if matches!(
+            vr,
+            VR::DS
+                | VR::FL
+                | VR::FD
+                | VR::IS
+                | VR::LT
+                | VR::ST
+                | VR::SL
+                | VR::SS
+                | VR::SV
+                | VR::UC
+                | VR::UL
+                | VR::US
+                | VR::UT
+                | VR::UV
+        ) || is_binary(vr)
+        {
+            let uri = format!("{}/bulkdata/{}", context.instance_path, tag_hex(tag));
+            out.insert("BulkDataURI".into(), Json::String(uri));
+        }
+        return Json::Object(out);
+    }
     match value {
         Value::Sequence(sequence) => {
             let items: Vec<Json> = sequence.items().iter().map(|item| dataset_json(context, item, false)).collect();

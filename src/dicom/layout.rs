@@ -64,6 +64,11 @@ pub struct Layout {
     /// The top-level elements larger than [`super::json::INLINE_BINARY_MAX`], by place: the bulk
     /// data a metadata response may refer to by BulkDataURI.
     pub large_values: Vec<LargeValue>,
+    /// Data elements walked, at all nesting levels (what a parse of the data set costs besides
+    /// its bytes).
+    pub elements: u64,
+    /// Bytes of `raw_values`.
+    pub captured_bytes: u64,
 }
 
 /// Raw value bytes by tag (`group << 16 | element`): found by lookup, not by a search per
@@ -72,6 +77,9 @@ pub type RawValues = std::collections::HashMap<u32, Vec<u8>>;
 
 /// Values longer than this are not captured.
 const MAX_CAPTURE: u32 = 16 * 1024;
+/// At most this many bytes are captured in all (a file of 16 KiB elements would otherwise be
+/// held whole); values beyond are decoded by dicom-rs alone.
+const MAX_CAPTURE_TOTAL: u64 = 2 * 1024 * 1024;
 
 /// Where a large top-level value sits in the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +116,7 @@ struct Walker<'a, R> {
     raw_values: RawValues,
     large_values: Vec<LargeValue>,
     elements: u64,
+    captured_bytes: u64,
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
@@ -280,13 +289,18 @@ impl<R: Read + Seek> Walker<'_, R> {
         if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
             self.large_values.push(LargeValue { tag: number, offset: self.position, length: u64::from(length) });
         }
-        if top_level && length <= MAX_CAPTURE && self.capture_all {
+        if top_level
+            && length <= MAX_CAPTURE
+            && self.capture_all
+            && self.captured_bytes + u64::from(length) <= MAX_CAPTURE_TOTAL
+        {
             if self.position + u64::from(length) > self.total {
                 return Err(LayoutError::Truncated);
             }
             let mut value = vec![0u8; length as usize];
             self.reader.read_exact(&mut value).map_err(|_| LayoutError::Truncated)?;
             self.position += u64::from(length);
+            self.captured_bytes += u64::from(length);
             self.raw_values.insert(number, value);
             return Ok(());
         }
@@ -361,6 +375,7 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
         raw_values: RawValues::new(),
         large_values: Vec::new(),
         elements: 0,
+        captured_bytes: 0,
     };
     // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1).
     let mut meta_has_group_length = false;
@@ -406,6 +421,8 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
                 pixel_data: None,
                 raw_values: RawValues::new(),
                 large_values: Vec::new(),
+                elements: 0,
+                captured_bytes: 0,
             });
         }
         "1.2.840.10008.1.2" => walker.explicit = false,
@@ -416,7 +433,16 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
     let pixel_data = walker.pixel_data.take();
     let raw_values = std::mem::take(&mut walker.raw_values);
     let large_values = std::mem::take(&mut walker.large_values);
-    Ok(Layout { dataset_offset, meta_has_group_length, transfer_syntax_uid, pixel_data, raw_values, large_values })
+    Ok(Layout {
+        dataset_offset,
+        meta_has_group_length,
+        transfer_syntax_uid,
+        pixel_data,
+        raw_values,
+        large_values,
+        elements: walker.elements,
+        captured_bytes: walker.captured_bytes,
+    })
 }
 
 #[cfg(test)]

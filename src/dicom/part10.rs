@@ -2,6 +2,9 @@
 //!
 //! The payload itself is never re-encoded: this module only reads the File Meta Information
 //! and the data set up to Pixel Data, so the cost of a parse does not grow with image size.
+//! Large top-level values before Pixel Data (an Encapsulated Document, an OB, OW, UN or UT value
+//! of gigabytes) are not read either: dicom-rs sees them as empty values ([`WithoutLargeValues`])
+//! and the metadata refers to them by BulkDataURI, served from the stored bytes by place.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -104,20 +107,71 @@ pub enum ParseError {
     MissingAttribute { keyword: &'static str },
     #[error("{keyword} is not a valid UID: {reason}")]
     InvalidUid { keyword: &'static str, reason: uid::UidError },
+    /// The memory budget cannot hold the parse now, or ever (see `crate::memory`).
+    #[error("parsing the data set needs memory the archive cannot spare: {0}")]
+    OutOfMemory(crate::memory::BudgetError),
+}
+
+/// Top-level values before Pixel Data longer than this are bulk data that the parse never
+/// reads (any value of a 32-bit length field above it: OB, OD, OF, OL, OV, OW, UN, UC, UR, UT,
+/// and every VR in Implicit VR).
+pub const HIDDEN_VALUE_MIN: u64 = 64 * 1024;
+
+/// What a parse of a data set costs in memory: dicom-rs's object and the DICOM JSON tree and
+/// text built from it are a few times the bytes read, plus about 1 KiB per element (measured:
+/// a million empty elements took 1.2 GB), plus the walk's records (fragments are copied into
+/// the instance record twice), plus a floor for the fixed costs.
+pub fn parse_cost(read_bytes: u64, elements: u64, fragments: u64, captured_bytes: u64) -> u64 {
+    const FLOOR: u64 = 1024 * 1024;
+    FLOOR
+        .saturating_add(read_bytes.saturating_mul(6))
+        .saturating_add(elements.saturating_mul(1024))
+        .saturating_add(fragments.saturating_mul(48))
+        .saturating_add(captured_bytes.saturating_mul(2))
 }
 
 /// Parses a PS3.10 payload of `total` bytes that starts at the preamble.
 ///
 /// The element framing of the whole file is checked (every declared length fits), and the
 /// data set is parsed up to Pixel Data.
-pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance, ParseError> {
+pub fn parse<R: Read + Seek>(reader: R, total: u64) -> Result<ParsedInstance, ParseError> {
+    parse_within(reader, total, None)
+}
+
+/// [`parse`], drawing what the parse will allocate from `budget` (once the walk has told how
+/// much) and holding it until the parse ends. Call it where blocking is allowed.
+pub fn parse_within<R: Read + Seek>(
+    mut reader: R,
+    total: u64,
+    budget: Option<&crate::memory::MemoryBudget>,
+) -> Result<ParsedInstance, ParseError> {
     let mut header = [0u8; HEADER_LEN];
     reader.read_exact(&mut header).map_err(|_| ParseError::NotPart10)?;
     if !has_dicm_prefix(&header) {
         return Err(ParseError::NotPart10);
     }
     let framing = layout::walk(&mut reader, total, true).map_err(|error| ParseError::Malformed(error.to_string()))?;
-    reader.seek(SeekFrom::Start(HEADER_LEN as u64)).map_err(|e| ParseError::Malformed(e.to_string()))?;
+    // dicom-rs stops before Pixel Data: only what precedes it, less the hidden values, is read.
+    let pixel_data_number = tag_number(tags::PIXEL_DATA);
+    let hidden: Vec<&LargeValue> = framing
+        .large_values
+        .iter()
+        .filter(|value| value.tag < pixel_data_number && value.length > HIDDEN_VALUE_MIN)
+        .collect();
+    let read_end = framing.pixel_data.as_ref().map_or(total, |pixels| pixels.offset);
+    let hidden_bytes: u64 = hidden.iter().filter(|value| value.offset < read_end).map(|value| value.length).sum();
+    let read_bytes = read_end.saturating_sub(framing.dataset_offset).saturating_sub(hidden_bytes);
+    let fragments = framing.pixel_data.as_ref().map_or(0, |pixels| pixels.fragments.len() as u64);
+    let _permit = budget
+        .map(|budget| {
+            budget.reserve_blocking(parse_cost(read_bytes, framing.elements, fragments, framing.captured_bytes))
+        })
+        .transpose()
+        .map_err(ParseError::OutOfMemory)?;
+    let reader = WithoutLargeValues::new(reader, HEADER_LEN as u64, total, &hidden)
+        .map_err(|e| ParseError::Malformed(e.to_string()))?;
+    let mut hidden_tags: Vec<u32> = hidden.iter().map(|value| value.tag).collect();
+    hidden_tags.sort_unstable();
     // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
     // Group Length, which some writers omit: hand it both.
     let mut prefix = b"DICM".to_vec();
@@ -207,9 +261,89 @@ pub fn parse<R: Read + Seek>(mut reader: R, total: u64) -> Result<ParsedInstance
         character_sets: &character_sets,
         raw_values: &framing.raw_values,
         pixel_data: framing.pixel_data.as_ref(),
+        bulk_values: &hidden_tags,
     };
     let metadata = serde_json::to_vec(&json::instance_json(&context, &object)).expect("json");
     Ok(ParsedInstance { metadata, ..parsed })
+}
+
+/// A PS3.10 payload from `start` as dicom-rs is to see it: each of the `hidden` values (top
+/// level, 32-bit length field just before the value) reads as an empty value, its length field
+/// zero and its bytes skipped, so that a value of gigabytes costs the parse nothing.
+pub struct WithoutLargeValues<R> {
+    inner: R,
+    /// Pieces in order: a range of the payload, or a zero length field.
+    pieces: Vec<Piece>,
+    current: usize,
+    /// Position within the current piece.
+    within: u64,
+    /// Where `inner` is positioned, when known.
+    inner_position: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    Range { start: u64, end: u64 },
+    ZeroLength,
+}
+
+impl<R: Read + Seek> WithoutLargeValues<R> {
+    pub fn new(inner: R, start: u64, total: u64, hidden: &[&LargeValue]) -> std::io::Result<Self> {
+        let mut pieces = Vec::with_capacity(hidden.len() * 2 + 1);
+        let mut position = start;
+        for value in hidden {
+            let length_field = value.offset.checked_sub(4).filter(|at| *at >= position);
+            let Some(length_field) = length_field else {
+                return Err(std::io::Error::other("hidden values out of order"));
+            };
+            pieces.push(Piece::Range { start: position, end: length_field });
+            pieces.push(Piece::ZeroLength);
+            position = value.offset + value.length;
+        }
+        pieces.push(Piece::Range { start: position, end: total.max(position) });
+        Ok(WithoutLargeValues { inner, pieces, current: 0, within: 0, inner_position: None })
+    }
+}
+
+impl<R: Read + Seek> Read for WithoutLargeValues<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(piece) = self.pieces.get(self.current).copied() else { return Ok(0) };
+            let remaining = match piece {
+                Piece::Range { start, end } => end - start - self.within,
+                Piece::ZeroLength => 4 - self.within,
+            };
+            if remaining == 0 {
+                self.current += 1;
+                self.within = 0;
+                continue;
+            }
+            if buffer.is_empty() {
+                return Ok(0);
+            }
+            let wanted = (buffer.len() as u64).min(remaining) as usize;
+            let read = match piece {
+                Piece::ZeroLength => {
+                    buffer[..wanted].fill(0);
+                    wanted
+                }
+                Piece::Range { start, .. } => {
+                    let at = start + self.within;
+                    if self.inner_position != Some(at) {
+                        self.inner.seek(SeekFrom::Start(at))?;
+                    }
+                    let read = self.inner.read(&mut buffer[..wanted])?;
+                    if read == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.inner_position = Some(at + read as u64);
+                    read
+                }
+            };
+            self.within += read as u64;
+            return Ok(read);
+        }
+    }
 }
 
 /// The value of `tag` in each item of the sequence `sequence` (the first value; empty where an

@@ -254,6 +254,9 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         }
         _ => {}
     }
+    if error.kind == ErrorKind::Unavailable {
+        builder = builder.header(header::RETRY_AFTER, crate::memory::RETRY_AFTER_SECS);
+    }
     builder.body(dicomweb::full_body(Bytes::from(body.to_string()))).expect("valid response")
 }
 

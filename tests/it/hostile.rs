@@ -268,7 +268,12 @@ async fn non_finite_windows_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_do_not_free_codec_permits_early() {
     let spec = Spec::new(1707, 1, 1).size(4096, 4096, 1);
-    let server = Server::with(&[instance(&spec)]).await;
+    // Rendering it takes about 180 MiB, more than the default memory budget: this test is about
+    // the CPU permits, so the budget is out of its way.
+    let server = Server::with_config(&[instance(&spec)], |config| {
+        config.archive.memory_budget_bytes = 1 << 30;
+    })
+    .await;
     let slots = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let url = format!("{}/frames/1/rendered", spec.instance_url(&server.base));
     for _ in 0..slots + 3 {

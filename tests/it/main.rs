@@ -43,3 +43,6 @@ mod tls;
 /// API keys: roles per route class, revocation, the failure rate limit, the key CLI, no
 /// secret in the log.
 mod auth;
+
+/// The memory budget: large values never held, metadata streamed, the abusive mix.
+mod memory;

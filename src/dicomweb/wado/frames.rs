@@ -203,27 +203,24 @@ fn multipart_response(
 }
 
 /// A multipart/related response of native pixel bytes decoded from compressed frames.
-fn decoded_response(parts: Vec<(String, Vec<u8>)>) -> Response<ResponseBody> {
+fn decoded_response(parts: Vec<(String, Vec<Bytes>)>) -> Response<ResponseBody> {
+    // The decoded bytes are sent as they are, not copied into one body: they hold the memory
+    // budget's reservation until the last of them has been sent (or the client has gone).
     let boundary = multipart::new_boundary();
     let part_type = format!("{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}");
-    let mut body = Vec::with_capacity(parts.iter().map(|(_, bytes)| bytes.len() + 256).sum());
-    for (i, (location, bytes)) in parts.into_iter().enumerate() {
-        if i > 0 {
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(&multipart::part_header(
-            &boundary,
-            &part_type,
-            Some(&location),
-            Some(bytes.len() as u64),
-        ));
-        body.extend_from_slice(&bytes);
+    let mut pieces: Vec<Bytes> = Vec::with_capacity(parts.len() * 2 + 1);
+    for (i, (location, chunks)) in parts.into_iter().enumerate() {
+        let length = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+        let mut head = if i > 0 { b"\r\n".to_vec() } else { Vec::new() };
+        head.extend_from_slice(&multipart::part_header(&boundary, &part_type, Some(&location), Some(length)));
+        pieces.push(Bytes::from(head));
+        pieces.extend(chunks);
     }
-    body.extend_from_slice(&multipart::closing(&boundary));
+    pieces.push(multipart::closing(&boundary));
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{OCTET_STREAM}\"; boundary={boundary}"))
-        .body(crate::dicomweb::full_body(Bytes::from(body)))
+        .body(stream_body(stream::iter(pieces.into_iter().map(Ok::<_, std::convert::Infallible>))))
         .expect("valid response")
 }
 
@@ -243,7 +240,7 @@ pub async fn frames(
         let indices = numbers.iter().map(|n| *n as u32 - 1).collect();
         let decoded = archive.decoded_frames(record, indices).await?;
         let locations = numbers.iter().map(|n| format!("{instance_url}/frames/{n}"));
-        return Ok(decoded_response(locations.zip(decoded).collect()));
+        return Ok(decoded_response(locations.zip(decoded.into_iter().map(|frame| vec![frame])).collect()));
     }
     let parts: Vec<(String, Part)> = if all.video {
         // Video: all frames in one part (§8.7.3.3.2).
@@ -309,7 +306,7 @@ pub async fn bulkdata(
                 let all = all_frames(archive, record).await?;
                 if choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))? == FrameForm::Decoded {
                     let indices = (0..all.map.len()).collect();
-                    let native = archive.decoded_frames(record, indices).await?.concat();
+                    let native = archive.decoded_frames(record, indices).await?;
                     return Ok(decoded_response(vec![(location, native)]));
                 }
                 let parts = (0..all.map.len()).map(move |frame| (location.clone(), Part::Frames(frame..frame + 1)));

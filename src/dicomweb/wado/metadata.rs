@@ -2,8 +2,9 @@
 //! series or instance, as one JSON array (or, asked for, the Native DICOM Model XML of each as
 //! multipart/related). Each instance's JSON was computed when it was stored
 //! (`dicom::json`), so a 1,000-instance series is served without re-parsing a file; only the
-//! base URL of its BulkDataURIs is filled in per request. Sent with brotli or gzip when the
-//! client accepts them.
+//! base URL of its BulkDataURIs is filled in per request. The body is streamed one instance at a
+//! time (a 10,000-instance study is never held whole), coded with brotli or gzip as it goes when
+//! the client accepts them; the response holds a fixed share of the memory budget until it ends.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use http::{HeaderMap, Response, StatusCode, header};
 
 use crate::archive::Archive;
 use crate::dicom::json::BASE_PLACEHOLDER;
-use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body};
+use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, stream_body};
 use crate::error::{Error, ErrorKind};
 use crate::media::compress;
 use crate::media::mime::{APPLICATION_DICOM_JSON, APPLICATION_DICOM_XML, APPLICATION_JSON, MULTIPART_RELATED};
@@ -101,59 +102,139 @@ pub async fn retrieve(
             .body(crate::dicomweb::empty_body())
             .expect("valid response"));
     }
-    let mut body = Vec::with_capacity(records.len() * 4096);
+    let boundary = multipart::new_boundary();
     let content_type = match format {
-        Format::Json => {
-            body.push(b'[');
-            for (i, record) in records.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                append_with_base(&mut body, &archive.instance_metadata(record)?, context.base_url.as_bytes());
-            }
-            body.push(b']');
-            APPLICATION_DICOM_JSON.to_string()
-        }
-        Format::Xml => {
-            let boundary = multipart::new_boundary();
-            let mut json = Vec::new();
-            for (i, record) in records.iter().enumerate() {
-                json.clear();
-                append_with_base(&mut json, &archive.instance_metadata(record)?, context.base_url.as_bytes());
-                let object: serde_json::Map<String, serde_json::Value> =
-                    serde_json::from_slice(&json).map_err(Error::internal)?;
-                if i > 0 {
-                    body.extend_from_slice(b"\r\n");
-                }
-                let xml = crate::dicomweb::dataset::xml_from_json(&object);
-                let location = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
-                let head =
-                    multipart::part_header(&boundary, APPLICATION_DICOM_XML, Some(&location), Some(xml.len() as u64));
-                body.extend_from_slice(&head);
-                body.extend_from_slice(xml.as_bytes());
-            }
-            body.extend_from_slice(&multipart::closing(&boundary));
-            format!("{MULTIPART_RELATED}; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}")
-        }
+        Format::Json => APPLICATION_DICOM_JSON.to_string(),
+        Format::Xml => format!("{MULTIPART_RELATED}; type=\"{APPLICATION_DICOM_XML}\"; boundary={boundary}"),
     };
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::VARY, "Accept-Encoding");
-    let body = match compress::negotiate(headers, body.len()) {
+    // The length is not known before the body is streamed: the smallest resource, one instance,
+    // is well above the size below which coding does not pay.
+    let coding = compress::negotiate(headers, usize::MAX);
+    let encoder_memory = coding.map_or(0, compress::StreamEncoder::memory);
+    let memory = archive.reserve_memory(PIECE_MEMORY + encoder_memory).await?;
+    let encoder = match coding {
         Some(coding) => {
             // A distinct validator per coding (RFC 9110 §8.8.3.3).
             let etag = format!("{}-{}\"", etag.trim_end_matches('"'), coding.token());
             response = response.header(header::CONTENT_ENCODING, coding.token()).header(header::ETAG, etag);
-            tokio::task::spawn_blocking(move || compress::encode(coding, &body)).await.map_err(Error::internal)?
+            Some(compress::StreamEncoder::new(coding))
         }
         None => {
             response = response.header(header::ETAG, etag);
-            body
+            None
         }
     };
-    Ok(response.body(full_body(Bytes::from(body))).expect("valid response"))
+    let pieces = Pieces {
+        archive: archive.clone(),
+        context: context.clone(),
+        format,
+        boundary,
+        records: records.into_iter().enumerate(),
+        encoder,
+        finished: false,
+        _memory: memory,
+    };
+    let body = futures_util::stream::unfold(pieces, |mut pieces| async move {
+        let piece = pieces.next()?;
+        Some((piece, pieces))
+    });
+    Ok(response.body(stream_body(body)).expect("valid response"))
+}
+
+/// What one metadata response holds in memory while it streams: one instance's document (at most
+/// 512 KiB of stored DICOM JSON; its XML a few times that) being built, one being sent.
+const PIECE_MEMORY: u64 = 4 * 1024 * 1024;
+
+/// The body of a metadata response, one instance at a time: the array's (or multipart's)
+/// framing, each instance's stored document with the base URL filled in, coded when asked. The
+/// memory reservation is held until the body is dropped (sent, or its client gone).
+struct Pieces {
+    archive: Arc<Archive>,
+    context: RequestContext,
+    format: Format,
+    boundary: String,
+    records: std::iter::Enumerate<std::vec::IntoIter<crate::model::records::InstanceRecord>>,
+    encoder: Option<compress::StreamEncoder>,
+    finished: bool,
+    _memory: crate::memory::MemoryPermit,
+}
+
+impl Pieces {
+    /// The next piece of the body; `None` at its end.
+    fn next(&mut self) -> Option<Result<Bytes, Error>> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let plain = match self.records.next() {
+                Some((i, record)) => match self.instance(i, &record) {
+                    Ok(plain) => plain,
+                    Err(error) => {
+                        self.finished = true;
+                        return Some(Err(error));
+                    }
+                },
+                None => {
+                    self.finished = true;
+                    let mut end = match self.format {
+                        Format::Json => b"]".to_vec(),
+                        Format::Xml => multipart::closing(&self.boundary).to_vec(),
+                    };
+                    if let Some(mut encoder) = self.encoder.take() {
+                        let mut coded = encoder.push(&end);
+                        coded.extend(encoder.finish());
+                        end = coded;
+                    }
+                    return Some(Ok(Bytes::from(end)));
+                }
+            };
+            let piece = match self.encoder.as_mut() {
+                Some(encoder) => encoder.push(&plain),
+                None => plain,
+            };
+            // A coder may hold a small piece back entirely: nothing to send yet.
+            if !piece.is_empty() {
+                return Some(Ok(Bytes::from(piece)));
+            }
+        }
+    }
+
+    /// Instance `i` of the resource, framed: `[` or `,` then its DICOM JSON; or its multipart part.
+    fn instance(&self, i: usize, record: &crate::model::records::InstanceRecord) -> Result<Vec<u8>, Error> {
+        let stored = self.archive.instance_metadata(record)?;
+        let base = self.context.base_url.as_bytes();
+        match self.format {
+            Format::Json => {
+                let mut out = Vec::with_capacity(stored.len() + 64);
+                out.push(if i == 0 { b'[' } else { b',' });
+                append_with_base(&mut out, &stored, base);
+                Ok(out)
+            }
+            Format::Xml => {
+                let mut json = Vec::with_capacity(stored.len() + 64);
+                append_with_base(&mut json, &stored, base);
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&json).map_err(Error::internal)?;
+                let xml = crate::dicomweb::dataset::xml_from_json(&object);
+                let context = &self.context;
+                let location = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+                let mut out = if i > 0 { b"\r\n".to_vec() } else { Vec::new() };
+                out.extend_from_slice(&multipart::part_header(
+                    &self.boundary,
+                    APPLICATION_DICOM_XML,
+                    Some(&location),
+                    Some(xml.len() as u64),
+                ));
+                out.extend_from_slice(xml.as_bytes());
+                Ok(out)
+            }
+        }
+    }
 }
 
 /// Copies `json` into `out`, replacing each [`BASE_PLACEHOLDER`] with `base`.

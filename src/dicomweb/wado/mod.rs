@@ -129,19 +129,26 @@ fn instance_body(
     }
 }
 
+/// What a ZIP response holds in memory besides its conversions (which reserve their own): the
+/// channel's chunks of up to 1 MiB, the blob store's read-ahead, the writer's entries.
+const ZIP_MEMORY: u64 = 12 * 1024 * 1024;
+
 /// The instances as one ZIP archive, `{study}/{series}/{instance}.dcm` each, streamed: a producer
 /// task writes the archive into a small channel, so at most a few chunks wait in memory and a
-/// client that goes away stops it.
-fn zip_response(
+/// client that goes away stops it. The producer holds [`ZIP_MEMORY`] of the memory budget until
+/// it ends.
+async fn zip_response(
     archive: &Arc<Archive>,
     name: &str,
     records: Vec<InstanceRecord>,
     representations: Vec<Representation>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Error> {
     type Item = Result<Bytes, crate::dicomweb::BoxError>;
+    let memory = archive.reserve_memory(ZIP_MEMORY + records.len() as u64 * 128).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Item>(8);
     let archive = archive.clone();
     tokio::spawn(async move {
+        let _memory = memory;
         let mut zip = ZipWriter::default();
         let send = |item: Item| {
             let sender = sender.clone();
@@ -200,12 +207,12 @@ fn zip_response(
     });
     let body =
         stream::unfold(receiver, |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) });
-    Response::builder()
+    Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, APPLICATION_ZIP)
         .header(header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.zip\""))
         .body(stream_body(body))
-        .expect("valid response")
+        .expect("valid response"))
 }
 
 /// The level a `{study}[/{series}[/{instance}]]` path addresses.
@@ -270,7 +277,7 @@ pub async fn retrieve(
             Level::Series => series.unwrap_or_default(),
             Level::Instance => instance.unwrap_or_default(),
         };
-        return Ok(zip_response(archive, name, records, representations));
+        return zip_response(archive, name, records, representations).await;
     }
 
     let boundary = multipart::new_boundary();

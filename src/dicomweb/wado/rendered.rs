@@ -277,7 +277,7 @@ pub async fn retrieve(
         return Ok(response
             .header(header::CONTENT_TYPE, format.media_type())
             .header(header::CONTENT_LENGTH, image.len())
-            .body(full_body(Bytes::from(image)))
+            .body(full_body(image))
             .expect("valid response"));
     }
     // Several images: a producer renders a few frames at a time into a small channel.

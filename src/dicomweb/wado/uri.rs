@@ -256,5 +256,5 @@ async fn rendered(
             format!("299 {}: annotation is not supported and was ignored", context.base_url),
         );
     }
-    Ok(response.body(crate::dicomweb::full_body(bytes::Bytes::from(image))).expect("valid response"))
+    Ok(response.body(crate::dicomweb::full_body(image)).expect("valid response"))
 }
