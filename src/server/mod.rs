@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use self::connection::{Activity, AddressSlots, StallGuard, Tracked};
+use self::connection::{Activity, AddressSlots, SendTimeout, StallGuard, Tracked};
 use self::service::App;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -31,7 +31,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// so that one client cannot take them all) and in silence: one that has not completed a
 /// request head within `--header-timeout-secs` of being accepted (protocol detection included),
 /// or has had no request in progress for `--idle-timeout-secs`, is closed; a request body that
-/// stalls for `--body-timeout-secs` fails the request.
+/// stalls for `--body-timeout-secs` fails the request; a connection whose client takes no
+/// response byte for `--send-timeout-secs` is dropped with its response.
 pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let app = Arc::new(app);
     let limits = app.config().connections;
@@ -90,7 +91,9 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
                 }
             }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(SendTimeout::new(stream, limits.send_timeout)), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             tokio::select! {
