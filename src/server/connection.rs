@@ -328,7 +328,7 @@ mod tests {
     async fn writes_to_a_peer_that_reads_nothing_time_out() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let timeout = Duration::from_millis(300);
-        let (near, mut far) = tokio::io::duplex(1024);
+        let (near, far) = tokio::io::duplex(1024);
         let mut guarded = SendTimeout::new(near, timeout);
         guarded.write_all(&[7u8; 1024]).await.expect("the pipe holds one buffer");
         let started = Instant::now();

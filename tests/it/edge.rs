@@ -205,7 +205,7 @@ async fn a_client_that_reads_nothing_is_dropped_after_the_send_timeout() {
     // 512 × 512 × 16 bits × 24 frames: 12 MiB, far more than the socket buffers hold.
     let big = instance(&Spec::new(68, 1, 1).size(512, 512, 24));
     let spec = Spec::new(68, 1, 1);
-    let server = Server::with_config(&[big.clone()], |c| {
+    let server = Server::with_config(std::slice::from_ref(&big), |c| {
         c.connections.send_timeout = send_timeout;
         c.connections.max_per_address = 1;
         c.connections.idle_timeout = Duration::from_secs(60);
