@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Mutations per target when `KURA_FUZZ_SMOKE_ITERS` is not set: all targets together take
-/// about 20 s on the development machine (part10 and metadata_writers about 8 s each), inside
+/// 6 to 14 s on the development machine (part10 and metadata_writers up to 4 s each), inside
 /// the 60 s the CI budget gives the short mode. With the default seed, mutation 32089 of part10
 /// and 33413 of metadata_writers hit the open part10 findings (regressions/part10/open/); raise
 /// this to 40,000 when they are fixed.

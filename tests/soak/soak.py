@@ -54,6 +54,11 @@ SEED = int(os.environ.get("KURA_SOAK_SEED", "17"))
 DELETE_RACE = os.environ.get("KURA_SOAK_DELETE_RACE") == "1"
 TIMEOUT = 60
 
+# Outcomes that are not failures: a trickled request head that took longer than the server's
+# header timeout (10 s by default; it happens when the machine is loaded) is cut off, as it must be.
+EXPECTED = {"cut-by-header-timeout"}
+HEADER_TIMEOUT = 10.0
+
 OCTETS = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
 
@@ -68,7 +73,7 @@ class Stats:
         with self.lock:
             self.statuses[kind][status] += 1
             self.latencies[kind].append(seconds)
-            if isinstance(status, str) or status >= 500:
+            if (isinstance(status, str) and status not in EXPECTED) or (isinstance(status, int) and status >= 500):
                 if len(self.failures) < 50:
                     self.failures.append(f"{kind}: {status} {detail[:300]}")
 
@@ -285,7 +290,9 @@ class SlowClients(threading.Thread):
                 status = int(answer.split(b" ")[1]) if answer.startswith(b"HTTP/1.1 ") else "no-answer"
                 self.stats.record("slow", status, time.monotonic() - started)
             except OSError as error:
-                self.stats.record("slow", f"trickle-{type(error).__name__}", time.monotonic() - started, str(error))
+                elapsed = time.monotonic() - started
+                outcome = "cut-by-header-timeout" if elapsed >= HEADER_TIMEOUT - 0.5 else f"trickle-{type(error).__name__}"
+                self.stats.record("slow", outcome, elapsed, str(error))
             finally:
                 trickle.close()
             item = self.pool.pick(self.rng)
