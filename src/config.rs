@@ -155,6 +155,11 @@ pub struct ServeArgs {
     /// before the request fails.
     #[arg(long, env = "KURA_BODY_TIMEOUT_SECS", default_value_t = default_body_timeout_secs())]
     pub body_timeout_secs: u64,
+    /// Seconds a response may wait for a client that reads none of it (no byte accepted by
+    /// the connection's socket) before the connection is dropped and what the response held
+    /// (its buffers, permits and connection slot) is released.
+    #[arg(long, env = "KURA_SEND_TIMEOUT_SECS", default_value_t = default_send_timeout_secs())]
+    pub send_timeout_secs: u64,
     /// Do not require authentication on a non-loopback listener (or behind --behind-proxy):
     /// for a proxy that authenticates every request itself. TLS (or --behind-proxy) is still
     /// required.
@@ -210,6 +215,9 @@ fn default_idle_timeout_secs() -> u64 {
 }
 fn default_body_timeout_secs() -> u64 {
     30
+}
+fn default_send_timeout_secs() -> u64 {
+    60
 }
 fn default_max_instance_bytes() -> u64 {
     4 * 1024 * 1024 * 1024
@@ -279,6 +287,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// No request body byte for this long while the server waits for one: the request fails.
     pub body_timeout: Duration,
+    /// No response byte taken by the client for this long while the server has some to send:
+    /// the connection is dropped.
+    pub send_timeout: Duration,
 }
 
 /// The host names every server answers for.
@@ -358,8 +369,10 @@ impl Config {
         if args.max_connections == 0 || args.max_connections_per_address == 0 {
             return Err("--max-connections and --max-connections-per-address must be at least 1".into());
         }
-        if [args.header_timeout_secs, args.idle_timeout_secs, args.body_timeout_secs].contains(&0) {
-            return Err("--header-timeout-secs, --idle-timeout-secs and --body-timeout-secs must be at least 1".into());
+        if [args.header_timeout_secs, args.idle_timeout_secs, args.body_timeout_secs, args.send_timeout_secs]
+            .contains(&0)
+        {
+            return Err("--header-timeout-secs, --idle-timeout-secs, --body-timeout-secs and --send-timeout-secs must be at least 1".into());
         }
         let public_url = args.public_url.map(|u| u.trim_end_matches('/').to_string());
         let mut allowed_hosts: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
@@ -402,6 +415,7 @@ impl Config {
                 header_timeout: Duration::from_secs(args.header_timeout_secs),
                 idle_timeout: Duration::from_secs(args.idle_timeout_secs),
                 body_timeout: Duration::from_secs(args.body_timeout_secs),
+                send_timeout: Duration::from_secs(args.send_timeout_secs),
             },
             archive: ArchiveOptions {
                 duplicate_policy: match args.duplicates {

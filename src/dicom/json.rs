@@ -224,11 +224,13 @@ pub fn instance_json(context: &Context<'_>, object: &InMemDicomObject) -> Json {
             json!({"vr": "UI", "Value": [context.transfer_syntax_uid]}),
         );
         if let Some(pixel_data) = context.pixel_data {
-            // The VR the file has (F.2.3); Implicit VR files have OW (PS3.5 §A.1).
-            let vr = match (&pixel_data.vr, pixel_data.length) {
-                (_, None) => "OB",
-                (Some(vr), _) => vr.as_str(),
-                (None, _) => "OW",
+            // The VR the file has (F.2.3); Implicit VR files have OW (PS3.5 §A.1). Pixel Data
+            // is OB or OW (PS3.5 §8.2); a file that writes another VR there (found by the
+            // `metadata_writers` fuzz target: "O^", which also went unescaped into the XML)
+            // gets OW, so the metadata never carries a VR that is not one.
+            let vr = match (pixel_data.vr.as_deref(), pixel_data.length) {
+                (_, None) | (Some("OB"), _) => "OB",
+                _ => "OW",
             };
             map.insert(
                 tag_hex(tags::PIXEL_DATA),

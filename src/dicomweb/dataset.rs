@@ -58,6 +58,11 @@ fn json_value(vr: VR, value: &str) -> Json {
     }
 }
 
+/// Text as XML 1.0 content or attribute value: markup characters escaped, a carriage return as
+/// a character reference (a literal one would be read back as a line feed), and the characters
+/// XML 1.0 cannot hold at all (controls other than tab, line feed and carriage return, U+FFFE,
+/// U+FFFF; XML 1.0 §2.2 `Char`), which a DICOM value can contain, replaced by U+FFFD so that
+/// the document stays well-formed (found by the `metadata_writers` fuzz target).
 fn escape_xml(text: &str, out: &mut String) {
     for c in text.chars() {
         match c {
@@ -66,7 +71,9 @@ fn escape_xml(text: &str, out: &mut String) {
             '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c => out.push(c),
+            '\r' => out.push_str("&#xD;"),
+            '\t' | '\n' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}' => out.push(c),
+            _ => out.push('\u{FFFD}'),
         }
     }
 }
@@ -178,7 +185,9 @@ fn write_json_elements(object: &Map<String, Json>, out: &mut String) {
         let Ok(number) = u32::from_str_radix(tag_text, 16) else { continue };
         let tag = Tag((number >> 16) as u16, number as u16);
         let vr = element["vr"].as_str().unwrap_or("UN");
-        let _ = write!(out, "<DicomAttribute tag=\"{tag_text}\" vr=\"{vr}\"");
+        let _ = write!(out, "<DicomAttribute tag=\"{number:08X}\" vr=\"");
+        escape_xml(vr, out);
+        out.push('"');
         let keyword = keyword_of(tag);
         if !keyword.is_empty() {
             let _ = write!(out, " keyword=\"{keyword}\"");
@@ -275,6 +284,25 @@ mod tests {
         assert!(xml.contains("<Item number=\"1\"><DicomAttribute tag=\"00081150\" vr=\"UI\" keyword=\"ReferencedSOPClassUID\"><Value number=\"1\">1.2.3</Value>"));
         assert!(xml.contains("<BulkData uri=\"http://h/a?b=1&amp;c=2\"/>"));
         assert!(xml.contains("<DicomAttribute tag=\"00091001\" vr=\"OB\"><InlineBinary>AAE=</InlineBinary>"));
+    }
+
+    /// Characters XML 1.0 cannot hold become U+FFFD, a carriage return a character reference,
+    /// and a VR is escaped like any text (fuzz target `metadata_writers`).
+    #[test]
+    fn xml_stays_well_formed_whatever_the_values_hold() {
+        let json: Json = serde_json::from_str(
+            r#"{"00081030":{"vr":"LO","Value":["a\u0001b\u0000c\r\nd\ufffee"]},
+                "00100010":{"vr":"PN","Value":[{"Alphabetic":"A\u001b^B"}]},
+                "7FE00010":{"vr":"O\"<","BulkDataURI":"x"}}"#,
+        )
+        .unwrap();
+        let xml = xml_from_json(json.as_object().unwrap());
+        assert!(xml.contains("<Value number=\"1\">a\u{FFFD}b\u{FFFD}c&#xD;\nd\u{FFFD}e</Value>"), "{xml}");
+        assert!(xml.contains("<FamilyName>A\u{FFFD}</FamilyName>"), "{xml}");
+        assert!(xml.contains("vr=\"O&quot;&lt;\""), "{xml}");
+        let mut dataset = Dataset::new();
+        dataset.put_str(tags::STUDY_DESCRIPTION, VR::LO, "x\u{7}y");
+        assert!(dataset.to_xml().contains("<Value number=\"1\">x\u{FFFD}y</Value>"));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! hands it to the service until its response body has been sent or dropped, so a long
 //! download or a slow computation never looks idle, while a connection that only trickles
 //! header bytes (slowloris), sends nothing at all, or pings over HTTP/2 does.
+//!
+//! The other way round, a client that stops reading would hold its response (buffers, codec
+//! and memory permits, the connection's slot) for as long as it keeps the socket open: the
+//! socket's writes fail once none of them has made progress for the send timeout
+//! ([`SendTimeout`]), which ends the connection and drops the response.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Open connections per client address.
@@ -200,6 +206,87 @@ impl Body for StallGuard<hyper::body::Incoming> {
     }
 }
 
+/// A connection's socket whose writes fail with `TimedOut` when the peer has taken no byte for
+/// `timeout` while there was something to write: a write (or flush, or shutdown) that stays
+/// pending arms a timer, any progress disarms it. Reads pass through untouched (waiting for a
+/// request is the watchdog's business, not this one's).
+pub struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> SendTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        SendTimeout { inner, timeout, timer: None }
+    }
+
+    /// The outcome of a write-side poll: progress disarms the timer; pending arms it (the
+    /// timer's waker is the task's, so a peer that never reads still gets the connection
+    /// polled, and failed, when the time is up).
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.timer = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::debug!(
+                            seconds = timeout.as_secs(),
+                            "dropping a connection whose client reads nothing"
+                        );
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("the client read nothing for {} s", timeout.as_secs()),
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, poll)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +321,34 @@ mod tests {
         let ended = Instant::now();
         waiting.await.unwrap();
         assert!(ended.elapsed() >= idle, "idle counts from the end of the last request");
+    }
+
+    /// A write that the peer never drains fails after the timeout; one it drains does not.
+    #[tokio::test]
+    async fn writes_to_a_peer_that_reads_nothing_time_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let timeout = Duration::from_millis(300);
+        let (near, far) = tokio::io::duplex(1024);
+        let mut guarded = SendTimeout::new(near, timeout);
+        guarded.write_all(&[7u8; 1024]).await.expect("the pipe holds one buffer");
+        let started = Instant::now();
+        let error = guarded.write_all(&[7u8; 1024]).await.expect_err("nobody reads");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= timeout && started.elapsed() < timeout * 4, "{:?}", started.elapsed());
+        // A peer that reads slowly but steadily keeps the connection: each byte taken is progress.
+        let (near, mut far2) = tokio::io::duplex(16);
+        let reader = tokio::spawn(async move {
+            let mut buffer = [0u8; 16];
+            let mut total = 0;
+            while total < 64 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                total += far2.read(&mut buffer).await.unwrap();
+            }
+            total
+        });
+        let mut guarded = SendTimeout::new(near, timeout);
+        guarded.write_all(&[1u8; 64]).await.expect("a slow reader is not a stopped one");
+        assert_eq!(reader.await.unwrap(), 64);
+        drop(far);
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use self::access::ConnectionInfo;
-use self::connection::{Activity, AddressSlots, StallGuard, Tracked};
+use self::connection::{Activity, AddressSlots, SendTimeout, StallGuard, Tracked};
 use self::service::App;
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -43,7 +43,8 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
 /// so that one client cannot take them all) and in silence: one that has not completed a
 /// request head within `--header-timeout-secs` of being accepted (the TLS handshake and
 /// protocol detection included), or has had no request in progress for `--idle-timeout-secs`,
-/// is closed; a request body that stalls for `--body-timeout-secs` fails the request.
+/// is closed; a request body that stalls for `--body-timeout-secs` fails the request; a connection
+/// whose client takes no response byte for `--send-timeout-secs` is dropped with its response.
 pub async fn serve_with(
     listener: TcpListener,
     app: App,
@@ -92,6 +93,8 @@ pub async fn serve_with(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
+        // Under TLS too: a client that takes no byte stalls the socket whatever is layered on it.
+        let stream = SendTimeout::new(stream, limits.send_timeout);
         let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
             // The watchdog starts at accept, so the TLS handshake counts against the header

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Fuzzes Kura's input parsers with cargo-fuzz (libFuzzer): every target in tests/fuzz/fuzz_targets
-# for KURA_FUZZ_SECONDS seconds each (default 20, the CI mode; the long mode is 1800).
+# Fuzzes Kura's input parsers with cargo-fuzz (libFuzzer + AddressSanitizer): every target in
+# tests/fuzz/fuzz_targets for KURA_FUZZ_SECONDS seconds each (default 20; the long mode is 1800).
+# CI does not run this script (a cold sanitizer build takes about 20 min): its short mode is the
+# fuzz_smoke test of `cargo test --release` (tests/fuzz/smoke.rs), the same target bodies.
 # Fails when a target crashes (panic, abort, stack overflow, sanitizer report, out-of-memory,
 # timeout); the input is then in $KURA_FUZZ_WORK/artifacts/<target>/ (see tests/fuzz/README.md).
 #   KURA_FUZZ_SECONDS      seconds per target (default 20)
@@ -24,7 +26,7 @@ main_target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import 
 target_dir="${KURA_FUZZ_TARGET_DIR:-$main_target/fuzz-build}"
 work="${KURA_FUZZ_WORK:-$main_target/fuzz-work}"
 seconds="${KURA_FUZZ_SECONDS:-20}"
-targets="${KURA_FUZZ_TARGETS:-multipart part10 query frames_range render_params}"
+targets="${KURA_FUZZ_TARGETS:-multipart part10 query frames_range render_params metadata_writers frame_map}"
 
 python3 tests/fuzz/seeds.py "$work/seeds"
 started=$(date +%s)
@@ -34,7 +36,7 @@ echo "tests/fuzz/run.sh: fuzz build took $(($(date +%s) - started)) s"
 failed=()
 for target in $targets; do
   case "$target" in
-    part10 | multipart) max_len=65536 ;;
+    part10 | multipart | metadata_writers) max_len=65536 ;;
     *) max_len=4096 ;;
   esac
   mkdir -p "$work/corpus/$target" "$work/artifacts/$target"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Builds the seed corpora of the fuzz targets under the directory given (default
 tests/fuzz/corpus): the part10 target gets pydicom's DICOM test files (its data/test_files and
-data/charset_files directories, those of at most MAX_BYTES), the multipart target STOW-RS bodies
-wrapping a few of them, and the text targets the small seeds committed under tests/fuzz/seeds/.
+data/charset_files directories, those of at most MAX_BYTES), and so does metadata_writers; the
+multipart target STOW-RS bodies wrapping a few of them, frame_map a few layouts in its own input
+format, and the text targets the small seeds committed under tests/fuzz/seeds/.
 Nothing is downloaded: only the files that ship in the pydicom package are used."""
 
 import os
@@ -65,7 +66,32 @@ def main():
     ranges = out / "frames_range"
     for name, number, text in [("bin-a", 10, b"1,2,3"), ("bin-b", 1000, b"bytes=0-99"), ("bin-c", 5, b"bytes=-3")]:
         (ranges / name).write_bytes(struct.pack("<Q", number) + text)
+    # metadata_writers reads PS3.10 files as part10 does.
+    shutil.copytree(part10, out / "metadata_writers", dirs_exist_ok=True)
+    frame_map(out / "frame_map")
     print(f"seeds.py: {len(files)} DICOM files, corpus in {out}")
+
+
+def frame_map(directory):
+    """Seeds of the frame_map input format (tests/fuzz/bodies.rs `frame_map`; the same as
+    smoke.rs `frame_map_seeds`): a mode byte, Rows, Columns, SamplesPerPixel, BitsAllocated
+    (u16), NumberOfFrames (u32), then a native value length (u32) or an offset table (u16 count,
+    u32 entries) and fragments (u16 length, flag byte)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def header(mode, rows, columns, samples, bits, frames):
+        return bytes([mode]) + struct.pack("<HHHHI", rows, columns, samples, bits, frames)
+
+    fragments = b"".join(struct.pack("<HB", 10, flag) for flag in (1, 0, 0, 1, 0))
+    table = header(3, 4, 4, 1, 8, 2) + struct.pack("<HII", 2, 0, 54) + fragments
+    seeds = {
+        "native": header(0, 4, 4, 1, 16, 3) + struct.pack("<I", 96),
+        "table": table,
+        "scan": bytes([1]) + table[1:],
+        "one-per-fragment": header(1, 8, 8, 3, 8, 3) + struct.pack("<H", 0) + bytes([20, 0, 1]) * 3,
+    }
+    for name, data in seeds.items():
+        (directory / name).write_bytes(data)
 
 
 if __name__ == "__main__":

@@ -196,6 +196,58 @@ async fn a_stalled_request_body_fails_after_the_body_timeout() {
     assert_eq!(server.archive.count_instances().unwrap(), 0, "nothing stored");
 }
 
+/// A client that asks for a large instance and then reads nothing: the server keeps the
+/// connection (and its slot) while the send timeout runs, then drops it, and the address's
+/// only connection slot (`max_per_address` 1) is free again for a normal request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_dropped_after_the_send_timeout() {
+    let send_timeout = Duration::from_secs(2);
+    // 512 × 512 × 16 bits × 24 frames: 12 MiB, far more than the socket buffers hold.
+    let big = instance(&Spec::new(68, 1, 1).size(512, 512, 24));
+    let spec = Spec::new(68, 1, 1);
+    let server = Server::with_config(std::slice::from_ref(&big), |c| {
+        c.connections.send_timeout = send_timeout;
+        c.connections.max_per_address = 1;
+        c.connections.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let address = address_of(&server.base);
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stuck = socket.connect(address).await.unwrap();
+    let path = spec.instance_url(&server.base).replace(&format!("http://{address}"), "");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/dicom\r\n\r\n");
+    stuck.write_all(request.as_bytes()).await.unwrap();
+    let asked = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The response is in progress and holds the address's one slot: a second connection from
+    // 127.0.0.2 is closed at once without an answer.
+    let mut second = connect_from("127.0.0.2", address).await.unwrap();
+    let _ = second.write_all(b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), second.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "the slot is still held: {}", String::from_utf8_lossy(&answer));
+    // Read nothing until well past the send timeout, then find the connection closed after
+    // part of the response.
+    tokio::time::sleep((send_timeout + Duration::from_millis(1500)).saturating_sub(asked.elapsed())).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stuck.read_to_end(&mut received)).await;
+    assert!(
+        received.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&received[..received.len().min(200)])
+    );
+    assert!(received.len() < big.len(), "the response was cut off: {} of {} bytes", received.len(), big.len());
+    // The slot came back: the same address is served again.
+    let mut again = connect_from("127.0.0.2", address).await.unwrap();
+    again.write_all(b"GET /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), again.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    still_answers(&server, 1).await;
+}
+
 /// Raw HTTP/1.1 exchange: the request as given, the whole answer until the server closes
 /// (or 5 s pass).
 async fn raw_exchange(server: &Server, request: &[u8]) -> String {
