@@ -304,7 +304,7 @@ impl Archive {
         {
             return Ok(Ok(map));
         }
-        let (blobs, record, description) = (self.blobs.clone(), record.clone(), description.clone());
+        let (blobs, record, description) = (self.blobs.clone(), record.clone(), *description);
         tokio::task::spawn_blocking(move || map_frames(blobs.as_ref(), &record, &description))
             .await
             .map_err(Error::internal)?

@@ -53,7 +53,8 @@ pub struct Entry {
 
 impl Entry {
     pub fn of(id: BlobId) -> Option<Entry> {
-        (id & PACK_BIT != 0).then(|| Entry { pack: ((id & !PACK_BIT) >> OFFSET_BITS) as u32, offset: id & OFFSET_MASK })
+        (id & PACK_BIT != 0)
+            .then_some(Entry { pack: ((id & !PACK_BIT) >> OFFSET_BITS) as u32, offset: id & OFFSET_MASK })
     }
 
     pub fn id(self) -> BlobId {

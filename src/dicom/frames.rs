@@ -48,7 +48,7 @@ impl FrameMap {
     /// Reads what [`FrameMap::to_stored`] wrote, for an instance of `frames` frames and
     /// `fragments` fragments after the offset table; `None` when it does not fit them.
     pub fn from_stored(bytes: &[u8], frames: u32, fragments: usize) -> Option<FrameMap> {
-        if bytes.len() % 4 != 0 || bytes.len() / 4 != frames as usize + 1 {
+        if !bytes.len().is_multiple_of(4) || bytes.len() / 4 != frames as usize + 1 {
             return None;
         }
         let starts: Vec<u32> =

@@ -281,7 +281,7 @@ impl<R: Read + Seek> Walker<'_, R> {
         // (an SL of length 2 consumes nothing), so every later element is read from a shifted
         // position and may be sized by bytes that are not a length (found by fuzzing: a 3,250-byte
         // part made the parse hold 1.16 GB). PS3.5 §6.2 makes such a length invalid: refuse it.
-        if tag != PIXEL_DATA && length % binary_value_size(tag, vr) != 0 {
+        if tag != PIXEL_DATA && !length.is_multiple_of(binary_value_size(tag, vr)) {
             return Err(LayoutError::Invalid(
                 "a binary value's length is not a multiple of its value representation's size (PS3.5 6.2)",
             ));
