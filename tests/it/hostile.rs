@@ -8,26 +8,8 @@ use http::StatusCode;
 
 use crate::support::*;
 
-/// `kura serve` that is killed when the test ends, passed or not (a failed assertion must not
-/// leave a server running).
-struct Child(ChildServer);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
-impl std::ops::Deref for Child {
-    type Target = ChildServer;
-    fn deref(&self) -> &ChildServer {
-        &self.0
-    }
-}
-
-fn start_child(data: &std::path::Path) -> Child {
-    Child(ChildServer::start(data))
+fn start_child(data: &std::path::Path) -> ChildServer {
+    ChildServer::start(data)
 }
 
 /// Peak resident memory of a process, in KiB (`VmHWM` in /proc/PID/status).
@@ -39,7 +21,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// The server is alive, answers a normal QIDO with the instance it holds, and its peak RSS grew
 /// by less than `slack_mib` since `before_kib`.
-async fn still_serving(server: &Child, spec: &Spec, before_kib: u64, slack_mib: u64) {
+async fn still_serving(server: &ChildServer, spec: &Spec, before_kib: u64, slack_mib: u64) {
     let studies = qido(&server.base, &format!("/studies?StudyInstanceUID={}", spec.study_uid())).await;
     assert_eq!(studies.len(), 1, "QIDO after the hostile request");
     let after = peak_rss_kib(server.child.id());
@@ -142,7 +124,7 @@ fn us(value: u16) -> dicom_core::PrimitiveValue {
 }
 
 /// The WADO-URI rendered URL of an instance.
-fn wado_uri(server: &Child, spec: &Spec, extra: &str) -> String {
+fn wado_uri(server: &ChildServer, spec: &Spec, extra: &str) -> String {
     format!(
         "http://{}/wado?requestType=WADO&studyUID={}&seriesUID={}&objectUID={}{extra}",
         server.address,
@@ -154,7 +136,7 @@ fn wado_uri(server: &Child, spec: &Spec, extra: &str) -> String {
 
 /// Every derived-pixel resource of `spec` answers `status` with a message naming `attribute`,
 /// and the stored bytes are still served as stored.
-async fn pixel_resources_refuse(server: &Child, spec: &Spec, original: &[u8], attribute: &str) {
+async fn pixel_resources_refuse(server: &ChildServer, spec: &Spec, original: &[u8], attribute: &str) {
     let instance = spec.instance_url(&server.base);
     let resources = [
         (format!("{instance}/frames/1"), "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*"),

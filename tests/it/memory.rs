@@ -18,23 +18,6 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::support::*;
 
-/// `kura serve` that is killed when the test ends, passed or not.
-struct Child(ChildServer);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
-impl std::ops::Deref for Child {
-    type Target = ChildServer;
-    fn deref(&self) -> &ChildServer {
-        &self.0
-    }
-}
-
 /// Peak resident memory of a process, in KiB (`VmHWM` in /proc/PID/status).
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the server process is alive");
@@ -118,7 +101,7 @@ async fn stow_streamed(base: &str, body: impl futures_util::Stream<Item = Bytes>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_600_mib_encapsulated_document_is_stored_and_served_without_being_held() {
     let data = tempfile::tempdir().unwrap();
-    let server = Child(ChildServer::start_with(data.path(), &["--memory-budget-mib", "64"]));
+    let server = ChildServer::start_with(data.path(), &["--memory-budget-mib", "64"]);
     let warmup = Spec::new(1801, 1, 1);
     stow(&server.base, None, &[instance(&warmup)]).await;
     let before = peak_rss_kib(server.child.id());
@@ -258,7 +241,7 @@ async fn abuse(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_memory_budget_mix_keeps_rss_bounded_and_qido_answering() {
     let data = tempfile::tempdir().unwrap();
-    let server = Child(ChildServer::start(data.path()));
+    let server = ChildServer::start(data.path());
     let base = server.base.clone();
     // A compressed multi-frame (RLE, 8 frames of 1024 × 1024), a large native image
     // (2048 × 2048 16-bit), a 300-instance study for metadata and ZIP.
