@@ -26,9 +26,7 @@ use crate::dicom::pixels::PixelDescription;
 use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
 use crate::memory::{MemoryBudget, MemoryPermit};
-use crate::store::{
-    DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StoreError, StudyRecord,
-};
+use crate::store::{DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StudyRecord};
 
 /// Present while an index rebuild is under way.
 const REBUILD_MARKER: &str = "index-rebuild-in-progress";
@@ -261,11 +259,10 @@ impl Archive {
             .ok_or_else(|| Error::not_found("no such instance"))
     }
 
-    /// The DICOM JSON metadata computed when the instance was stored.
-    pub fn instance_metadata(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
-        self.store
-            .instance_metadata(&record.sop_instance_uid)?
-            .ok_or_else(|| Error::internal(StoreError::Corrupt("instance has no metadata".into())))
+    /// The DICOM JSON metadata computed when the instance was stored; `None` when the instance
+    /// was deleted after `record` was read (a record and its metadata go in one atomic batch).
+    pub fn instance_metadata(&self, record: &InstanceRecord) -> Result<Option<Bytes>, Error> {
+        Ok(self.store.instance_metadata(&record.sop_instance_uid)?)
     }
 
     /// `length` stored bytes of an instance from `offset` (clamped to its end), as a stream.

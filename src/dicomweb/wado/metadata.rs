@@ -134,7 +134,8 @@ pub async fn retrieve(
         context: context.clone(),
         format,
         boundary,
-        records: records.into_iter().enumerate(),
+        records: records.into_iter(),
+        sent: 0,
         encoder,
         finished: false,
         _memory: memory,
@@ -158,7 +159,9 @@ struct Pieces {
     context: RequestContext,
     format: Format,
     boundary: String,
-    records: std::iter::Enumerate<std::vec::IntoIter<crate::model::records::InstanceRecord>>,
+    records: std::vec::IntoIter<crate::model::records::InstanceRecord>,
+    /// Instances sent so far.
+    sent: usize,
     encoder: Option<compress::StreamEncoder>,
     finished: bool,
     _memory: crate::memory::MemoryPermit,
@@ -172,8 +175,13 @@ impl Pieces {
                 return None;
             }
             let plain = match self.records.next() {
-                Some((i, record)) => match self.instance(i, &record) {
-                    Ok(plain) => plain,
+                Some(record) => match self.instance(self.sent, &record) {
+                    Ok(Some(plain)) => {
+                        self.sent += 1;
+                        plain
+                    }
+                    // Deleted since the records were read: the response is as if it had gone first.
+                    Ok(None) => continue,
                     Err(error) => {
                         self.finished = true;
                         return Some(Err(error));
@@ -182,6 +190,7 @@ impl Pieces {
                 None => {
                     self.finished = true;
                     let mut end = match self.format {
+                        Format::Json if self.sent == 0 => b"[]".to_vec(),
                         Format::Json => b"]".to_vec(),
                         Format::Xml => multipart::closing(&self.boundary).to_vec(),
                     };
@@ -204,16 +213,17 @@ impl Pieces {
         }
     }
 
-    /// Instance `i` of the resource, framed: `[` or `,` then its DICOM JSON; or its multipart part.
-    fn instance(&self, i: usize, record: &crate::model::records::InstanceRecord) -> Result<Vec<u8>, Error> {
-        let stored = self.archive.instance_metadata(record)?;
+    /// Instance `i` of the resource, framed: `[` or `,` then its DICOM JSON; or its multipart
+    /// part. `None` when the instance was deleted after its record was read.
+    fn instance(&self, i: usize, record: &crate::model::records::InstanceRecord) -> Result<Option<Vec<u8>>, Error> {
+        let Some(stored) = self.archive.instance_metadata(record)? else { return Ok(None) };
         let base = self.context.base_url.as_bytes();
         match self.format {
             Format::Json => {
                 let mut out = Vec::with_capacity(stored.len() + 64);
                 out.push(if i == 0 { b'[' } else { b',' });
                 append_with_base(&mut out, &stored, base);
-                Ok(out)
+                Ok(Some(out))
             }
             Format::Xml => {
                 let mut json = Vec::with_capacity(stored.len() + 64);
@@ -231,7 +241,7 @@ impl Pieces {
                     Some(xml.len() as u64),
                 ));
                 out.extend_from_slice(xml.as_bytes());
-                Ok(out)
+                Ok(Some(out))
             }
         }
     }
