@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod auth;
 pub mod blob;
+pub mod civil;
 pub mod config;
 pub mod dicom;
 pub mod dicomweb;
