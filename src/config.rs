@@ -118,10 +118,14 @@ pub struct ServeArgs {
     /// Memory budget, in MiB, that store-time parses, pixel decoding and transcoding, rendering,
     /// ZIP and metadata responses draw from before they allocate: work that would need more
     /// than the whole budget is refused (406; a STOW-RS part A700), work that fits waits for it
-    /// (at most 10 s, then 503 with Retry-After). The default keeps the server within about
+    /// (at most `--memory-wait-secs`, then 503 with Retry-After). The default keeps the server within about
     /// 250 MiB RSS and renders a 4096 × 3328 16-bit image.
     #[arg(long, env = "KURA_MEMORY_BUDGET_MIB", default_value_t = crate::memory::DEFAULT_BUDGET_MIB)]
     pub memory_budget_mib: u64,
+    /// How long, in seconds, work that fits the memory budget waits for other work to give it
+    /// back before the request is answered 503 with Retry-After (a STOW-RS part: A700).
+    #[arg(long, env = "KURA_MEMORY_WAIT_SECS", default_value_t = crate::memory::DEFAULT_WAIT.as_secs())]
+    pub memory_wait_secs: u64,
     /// Page cache of the store, in MiB.
     #[arg(long, env = "KURA_CACHE_MIB", default_value_t = default_cache_mib())]
     pub cache_mib: u64,
@@ -366,6 +370,9 @@ impl Config {
         if args.memory_budget_mib < 16 {
             return Err("--memory-budget-mib must be at least 16".into());
         }
+        if args.memory_wait_secs > 600 {
+            return Err("--memory-wait-secs must be at most 600".into());
+        }
         if args.max_connections == 0 || args.max_connections_per_address == 0 {
             return Err("--max-connections and --max-connections-per-address must be at least 1".into());
         }
@@ -427,6 +434,7 @@ impl Config {
                 blob_dir: None,
                 min_free_bytes: args.min_free_mib.saturating_mul(1024 * 1024),
                 memory_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024),
+                memory_wait: std::time::Duration::from_secs(args.memory_wait_secs),
             },
             security,
         })

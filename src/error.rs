@@ -126,7 +126,12 @@ impl From<crate::auth::keys::KeyError> for Error {
 
 impl From<crate::blob::BlobError> for Error {
     fn from(error: crate::blob::BlobError) -> Error {
-        Error::internal(error)
+        match error {
+            // The record was read, then the instance was deleted before its bytes were: what a
+            // request that came a moment later would have been told.
+            crate::blob::BlobError::Missing(_) => Error::not_found("the instance was deleted while it was retrieved"),
+            other => Error::internal(other),
+        }
     }
 }
 

@@ -44,6 +44,8 @@ pub struct ArchiveOptions {
     pub min_free_bytes: u64,
     /// The memory budget of parses, codec jobs, ZIP and metadata responses (`crate::memory`).
     pub memory_budget_bytes: u64,
+    /// How long a reservation that fits waits for the budget (`memory::MemoryBudget::wait`).
+    pub memory_wait: std::time::Duration,
 }
 
 impl Default for ArchiveOptions {
@@ -55,6 +57,7 @@ impl Default for ArchiveOptions {
             blob_dir: None,
             min_free_bytes: 1024 * 1024 * 1024,
             memory_budget_bytes: crate::memory::DEFAULT_BUDGET_MIB * 1024 * 1024,
+            memory_wait: crate::memory::DEFAULT_WAIT,
         }
     }
 }
@@ -104,7 +107,7 @@ impl Archive {
         collect_garbage(store.as_ref(), blobs.as_ref()).await?;
         let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"), &data_dir.join(REBUILD_MARKER))?;
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
-        let budget = MemoryBudget::new(options.memory_budget_bytes, crate::memory::DEFAULT_WAIT);
+        let budget = MemoryBudget::new(options.memory_budget_bytes, options.memory_wait);
         let archive = Archive {
             data_dir: data_dir.to_path_buf(),
             follower: visibility::IndexFollower::start(store.clone(), index.clone()),
@@ -305,6 +308,24 @@ impl Archive {
         tokio::task::spawn_blocking(move || map_frames(blobs.as_ref(), &record, &description))
             .await
             .map_err(Error::internal)?
+    }
+
+    /// Where a value inside a sequence is stored (offset, length), found by its path (sequence
+    /// tag, item number, …, tag: `dicom::json::Context::nested_bulk_values`) by walking the
+    /// stored element framing again: nothing per nested value is kept in the catalog, and a path
+    /// that names no hidden value finds nothing.
+    pub async fn nested_value(&self, record: &InstanceRecord, path: Vec<u32>) -> Result<Option<(u64, u64)>, Error> {
+        let mut reader = self.blobs.reader(record.payload.id)?;
+        let total = record.payload.length;
+        // The walk keeps the fragment list of encapsulated Pixel Data: 12 bytes a fragment.
+        let fragments = record.pixel_data.as_ref().map_or(0, |layout| layout.fragments.len() as u64);
+        let _permit = self.reserve_memory(64 * 1024 + fragments * 16).await?;
+        tokio::task::spawn_blocking(move || {
+            let layout = crate::dicom::layout::walk(&mut reader, total, false).map_err(Error::internal)?;
+            Ok(layout.nested_values.into_iter().find(|value| value.path == path).map(|value| (value.offset, value.length)))
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was

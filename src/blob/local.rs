@@ -236,6 +236,7 @@ impl BlobStore for LocalBlobStore {
             Ok((file, base)) => (Arc::new(file), base),
             Err(e) => return Box::pin(futures_util::stream::once(std::future::ready(Err(e)))),
         };
+        let packed = Entry::of(id).is_some();
         let (offset, end) = (base + offset, base + offset.saturating_add(length));
         let pieces =
             (offset..end).step_by(READ_PIECE as usize).map(move |at| (at, (end - at).min(READ_PIECE) as usize));
@@ -246,7 +247,14 @@ impl BlobStore for LocalBlobStore {
                 .map(move |(at, want)| {
                     let file = file.clone();
                     async move {
-                        tokio::task::spawn_blocking(move || read_exact_at(&file, id, at, want))
+                        tokio::task::spawn_blocking(move || {
+                            let bytes = read_exact_at(&file, id, at, want)?;
+                            // A pack entry deleted while it was read has had its bytes punched out.
+                            if packed && !pack::still_live(&file, base) {
+                                return Err(BlobError::Missing(id));
+                            }
+                            Ok(bytes)
+                        })
                             .await
                             .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
                     }

@@ -280,7 +280,17 @@ fn punch_hole(file: &File, offset: u64, length: u64) {
     }
 }
 
-/// A blocking reader over one pack entry.
+/// Whether the entry whose bytes start at `start` is still live. A delete marks the header
+/// `DEAD` before it punches the bytes out, so bytes read before this answers `true` were read
+/// before the punch: a reader that checks after each read never hands out the zeros of a
+/// concurrent delete as if they were the instance.
+pub fn still_live(file: &File, start: u64) -> bool {
+    let mut mark = [0u8; 4];
+    file.read_exact_at(&mut mark, start - HEADER).is_ok() && &mark == LIVE
+}
+
+/// A blocking reader over one pack entry; a read that overlaps a concurrent delete fails
+/// (`NotFound`) instead of returning the punched-out zeros.
 pub struct EntryReader {
     file: File,
     start: u64,
@@ -302,6 +312,9 @@ impl Read for EntryReader {
             return Ok(0);
         }
         let n = self.file.read_at(&mut buf[..want], self.start + self.position)?;
+        if !still_live(&self.file, self.start) {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "the blob was deleted while it was read"));
+        }
         self.position += n as u64;
         Ok(n)
     }

@@ -35,6 +35,19 @@ pub struct Context<'a> {
     /// Top-level elements whose values the parse did not read (`part10::HIDDEN_VALUE_MIN`):
     /// bulk data, given by BulkDataURI whatever their VR (PS3.18 F.2.5). Sorted.
     pub bulk_values: &'a [u32],
+    /// Values inside sequences that the parse did not read, by path (sequence tag, item number
+    /// from 1, …, the value's tag; `layout::NestedValue`): BulkDataURI
+    /// `{instance}/bulkdata/{sequence}/{item}/…/{tag}`. Sorted.
+    pub nested_bulk_values: &'a [Vec<u32>],
+}
+
+/// The bulkdata path segments of a nested value: tags as 8 hex digits, item numbers in decimal.
+pub fn nested_bulk_path(path: &[u32]) -> String {
+    path.iter()
+        .enumerate()
+        .map(|(i, n)| if i % 2 == 0 { format!("{n:08X}") } else { n.to_string() })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn tag_hex(tag: Tag) -> String {
@@ -110,9 +123,20 @@ fn primitive_value(vr: VR, value: &PrimitiveValue) -> Option<Json> {
     }
 }
 
-fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value: &Value<InMemDicomObject>) -> Json {
+/// `path`: where the element's data set sits (sequence tag, item number, …; empty at the top).
+fn element_json(context: &Context<'_>, path: &[u32], tag: Tag, vr: VR, value: &Value<InMemDicomObject>) -> Json {
+    let top_level = path.is_empty();
     let mut out = Map::new();
     out.insert("vr".into(), Json::String(vr.to_string().to_string()));
+    // A hidden nested value reads as empty; only then can it be one.
+    if !top_level && !context.nested_bulk_values.is_empty() && value.primitive().is_some_and(|p| dicom_core::header::HasLength::is_empty(p)) {
+        let full: Vec<u32> = path.iter().copied().chain([tag_number(tag)]).collect();
+        if context.nested_bulk_values.binary_search(&full).is_ok() {
+            let uri = format!("{}/bulkdata/{}", context.instance_path, nested_bulk_path(&full));
+            out.insert("BulkDataURI".into(), Json::String(uri));
+            return Json::Object(out);
+        }
+    }
     if top_level && context.bulk_values.binary_search(&tag_number(tag)).is_ok() {
         // F.2.6 allows BulkDataURI for these VRs only; a value of another VR this large (possible
         // in Implicit VR alone, and never valid) is given as present but empty (F.2.5).
@@ -141,7 +165,15 @@ fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value:
     }
     match value {
         Value::Sequence(sequence) => {
-            let items: Vec<Json> = sequence.items().iter().map(|item| dataset_json(context, item, false)).collect();
+            let items: Vec<Json> = sequence
+                .items()
+                .iter()
+                .enumerate()
+                .map(|(index, item)| {
+                    let item_path: Vec<u32> = path.iter().copied().chain([tag_number(tag), index as u32 + 1]).collect();
+                    dataset_json(context, item, &item_path)
+                })
+                .collect();
             if !items.is_empty() {
                 out.insert("Value".into(), Json::Array(items));
             }
@@ -197,7 +229,8 @@ fn element_json(context: &Context<'_>, top_level: bool, tag: Tag, vr: VR, value:
     Json::Object(out)
 }
 
-fn dataset_json(context: &Context<'_>, object: &InMemDicomObject, top_level: bool) -> Json {
+fn dataset_json(context: &Context<'_>, object: &InMemDicomObject, path: &[u32]) -> Json {
+    let top_level = path.is_empty();
     let mut out = Map::new();
     for element in object.iter() {
         let tag = element.header().tag;
@@ -210,14 +243,14 @@ fn dataset_json(context: &Context<'_>, object: &InMemDicomObject, top_level: boo
             out.insert(tag_hex(tag), json!({"vr": "CS", "Value": ["ISO_IR 192"]}));
             continue;
         }
-        out.insert(tag_hex(tag), element_json(context, top_level, tag, element.vr(), element.value()));
+        out.insert(tag_hex(tag), element_json(context, path, tag, element.vr(), element.value()));
     }
     Json::Object(out)
 }
 
 /// The DICOM JSON object of one instance (parsed up to Pixel Data), members in tag order.
 pub fn instance_json(context: &Context<'_>, object: &InMemDicomObject) -> Json {
-    let mut json = dataset_json(context, object, true);
+    let mut json = dataset_json(context, object, &[]);
     if let Json::Object(map) = &mut json {
         map.insert(
             tag_hex(tags::AVAILABLE_TRANSFER_SYNTAX_UID),

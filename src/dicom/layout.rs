@@ -57,6 +57,8 @@ pub struct Layout {
     pub meta_has_group_length: bool,
     /// The Transfer Syntax UID found in the File Meta group.
     pub transfer_syntax_uid: String,
+    /// Whether the data set is big endian (Explicit VR Big Endian, retired).
+    pub big_endian: bool,
     pub pixel_data: Option<PixelDataLayout>,
     /// The raw value bytes of the top-level elements of at most [`MAX_CAPTURE`] bytes (tag as
     /// `group << 16 | element`), for decoding text that dicom-rs cannot.
@@ -64,11 +66,34 @@ pub struct Layout {
     /// The top-level elements larger than [`super::json::INLINE_BINARY_MAX`], by place: the bulk
     /// data a metadata response may refer to by BulkDataURI.
     pub large_values: Vec<LargeValue>,
+    /// The values inside sequences larger than [`super::part10::HIDDEN_VALUE_MIN`], in file
+    /// order, and the defined lengths around them, less the hidden bytes.
+    pub nested_values: Vec<NestedValue>,
+    pub length_patches: Vec<LengthPatch>,
     /// Data elements walked, at all nesting levels (what a parse of the data set costs besides
     /// its bytes).
     pub elements: u64,
     /// Bytes of `raw_values`.
     pub captured_bytes: u64,
+}
+
+/// A value inside a sequence, larger than [`super::part10::HIDDEN_VALUE_MIN`], by place: the
+/// parse hides it from dicom-rs as it hides large top-level values, and the metadata refers to
+/// it by a BulkDataURI with its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NestedValue {
+    /// Sequence tag, item number (1-based), and so on, ending with the value's own tag.
+    pub path: Vec<u32>,
+    pub offset: u64,
+    pub length: u64,
+}
+
+/// A defined length (of a sequence or an item) that encloses hidden values: the parse reads
+/// `length` at `offset` instead of what the file says, so the enclosing framing stays true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LengthPatch {
+    pub offset: u64,
+    pub length: u32,
 }
 
 /// Raw value bytes by tag (`group << 16 | element`): found by lookup, not by a search per
@@ -115,11 +140,37 @@ struct Walker<'a, R> {
     capture_all: bool,
     raw_values: RawValues,
     large_values: Vec<LargeValue>,
+    nested_values: Vec<NestedValue>,
+    length_patches: Vec<LengthPatch>,
+    /// Where the walk is: sequence tag, item number, … (empty at the top level).
+    path: Vec<u32>,
+    /// The defined-length sequences and items the walk is inside: where their length field is,
+    /// the length, and the bytes of hidden values inside them.
+    enclosing: Vec<(u64, u32, u64)>,
     elements: u64,
     captured_bytes: u64,
 }
 
 impl<R: Read + Seek> Walker<'_, R> {
+    /// Walks a defined-length sequence or item whose length field ends at the current position:
+    /// a value hidden inside it shortens it, and the patch is recorded when it closes.
+    fn enclosed(
+        &mut self,
+        length: u32,
+        walk: impl FnOnce(&mut Self, u64) -> Result<(), LayoutError>,
+    ) -> Result<(), LayoutError> {
+        let end = self.position.checked_add(u64::from(length)).filter(|end| *end <= self.total);
+        let end = end.ok_or(LayoutError::Truncated)?;
+        self.enclosing.push((self.position - 4, length, 0));
+        walk(self, end)?;
+        let (offset, length, hidden) = self.enclosing.pop().expect("pushed above");
+        if hidden > 0 {
+            // hidden ≤ length: the hidden values lie inside.
+            self.length_patches.push(LengthPatch { offset, length: length - hidden as u32 });
+        }
+        Ok(())
+    }
+
     fn read<const N: usize>(&mut self) -> Result<[u8; N], LayoutError> {
         if self.position + N as u64 > self.total {
             return Err(LayoutError::Truncated);
@@ -246,12 +297,13 @@ impl<R: Read + Seek> Walker<'_, R> {
                 // Encapsulated, at any depth (an Icon Image Sequence may hold some).
                 self.encapsulated(top_level)?;
             } else if self.is_sequence(tag, vr) {
+                self.path.push(tag_number(tag));
                 if length == UNDEFINED {
                     self.sequence(None, depth)?;
                 } else {
-                    let end = self.position.checked_add(u64::from(length)).filter(|end| *end <= self.total);
-                    self.sequence(Some(end.ok_or(LayoutError::Truncated)?), depth)?;
+                    self.enclosed(length, |walker, end| walker.sequence(Some(end), depth))?;
                 }
+                self.path.pop();
             } else if length == UNDEFINED {
                 // dicom-rs reads any other undefined-length element as a sequence, in the data
                 // set's own encoding, and walks the same way. PS3.5 §6.2.2 says an
@@ -260,6 +312,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                 // lengths and allocates them (3.7 GB for pydicom's 674-byte UN_sequence.dcm,
                 // found by fuzzing). So when the walk in the data set's encoding fails, the
                 // object is refused: nothing may reach dicom-rs that it would misread.
+                self.path.push(tag_number(tag));
                 self.sequence(None, depth).map_err(|error| match error {
                     LayoutError::TooDeep => LayoutError::TooDeep,
                     _ if &vr == b"UN" => LayoutError::Invalid(
@@ -268,6 +321,7 @@ impl<R: Read + Seek> Walker<'_, R> {
                     ),
                     other => other,
                 })?;
+                self.path.pop();
             } else {
                 self.value(tag, vr, length, top_level)?;
             }
@@ -294,9 +348,17 @@ impl<R: Read + Seek> Walker<'_, R> {
                 vr: (vr != *b"  ").then(|| String::from_utf8_lossy(&vr).into_owned()),
             });
         }
-        let number = (u32::from(tag.0) << 16) | u32::from(tag.1);
+        let number = tag_number(tag);
         if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
             self.large_values.push(LargeValue { tag: number, offset: self.position, length: u64::from(length) });
+        }
+        if !top_level && u64::from(length) > super::part10::HIDDEN_VALUE_MIN && self.position + u64::from(length) <= self.total {
+            let mut path = self.path.clone();
+            path.push(number);
+            self.nested_values.push(NestedValue { path, offset: self.position, length: u64::from(length) });
+            for (_, _, hidden) in &mut self.enclosing {
+                *hidden += u64::from(length);
+            }
         }
         if top_level
             && length <= MAX_CAPTURE
@@ -319,6 +381,7 @@ impl<R: Read + Seek> Walker<'_, R> {
     /// Items of a sequence, up to its Sequence Delimitation Item (`end` `None`) or its declared
     /// end. Each item, of defined or undefined length, is one level deeper.
     fn sequence(&mut self, end: Option<u64>, depth: u32) -> Result<(), LayoutError> {
+        let mut item = 0u32;
         loop {
             match end {
                 Some(end) if self.position == end => return Ok(()),
@@ -331,10 +394,15 @@ impl<R: Read + Seek> Walker<'_, R> {
             let length = self.u32(self.big_endian)?;
             match tag {
                 SEQUENCE_DELIMITATION if end.is_none() => return Ok(()),
-                ITEM if length == UNDEFINED => self.dataset(None, depth + 1, false)?,
                 ITEM => {
-                    let item_end = self.position.checked_add(u64::from(length)).filter(|e| *e <= self.total);
-                    self.dataset(Some(item_end.ok_or(LayoutError::Truncated)?), depth + 1, false)?;
+                    item += 1;
+                    self.path.push(item);
+                    if length == UNDEFINED {
+                        self.dataset(None, depth + 1, false)?;
+                    } else {
+                        self.enclosed(length, |walker, end| walker.dataset(Some(end), depth + 1, false))?;
+                    }
+                    self.path.pop();
                 }
                 _ => return Err(LayoutError::Invalid("expected an item in a sequence")),
             }
@@ -367,6 +435,10 @@ impl<R: Read + Seek> Walker<'_, R> {
         }
         Ok(())
     }
+}
+
+fn tag_number(tag: (u16, u16)) -> u32 {
+    (u32::from(tag.0) << 16) | u32::from(tag.1)
 }
 
 /// The size of one number of a binary value representation (1 for every other VR). In Implicit
@@ -402,6 +474,10 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
         capture_all: capture,
         raw_values: RawValues::new(),
         large_values: Vec::new(),
+        nested_values: Vec::new(),
+        length_patches: Vec::new(),
+        path: Vec::new(),
+        enclosing: Vec::new(),
         elements: 0,
         captured_bytes: 0,
     };
@@ -446,9 +522,12 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
                 dataset_offset,
                 meta_has_group_length,
                 transfer_syntax_uid,
+                big_endian: false,
                 pixel_data: None,
                 raw_values: RawValues::new(),
                 large_values: Vec::new(),
+                nested_values: Vec::new(),
+                length_patches: Vec::new(),
                 elements: 0,
                 captured_bytes: 0,
             });
@@ -461,13 +540,20 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
     let pixel_data = walker.pixel_data.take();
     let raw_values = std::mem::take(&mut walker.raw_values);
     let large_values = std::mem::take(&mut walker.large_values);
+    let nested_values = std::mem::take(&mut walker.nested_values);
+    let mut length_patches = std::mem::take(&mut walker.length_patches);
+    // Inner containers close first; the parse wants them in file order.
+    length_patches.sort_unstable_by_key(|patch| patch.offset);
     Ok(Layout {
         dataset_offset,
         meta_has_group_length,
         transfer_syntax_uid,
+        big_endian: walker.big_endian,
         pixel_data,
         raw_values,
         large_values,
+        nested_values,
+        length_patches,
         elements: walker.elements,
         captured_bytes: walker.captured_bytes,
     })
@@ -537,6 +623,42 @@ mod tests {
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.fragments.iter().map(|f| f.1).collect::<Vec<_>>(), vec![0, 4, 2]);
         assert_eq!(&bytes[pixels.fragments[1].0 as usize..][..4], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn large_values_inside_sequences_are_found_with_their_path_and_the_lengths_around_them() {
+        let large = vec![9u8; 70_000];
+        let mut first_item = element((0x0040, 0xA040), b"CS", b"TEXT");
+        first_item.extend(element((0x0042, 0x0011), b"OB", &large));
+        first_item.extend(element((0x0042, 0x0012), b"LO", b"application/pdf "));
+        let mut items = vec![0xFE, 0xFF, 0x00, 0xE0];
+        items.extend_from_slice(&(first_item.len() as u32).to_le_bytes());
+        items.extend_from_slice(&first_item);
+        // A second item of undefined length with a large value of its own: no length to patch.
+        items.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        items.extend(element((0x0042, 0x0011), b"OB", &large));
+        items.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        let mut dataset = element((0x0040, 0xA730), b"SQ", &items);
+        dataset.extend(element((0x0042, 0x0012), b"LO", b"text/plain      "));
+        let bytes = file(&dataset);
+        let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, false).unwrap();
+        let paths: Vec<&[u32]> = layout.nested_values.iter().map(|value| &value.path[..]).collect();
+        assert_eq!(paths, [&[0x0040_A730, 1, 0x0042_0011][..], &[0x0040_A730, 2, 0x0042_0011][..]]);
+        for value in &layout.nested_values {
+            assert_eq!(value.length, 70_000);
+            assert_eq!(&bytes[value.offset as usize..][..70_000], &large[..]);
+        }
+        // The sequence's length field (the first thing after the File Meta group, 8 bytes in)
+        // and the first item's (8 bytes further) each lose both, resp. one, large value.
+        let sequence_field = layout.dataset_offset + 8;
+        assert_eq!(
+            layout.length_patches,
+            [
+                LengthPatch { offset: sequence_field, length: items.len() as u32 - 140_000 },
+                LengthPatch { offset: sequence_field + 8, length: first_item.len() as u32 - 70_000 },
+            ]
+        );
+        assert!(layout.large_values.is_empty(), "nested values are not top-level bulk data");
     }
 
     /// `depth` nested sequences, each with one item; `defined` picks lengths or delimiters.

@@ -159,7 +159,13 @@ pub fn parse_within<R: Read + Seek>(
         .filter(|value| value.tag < pixel_data_number && value.length > HIDDEN_VALUE_MIN)
         .collect();
     let read_end = framing.pixel_data.as_ref().map_or(total, |pixels| pixels.offset);
-    let hidden_bytes: u64 = hidden.iter().filter(|value| value.offset < read_end).map(|value| value.length).sum();
+    let hidden_bytes: u64 = hidden
+        .iter()
+        .map(|value| (value.offset, value.length))
+        .chain(framing.nested_values.iter().map(|value| (value.offset, value.length)))
+        .filter(|(offset, _)| *offset < read_end)
+        .map(|(_, length)| length)
+        .sum();
     let read_bytes = read_end.saturating_sub(framing.dataset_offset).saturating_sub(hidden_bytes);
     let fragments = framing.pixel_data.as_ref().map_or(0, |pixels| pixels.fragments.len() as u64);
     let _permit = budget
@@ -168,8 +174,21 @@ pub fn parse_within<R: Read + Seek>(
         })
         .transpose()
         .map_err(ParseError::OutOfMemory)?;
-    let reader = WithoutLargeValues::new(reader, HEADER_LEN as u64, total, &hidden)
+    // Values inside sequences, as large, are hidden the same way (what precedes Pixel Data only:
+    // dicom-rs reads no further), and the defined lengths around them shortened to match.
+    let nested: Vec<&layout::NestedValue> =
+        framing.nested_values.iter().filter(|value| value.offset < read_end).collect();
+    let patches: Vec<layout::LengthPatch> =
+        framing.length_patches.iter().filter(|patch| patch.offset < read_end).copied().collect();
+    let places: Vec<(u64, u64)> = hidden
+        .iter()
+        .map(|value| (value.offset, value.length))
+        .chain(nested.iter().map(|value| (value.offset, value.length)))
+        .collect();
+    let reader = WithoutLargeValues::new(reader, HEADER_LEN as u64, total, &places, &patches, framing.big_endian)
         .map_err(|e| ParseError::Malformed(e.to_string()))?;
+    let mut nested_paths: Vec<Vec<u32>> = nested.iter().map(|value| value.path.clone()).collect();
+    nested_paths.sort_unstable();
     let mut hidden_tags: Vec<u32> = hidden.iter().map(|value| value.tag).collect();
     hidden_tags.sort_unstable();
     // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
@@ -262,17 +281,19 @@ pub fn parse_within<R: Read + Seek>(
         raw_values: &framing.raw_values,
         pixel_data: framing.pixel_data.as_ref(),
         bulk_values: &hidden_tags,
+        nested_bulk_values: &nested_paths,
     };
     let metadata = serde_json::to_vec(&json::instance_json(&context, &object)).expect("json");
     Ok(ParsedInstance { metadata, ..parsed })
 }
 
-/// A PS3.10 payload from `start` as dicom-rs is to see it: each of the `hidden` values (top
-/// level, 32-bit length field just before the value) reads as an empty value, its length field
-/// zero and its bytes skipped, so that a value of gigabytes costs the parse nothing.
+/// A PS3.10 payload from `start` as dicom-rs is to see it: each hidden value (its 32-bit
+/// length field just before it) reads as an empty value, its length field zero and its bytes
+/// skipped, so that a value of gigabytes costs the parse nothing; and the defined length of each
+/// sequence or item around a hidden value reads as what is left ([`layout::LengthPatch`]).
 pub struct WithoutLargeValues<R> {
     inner: R,
-    /// Pieces in order: a range of the payload, or a zero length field.
+    /// Pieces in order: a range of the payload, or a length field read as the given bytes.
     pieces: Vec<Piece>,
     current: usize,
     /// Position within the current piece.
@@ -284,21 +305,46 @@ pub struct WithoutLargeValues<R> {
 #[derive(Debug, Clone, Copy)]
 enum Piece {
     Range { start: u64, end: u64 },
-    ZeroLength,
+    Length([u8; 4]),
+}
+
+/// One change to what dicom-rs reads: the bytes `[start, end)` read as `length`.
+struct Edit {
+    start: u64,
+    end: u64,
+    length: [u8; 4],
 }
 
 impl<R: Read + Seek> WithoutLargeValues<R> {
-    pub fn new(inner: R, start: u64, total: u64, hidden: &[&LargeValue]) -> std::io::Result<Self> {
-        let mut pieces = Vec::with_capacity(hidden.len() * 2 + 1);
+    /// `hidden`: the values to read as empty; `patches`: the lengths around them; `big_endian`:
+    /// the data set's byte order (for the patched lengths).
+    pub fn new(
+        inner: R,
+        start: u64,
+        total: u64,
+        hidden: &[(u64, u64)],
+        patches: &[layout::LengthPatch],
+        big_endian: bool,
+    ) -> std::io::Result<Self> {
+        let mut edits: Vec<Edit> = hidden
+            .iter()
+            .map(|&(offset, length)| Edit { start: offset.saturating_sub(4), end: offset + length, length: [0; 4] })
+            .chain(patches.iter().map(|patch| Edit {
+                start: patch.offset,
+                end: patch.offset + 4,
+                length: if big_endian { patch.length.to_be_bytes() } else { patch.length.to_le_bytes() },
+            }))
+            .collect();
+        edits.sort_unstable_by_key(|edit| edit.start);
+        let mut pieces = Vec::with_capacity(edits.len() * 2 + 1);
         let mut position = start;
-        for value in hidden {
-            let length_field = value.offset.checked_sub(4).filter(|at| *at >= position);
-            let Some(length_field) = length_field else {
+        for edit in edits {
+            if edit.start < position || edit.end < edit.start + 4 {
                 return Err(std::io::Error::other("hidden values out of order"));
-            };
-            pieces.push(Piece::Range { start: position, end: length_field });
-            pieces.push(Piece::ZeroLength);
-            position = value.offset + value.length;
+            }
+            pieces.push(Piece::Range { start: position, end: edit.start });
+            pieces.push(Piece::Length(edit.length));
+            position = edit.end;
         }
         pieces.push(Piece::Range { start: position, end: total.max(position) });
         Ok(WithoutLargeValues { inner, pieces, current: 0, within: 0, inner_position: None })
@@ -311,7 +357,7 @@ impl<R: Read + Seek> Read for WithoutLargeValues<R> {
             let Some(piece) = self.pieces.get(self.current).copied() else { return Ok(0) };
             let remaining = match piece {
                 Piece::Range { start, end } => end - start - self.within,
-                Piece::ZeroLength => 4 - self.within,
+                Piece::Length(_) => 4 - self.within,
             };
             if remaining == 0 {
                 self.current += 1;
@@ -323,8 +369,9 @@ impl<R: Read + Seek> Read for WithoutLargeValues<R> {
             }
             let wanted = (buffer.len() as u64).min(remaining) as usize;
             let read = match piece {
-                Piece::ZeroLength => {
-                    buffer[..wanted].fill(0);
+                Piece::Length(bytes) => {
+                    let from = self.within as usize;
+                    buffer[..wanted].copy_from_slice(&bytes[from..from + wanted]);
                     wanted
                 }
                 Piece::Range { start, .. } => {

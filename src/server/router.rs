@@ -203,6 +203,17 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
             instance: checked_uid(instance, "SOPInstanceUID")?,
             tag: tag.to_string(),
         },
+        // A value inside a sequence: `{sequence}/{item}/…/{tag}` (dicom::json::nested_bulk_path).
+        ["studies", study, "series", series, "instances", instance, "bulkdata", path @ ..]
+            if get && path.len() % 2 == 1 && path.len() <= 2 * crate::dicom::layout::MAX_SEQUENCE_DEPTH as usize + 1 =>
+        {
+            Endpoint::Bulkdata {
+                study: checked_uid(study, "StudyInstanceUID")?,
+                series: checked_uid(series, "SeriesInstanceUID")?,
+                instance: checked_uid(instance, "SOPInstanceUID")?,
+                tag: path.join("/"),
+            }
+        }
         ["studies", study, kind @ ("rendered" | "thumbnail")] if get => Endpoint::Rendered {
             study: checked_uid(study, "StudyInstanceUID")?,
             series: None,

@@ -146,6 +146,192 @@ async fn a_600_mib_encapsulated_document_is_stored_and_served_without_being_held
     assert!(end < before + 64 * 1024, "peak RSS grew to {end} KiB serving the document");
 }
 
+/// Explicit VR Little Endian element header with a 32-bit length (OB, SQ, UT, …).
+fn long_header(group: u16, element: u16, vr: &[u8; 2], length: u32) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(12);
+    bytes.extend_from_slice(&group.to_le_bytes());
+    bytes.extend_from_slice(&element.to_le_bytes());
+    bytes.extend_from_slice(vr);
+    bytes.extend_from_slice(&[0, 0]);
+    bytes.extend_from_slice(&length.to_le_bytes());
+    bytes
+}
+
+/// An item tag with its length (undefined: 0xFFFFFFFF).
+fn item_header(length: u32) -> Vec<u8> {
+    let mut bytes = vec![0xFE, 0xFF, 0x00, 0xE0];
+    bytes.extend_from_slice(&length.to_le_bytes());
+    bytes
+}
+
+/// A Content Sequence (0040,A730) of defined length whose defined-length item holds a Value
+/// Type and a second, nested Content Sequence of defined length, whose item (undefined length)
+/// holds a Value Type, an Encapsulated Document (0042,0011) of `length` bytes and its MIME type;
+/// after the outer sequence, a top-level MIME type. Three defined lengths enclose the document.
+fn nested_document_body(spec: &Spec, length: u64) -> impl futures_util::Stream<Item = Bytes> + Send + use<> {
+    let mut object = dataset(spec);
+    for tag in [
+        tags::PIXEL_DATA,
+        tags::ROWS,
+        tags::COLUMNS,
+        tags::BITS_ALLOCATED,
+        tags::BITS_STORED,
+        tags::HIGH_BIT,
+        tags::PIXEL_REPRESENTATION,
+        tags::SAMPLES_PER_PIXEL,
+        tags::PHOTOMETRIC_INTERPRETATION,
+    ] {
+        object.remove_element(tag);
+    }
+    put(&mut object, tags::SOP_CLASS_UID, dicom_core::VR::UI, "1.2.840.10008.5.1.4.1.1.88.11");
+    let n = length as u32;
+    let value_type: &[u8] = &[0x40, 0x00, 0x40, 0xA0, b'C', b'S', 4, 0, b'T', b'E', b'X', b'T'];
+    let mime: &[u8] = &[0x42, 0x00, 0x12, 0x00, b'L', b'O', 16, 0];
+    let mut head = format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
+    head.extend(part10(object));
+    head.extend(long_header(0x0040, 0xA730, b"SQ", n + 96));
+    head.extend(item_header(n + 88));
+    head.extend_from_slice(value_type);
+    head.extend(long_header(0x0040, 0xA730, b"SQ", n + 64));
+    head.extend(item_header(u32::MAX));
+    head.extend_from_slice(value_type);
+    head.extend(long_header(0x0042, 0x0011, b"OB", n));
+    let mut tail = mime.to_vec();
+    tail.extend_from_slice(b"application/pdf ");
+    tail.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+    tail.extend_from_slice(mime);
+    tail.extend_from_slice(b"text/plain      ");
+    tail.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    let pieces = length.div_ceil(MIB);
+    futures_util::stream::once(async move { Bytes::from(head) })
+        .chain(
+            futures_util::stream::iter(0..pieces)
+                .map(move |piece| Bytes::from(document_chunk(piece * MIB, ((piece + 1) * MIB).min(length)))),
+        )
+        .chain(futures_util::stream::once(async move { Bytes::from(tail) }))
+}
+
+/// Issue 17: large values inside sequences were read whole by the store-time parse (only
+/// top-level ones were hidden), so a 300 MiB document two sequences deep needed more than a
+/// 64 MiB budget allows and was refused. Now it is hidden like a top-level one, the three
+/// defined lengths around it read shortened, the elements after it (in its item, and at the top
+/// level) are still parsed, the metadata gives it by a BulkDataURI with its path, and that URI
+/// serves it byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_inside_sequences_is_bulk_data_the_parse_never_reads() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start_with(data.path(), &["--memory-budget-mib", "64"]);
+    let warmup = Spec::new(1806, 1, 1);
+    stow(&server.base, None, &[instance(&warmup)]).await;
+    let before = peak_rss_kib(server.child.id());
+    let length = 300 * MIB;
+    let spec = Spec::new(1806, 2, 1);
+    let reply = stow_streamed(&server.base, nested_document_body(&spec, length)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let after = peak_rss_kib(server.child.id());
+    eprintln!("300 MiB nested document stored: peak RSS {before} KiB before, {after} KiB after");
+    assert!(after < before + 64 * 1024, "peak RSS grew from {before} KiB to {after} KiB storing a nested 300 MiB value");
+
+    let metadata = get(&format!("{}/metadata", spec.instance_url(&server.base)), "application/dicom+json").await;
+    assert_eq!(metadata.status, StatusCode::OK);
+    let object = &metadata.json()[0];
+    assert_eq!(object["00420012"]["Value"][0], "text/plain", "the top-level element after the sequence was parsed");
+    let outer = &object["0040A730"]["Value"][0];
+    assert_eq!(outer["0040A040"]["Value"][0], "TEXT");
+    let inner = &outer["0040A730"]["Value"][0];
+    assert_eq!(inner["0040A040"]["Value"][0], "TEXT");
+    assert_eq!(inner["00420012"]["Value"][0], "application/pdf", "the element after the document in its item");
+    assert_eq!(inner["00420011"]["vr"], "OB");
+    let uri = inner["00420011"]["BulkDataURI"].as_str().expect("the nested document by BulkDataURI").to_string();
+    assert!(uri.ends_with("/bulkdata/0040A730/1/0040A730/1/00420011"), "{uri}");
+
+    // A path that names no hidden value is 404; a malformed one 400.
+    let instance_url = spec.instance_url(&server.base);
+    let none = get(&format!("{instance_url}/bulkdata/0040A730/1/00420011"), "application/octet-stream").await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND);
+    let bad = get(&format!("{instance_url}/bulkdata/0040A730/0/00420011"), "application/octet-stream").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+
+    // A Range from inside the document, then the whole of it, streamed and compared.
+    let range = Request::builder()
+        .uri(&uri)
+        .header("accept", "application/octet-stream")
+        .header("range", "bytes=1000000-1000999")
+        .body(http_body_util::Empty::<Bytes>::new());
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let response = client.request(range.unwrap()).await.expect("bulk data answered");
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(bytes[..], document_chunk(1_000_000, 1_001_000)[..]);
+
+    let request = Request::builder()
+        .uri(&uri)
+        .header("accept", "application/octet-stream")
+        .body(http_body_util::Empty::<Bytes>::new());
+    let response = client.request(request.unwrap()).await.expect("bulk data answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-length"], length.to_string().as_str());
+    let mut body = response.into_body();
+    let mut offset = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("body");
+        if let Some(chunk) = frame.data_ref() {
+            let expected = document_chunk(offset, offset + chunk.len() as u64);
+            assert!(chunk[..] == expected[..], "the document differs within bytes {offset}..");
+            offset += chunk.len() as u64;
+        }
+    }
+    assert_eq!(offset, length, "the whole document came back");
+}
+
+/// The busy path of the budget over HTTP: a ZIP whose client reads nothing holds its share (its
+/// producer waits on the client) and so leaves too little for a second ZIP, which waits
+/// `--memory-wait-secs` and is answered 503 with Retry-After; QIDO, which draws nothing, answers
+/// meanwhile; and once the stalled client goes away its share comes back and the ZIP is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_waits_too_long_for_the_budget_is_503_with_retry_after() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start_with(data.path(), &["--memory-budget-mib", "16", "--memory-wait-secs", "1"]);
+    // 24 instances of 1 MiB: their ZIP is far more than what sockets and the channel buffer.
+    let specs: Vec<Spec> = (1..=24).map(|i| Spec::new(1807, 1, i).size(512, 1024, 1)).collect();
+    for batch in specs.chunks(8) {
+        let payloads: Vec<Vec<u8>> = batch.iter().map(instance).collect();
+        let reply = stow(&server.base, None, &payloads).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let zip_url = specs[0].study_url(&server.base);
+
+    let stalled = Request::builder().uri(&zip_url).header("accept", "application/zip");
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+    let stalled = client.request(stalled.body(http_body_util::Empty::new()).unwrap()).await.expect("answered");
+    assert_eq!(stalled.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let busy = get(&zip_url, "application/zip").await;
+    let waited = started.elapsed();
+    assert_eq!(busy.status, StatusCode::SERVICE_UNAVAILABLE, "{}", busy.text());
+    assert_eq!(busy.headers["retry-after"], "2");
+    assert!(busy.text().contains("memory budget"), "{}", busy.text());
+    assert!(waited >= Duration::from_millis(900), "answered after {waited:?}, before the wait ended");
+    let qido = get(&format!("{}/studies?StudyInstanceUID={}", server.base, specs[0].study_uid()), "application/dicom+json").await;
+    assert_eq!(qido.status, StatusCode::OK);
+    assert_eq!(qido.json().as_array().map(Vec::len), Some(1));
+
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let served = loop {
+        let reply = get(&zip_url, "application/zip").await;
+        if reply.status == StatusCode::OK || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(served.status, StatusCode::OK, "{}", served.text());
+    assert_eq!(&served.body[..4], b"PK\x03\x04");
+    assert!(served.body.len() > 24 * 1024 * 1024, "the whole study: {} bytes", served.body.len());
+}
+
 /// Whole-study metadata is streamed instance by instance: a 400-instance study comes back whole
 /// and equal in every coding (identity, gzip, brotli), with its ETag, and If-None-Match on it
 /// answers 304.

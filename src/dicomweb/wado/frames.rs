@@ -280,8 +280,21 @@ pub fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>
     Ok(Some(range))
 }
 
+/// A nested bulk data path, `{sequence}/{item}/…/{tag}`: tags of 8 hex digits, item numbers
+/// from 1 (the form `dicom::json::nested_bulk_path` writes).
+fn nested_path(text: &str) -> Option<Vec<u32>> {
+    text.split('/')
+        .enumerate()
+        .map(|(i, segment)| match i % 2 {
+            0 => u32::from_str_radix(segment, 16).ok().filter(|_| segment.len() == 8),
+            _ => segment.parse::<u32>().ok().filter(|n| *n >= 1 && !segment.starts_with(['0', '+'])),
+        })
+        .collect()
+}
+
 /// `GET …/instances/{instance}/bulkdata/{tag}`: the value of a top-level element that the
-/// metadata gave as BulkDataURI. Pixel Data of compressed instances goes as its frames.
+/// metadata gave as BulkDataURI, or `…/bulkdata/{sequence}/{item}/…/{tag}` for a large value
+/// inside a sequence. Pixel Data of compressed instances goes as its frames.
 pub async fn bulkdata(
     archive: &Arc<Archive>,
     context: &RequestContext,
@@ -289,16 +302,23 @@ pub async fn bulkdata(
     tag_text: &str,
     headers: &HeaderMap,
 ) -> Result<Response<ResponseBody>, Error> {
-    let tag = u32::from_str_radix(tag_text, 16)
-        .ok()
-        .filter(|_| tag_text.len() == 8)
-        .ok_or_else(|| Error::bad_request(format!("{tag_text:?} is not a bulk data reference (8 hex digits)")))?;
+    let path = nested_path(tag_text).ok_or_else(|| {
+        Error::bad_request(format!(
+            "{tag_text:?} is not a bulk data reference (a tag of 8 hex digits, or sequence/item/…/tag)"
+        ))
+    })?;
+    let tag = path[0];
     let location = format!(
         "{}/bulkdata/{tag_text}",
         context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid)
     );
     let pixel_data = (u32::from(tags::PIXEL_DATA.group()) << 16) | u32::from(tags::PIXEL_DATA.element());
-    let (offset, length) = if tag == pixel_data {
+    let (offset, length) = if path.len() > 1 {
+        archive
+            .nested_value(record, path)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no bulk data {tag_text} in this instance")))?
+    } else if tag == pixel_data {
         let layout = record.pixel_data.as_ref().ok_or_else(|| Error::not_found("the instance has no pixel data"))?;
         match layout.length {
             Some(length) => (layout.offset, length),

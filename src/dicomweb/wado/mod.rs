@@ -129,6 +129,29 @@ fn instance_body(
     }
 }
 
+/// One part of a multipart response: its header, then its bytes; or nothing when the instance
+/// was deleted after the listing (its first piece is read before the header is sent: a missing
+/// file fails at open, and a pack entry is read whole in one piece), so a concurrent delete
+/// leaves an instance out instead of cutting the response short.
+fn part_unless_deleted(
+    head: Bytes,
+    mut bytes: stream::BoxStream<'static, Result<Bytes, crate::dicomweb::BoxError>>,
+) -> stream::BoxStream<'static, Result<Bytes, crate::dicomweb::BoxError>> {
+    stream::once(async move {
+        match bytes.next().await {
+            Some(Err(error)) if was_deleted(error.as_ref()) => stream::empty().boxed(),
+            first => stream::iter([Ok(head)]).chain(stream::iter(first)).chain(bytes).boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+fn was_deleted(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(error.downcast_ref::<crate::blob::BlobError>(), Some(crate::blob::BlobError::Missing(_)))
+        || error.downcast_ref::<Error>().is_some_and(|error| error.kind == ErrorKind::NotFound)
+}
+
 /// What a ZIP response holds in memory besides its conversions (which reserve their own): the
 /// channel's chunks of up to 1 MiB, the blob store's read-ahead, the writer's entries.
 const ZIP_MEMORY: u64 = 12 * 1024 * 1024;
@@ -158,10 +181,27 @@ async fn zip_response(
             let name = format!("{}/{}/{}.dcm", record.study_uid, record.series_uid, record.sop_instance_uid);
             match representation {
                 Representation::Stored => {
+                    let mut chunks = std::pin::pin!(archive.payload(&record));
+                    // The first piece is read before the entry begins, so an instance deleted
+                    // since the listing is left out (as metadata does) instead of cutting the
+                    // archive short: a missing file fails at open, and a pack entry (at most
+                    // 256 KiB) is read whole in one piece, checked against a concurrent delete.
+                    let first = match chunks.next().await {
+                        None => Bytes::new(),
+                        Some(Ok(chunk)) => chunk,
+                        Some(Err(crate::blob::BlobError::Missing(_))) => continue,
+                        Some(Err(error)) => {
+                            send(Err(error.into())).await;
+                            return;
+                        }
+                    };
                     if !send(Ok(zip.begin(&name, record.payload.length).into())).await {
                         return;
                     }
-                    let mut chunks = std::pin::pin!(archive.payload(&record));
+                    zip.data(&first);
+                    if !send(Ok(first)).await {
+                        return;
+                    }
                     while let Some(chunk) = chunks.next().await {
                         let chunk = match chunk {
                             Ok(chunk) => chunk,
@@ -179,6 +219,7 @@ async fn zip_response(
                 Representation::ExplicitLittleEndian => {
                     let bytes = match archive.explicit_little_endian(&record).await {
                         Ok(bytes) => bytes,
+                        Err(error) if error.kind == ErrorKind::NotFound => continue,
                         Err(error) => {
                             send(Err(Box::new(error))).await;
                             return;
@@ -288,8 +329,7 @@ pub async fn retrieve(
         let content_type = format!("{APPLICATION_DICOM}; transfer-syntax={ts}");
         let mut head = if i == 0 { Vec::new() } else { b"\r\n".to_vec() };
         head.extend_from_slice(&multipart::part_header(&boundary, &content_type, Some(&location), length));
-        let head = stream::once(async move { Ok::<_, crate::dicomweb::BoxError>(Bytes::from(head)) });
-        pieces.push(head.chain(bytes).boxed());
+        pieces.push(part_unless_deleted(Bytes::from(head), bytes));
     }
     let closing = stream::once({
         let boundary = boundary.clone();
