@@ -199,11 +199,12 @@ async fn search(
                 "The fuzzymatching parameter is not supported. Only literal matching has been performed.".to_string(),
             ),
             "includefield" | "fuzzymatching" | "emptyvaluematching" | "accept" | "charset" => {}
-            _ => match match_path(&name) {
-                Some(path) => keys.push(match_key(&name, &path, &value)?),
-                // §8.3: parameters the server does not support are ignored.
-                None => {}
-            },
+            // §8.3: parameters that name no attribute are ignored.
+            _ => {
+                if let Some(path) = match_path(&name) {
+                    keys.push(match_key(&name, &path, &value)?);
+                }
+            }
         }
         if keys.len() > MAX_MATCH_KEYS {
             return Err(Error::bad_request(format!("at most {MAX_MATCH_KEYS} match keys")));
