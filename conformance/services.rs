@@ -171,14 +171,37 @@ async fn cap_001_retrieve_capabilities() {
     assert_eq!(png.status, StatusCode::NOT_ACCEPTABLE);
 }
 
-/// PS3.18 Chapter 11, Worklist service (UPS-RS). Not implemented: 404.
+/// PS3.18 Chapter 11, Table 11.1.1-1: the Worklist service's resources are served: Create
+/// (201 with Location), Retrieve (DICOM JSON), Search (DICOM JSON array), and the Subscribe
+/// response names the WebSocket URL of the notification connection (§11.10.3, §8.10).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ups_001_worklist_service_is_not_available() {
+async fn ups_001_worklist_resources_are_served() {
     let server = Server::start().await;
     let url = format!("{}/workitems", server.base);
-    assert_eq!(get(&url, "application/dicom+json").await.status, StatusCode::NOT_FOUND);
-    let created = send(Method::POST, &url, &[("content-type", "application/dicom+json")], "[{}]").await;
-    assert_eq!(created.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&url, "application/dicom+json").await.json(), serde_json::json!([]));
+    let workitem = serde_json::json!({
+        "00741000": {"vr": "CS", "Value": ["SCHEDULED"]},
+        "00741200": {"vr": "CS", "Value": ["MEDIUM"]},
+        "00741204": {"vr": "LO", "Value": ["conformance"]},
+        "00404005": {"vr": "DT", "Value": ["20260101120000"]},
+        "00404041": {"vr": "CS", "Value": ["READY"]}
+    });
+    let created = send(
+        Method::POST,
+        &format!("{url}?2.25.1"),
+        &[("content-type", "application/dicom+json")],
+        workitem.to_string(),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(created.header("location"), Some(format!("{url}/2.25.1").as_str()));
+    let retrieved = get(&format!("{url}/2.25.1"), "application/dicom+json").await;
+    assert_eq!(retrieved.content_type(), "application/dicom+json");
+    assert_eq!(retrieved.json()[0]["00080016"]["Value"][0], "1.2.840.10008.5.1.4.34.6.1");
+    let subscribed = send(Method::POST, &format!("{url}/2.25.1/subscribers/WATCHER"), &[], "").await;
+    assert_eq!(subscribed.status, StatusCode::CREATED);
+    let websocket = subscribed.header("content-location").unwrap_or_default();
+    assert!(websocket.starts_with("ws://") && websocket.ends_with("/subscribers/WATCHER"), "{websocket}");
 }
 
 /// PS3.18 §8.5: 4xx and 5xx responses carry a payload that explains the error: Kura's is

@@ -126,6 +126,16 @@ pub struct ServeArgs {
     /// back before the request is answered 503 with Retry-After (a STOW-RS part: A700).
     #[arg(long, env = "KURA_MEMORY_WAIT_SECS", default_value_t = crate::memory::DEFAULT_WAIT.as_secs())]
     pub memory_wait_secs: u64,
+    /// How long COMPLETED and CANCELED UPS workitems are kept, in hours (fractions allowed),
+    /// before they are removed.
+    #[arg(long, env = "KURA_WORKITEM_RETENTION_HOURS", default_value_t = 168.0)]
+    pub workitem_retention_hours: f64,
+    /// Most UPS workitems stored at once (search runs over all of them).
+    #[arg(long, env = "KURA_MAX_WORKITEMS", default_value_t = 10_000)]
+    pub max_workitems: usize,
+    /// Most UPS notification (WebSocket) connections open at once.
+    #[arg(long, env = "KURA_MAX_NOTIFICATION_CONNECTIONS", default_value_t = 256)]
+    pub max_notification_connections: usize,
     /// Page cache of the store, in MiB.
     #[arg(long, env = "KURA_CACHE_MIB", default_value_t = default_cache_mib())]
     pub cache_mib: u64,
@@ -364,6 +374,12 @@ impl Config {
                 || ((remote || args.behind_proxy.is_some()) && !args.allow_remote_without_auth),
             trusted_proxy: args.behind_proxy,
         };
+        if !(args.workitem_retention_hours.is_finite() && (0.0..=87_600.0).contains(&args.workitem_retention_hours)) {
+            return Err("--workitem-retention-hours must be between 0 and 87600 (ten years)".into());
+        }
+        if args.max_workitems == 0 || args.max_notification_connections == 0 {
+            return Err("--max-workitems and --max-notification-connections must be at least 1".into());
+        }
         if args.qido_max_results == 0 || args.max_parts == 0 {
             return Err("--qido-max-results and --max-parts must be at least 1".into());
         }
@@ -435,6 +451,11 @@ impl Config {
                 min_free_bytes: args.min_free_mib.saturating_mul(1024 * 1024),
                 memory_budget_bytes: args.memory_budget_mib.saturating_mul(1024 * 1024),
                 memory_wait: std::time::Duration::from_secs(args.memory_wait_secs),
+                worklist: crate::archive::worklist::WorklistOptions {
+                    retention: Duration::from_secs_f64(args.workitem_retention_hours * 3600.0),
+                    max_workitems: args.max_workitems,
+                    max_connections: args.max_notification_connections,
+                },
             },
             security,
         })

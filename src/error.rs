@@ -32,6 +32,9 @@ pub enum ErrorKind {
     Forbidden,
     /// Too many failed authentications from this address (429 with Retry-After, RFC 6585 §4).
     TooManyRequests,
+    /// The request conflicts with the target's state (409, PS3.18 §8.5): a UPS workitem that
+    /// exists already (§11.4.3), a cancellation of a COMPLETED one (§11.8.3).
+    Conflict,
 }
 
 impl ErrorKind {
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
         }
     }
 }
@@ -61,13 +65,16 @@ impl ErrorKind {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
+    /// The text of a `Warning: 299` header the standard fixes for this failure (UPS-RS,
+    /// PS3.18 §11.6.3.2, §11.7.3.2); rendered with the service's base URL.
+    pub warning: Option<&'static str>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
-        Error { kind, message: message.into(), source: None }
+        Error { kind, message: message.into(), warning: None, source: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Error {
@@ -79,7 +86,12 @@ impl Error {
     }
 
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error { kind: ErrorKind::Internal, message: "internal error".into(), source: Some(Box::new(source)) }
+        Error {
+            kind: ErrorKind::Internal,
+            message: "internal error".into(),
+            warning: None,
+            source: Some(Box::new(source)),
+        }
     }
 
     /// The message the client sees: for server-side kinds, nothing internal.
@@ -121,6 +133,38 @@ impl From<crate::auth::keys::KeyError> for Error {
             crate::auth::keys::KeyError::Unknown(_) => Error::not_found(error.to_string()),
             crate::auth::keys::KeyError::Store(store) => Error::from(store),
         }
+    }
+}
+
+/// Warning texts of UPS-RS failures (PS3.18 §11.6.3.2, §11.7.3.2).
+pub const UPS_TRANSACTION_UID_MISSING: &str = "The Transaction UID is missing.";
+pub const UPS_TRANSACTION_UID_INCORRECT: &str = "The Transaction UID is incorrect.";
+pub const UPS_STATE_INCONSISTENT: &str = "The submitted request is inconsistent with the state of the UPS Instance.";
+pub const UPS_NOT_CLAIMED: &str = "The target URI did not reference a claimed Workitem.";
+pub const UPS_UPDATE_INCONSISTENT: &str =
+    "The submitted request is inconsistent with the current state of the Workitem.";
+
+/// A refused UPS-RS request: the HTTP status and Warning of PS3.18 Chapter 11 for each DIMSE
+/// status of PS3.4 Annex CC (conformance/STATEMENT.md, "UPS-RS status codes").
+impl From<crate::archive::worklist::UpsError> for Error {
+    fn from(error: crate::archive::worklist::UpsError) -> Error {
+        use crate::archive::worklist::UpsError;
+        let (kind, warning) = match &error {
+            UpsError::NotFound(_) => (ErrorKind::NotFound, None),
+            UpsError::AlreadyExists => (ErrorKind::Conflict, None),
+            UpsError::Invalid(_) => (ErrorKind::BadRequest, None),
+            UpsError::TransactionUidMissing => (ErrorKind::BadRequest, Some(UPS_TRANSACTION_UID_MISSING)),
+            UpsError::TransactionUidIncorrect => (ErrorKind::BadRequest, Some(UPS_TRANSACTION_UID_INCORRECT)),
+            UpsError::StateInconsistent(_) | UpsError::FinalStateIncomplete(_) => {
+                (ErrorKind::BadRequest, Some(UPS_STATE_INCONSISTENT))
+            }
+            UpsError::NotClaimed(_) => (ErrorKind::BadRequest, Some(UPS_NOT_CLAIMED)),
+            UpsError::UpdateFinal(_) => (ErrorKind::BadRequest, Some(UPS_UPDATE_INCONSISTENT)),
+            UpsError::AlreadyCompleted => (ErrorKind::Conflict, Some(UPS_UPDATE_INCONSISTENT)),
+            UpsError::Full(_) => (ErrorKind::Unavailable, None),
+            UpsError::Store(_) => return Error::internal(error),
+        };
+        Error { kind, message: error.to_string(), warning, source: None }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod ingest;
 mod migrate;
 pub mod reindex;
 mod visibility;
+pub mod worklist;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub struct ArchiveOptions {
     pub memory_budget_bytes: u64,
     /// How long a reservation that fits waits for the budget (`memory::MemoryBudget::wait`).
     pub memory_wait: std::time::Duration,
+    /// The UPS worklist's bounds and retention (`worklist`).
+    pub worklist: worklist::WorklistOptions,
 }
 
 impl Default for ArchiveOptions {
@@ -58,6 +61,7 @@ impl Default for ArchiveOptions {
             min_free_bytes: 1024 * 1024 * 1024,
             memory_budget_bytes: crate::memory::DEFAULT_BUDGET_MIB * 1024 * 1024,
             memory_wait: crate::memory::DEFAULT_WAIT,
+            worklist: worklist::WorklistOptions::default(),
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct Archive {
     codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
     /// The API keys, on the catalog's database (`auth::keys`).
     keys: Arc<KeyStore>,
+    /// The UPS worklist, on the catalog's database (`worklist`).
+    worklist: Arc<worklist::Worklist>,
 }
 
 impl Archive {
@@ -89,6 +95,8 @@ impl Archive {
         crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
         let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
         let key_tree = sled.tree(crate::auth::keys::TREE)?;
+        let worklist_records: Arc<dyn crate::store::worklist::WorklistStore> =
+            Arc::new(crate::store::worklist::SledWorklist::new(sled.tree(crate::store::worklist::TREE)?));
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -98,6 +106,8 @@ impl Archive {
         }
         let store: Arc<dyn Store> = sled;
         let keys = Arc::new(KeyStore::new(key_tree, store.clone()));
+        let worklist = worklist::Worklist::open(store.clone(), worklist_records, options.worklist.clone()).await?;
+        spawn_worklist_sweep(&worklist);
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -123,6 +133,7 @@ impl Archive {
             budget,
             codec_jobs: Default::default(),
             keys,
+            worklist,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -140,6 +151,11 @@ impl Archive {
     /// association). See [`StoreBatch`].
     pub fn begin_store<'a>(&'a self, principal: &'a Principal) -> StoreBatch<'a> {
         StoreBatch { archive: self, principal, prepared: Vec::new(), held: 0, results: Vec::new() }
+    }
+
+    /// The UPS worklist (PS3.4 Annex CC): workitems, subscriptions, event queues.
+    pub fn worklist(&self) -> &Arc<worklist::Worklist> {
+        &self.worklist
     }
 
     /// The API keys.
@@ -623,4 +639,22 @@ pub fn level_name(level: Level) -> &'static str {
         Level::Series => "series",
         Level::Instance => "instance",
     }
+}
+
+/// Removes expired COMPLETED and CANCELED workitems in the background, as long as the worklist
+/// exists (the task holds only a weak reference).
+fn spawn_worklist_sweep(worklist: &Arc<worklist::Worklist>) {
+    let weak = Arc::downgrade(worklist);
+    let interval = worklist.sweep_interval();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(worklist) = weak.upgrade() else { return };
+            match worklist.sweep().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(workitems = removed, "removed workitems past their retention"),
+                Err(error) => tracing::warn!(%error, "worklist retention sweep failed"),
+            }
+        }
+    });
 }

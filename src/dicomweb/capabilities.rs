@@ -178,6 +178,114 @@ fn octets(id: &'static str, accept: Vec<&'static str>) -> Method {
     get(id, accept, vec![(206, vec!["application/octet-stream"]), (404, vec![APPLICATION_JSON])])
 }
 
+/// A Worklist service (UPS-RS) method: DICOM JSON in and out (PS3.18 §11.1.3).
+fn worklist_method(
+    name: &'static str,
+    id: &'static str,
+    query: &[(&str, &str)],
+    consumes: bool,
+    responses: &[u16],
+) -> Method {
+    Method {
+        name,
+        id,
+        query: query.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect(),
+        accept: if name == "GET" { vec![DICOM_JSON] } else { Vec::new() },
+        consumes: if consumes { vec![DICOM_JSON] } else { Vec::new() },
+        responses: responses
+            .iter()
+            .map(|status| {
+                (*status, if *status == 200 && name == "GET" { vec![DICOM_JSON] } else { vec![APPLICATION_JSON] })
+            })
+            .collect(),
+    }
+}
+
+/// The Worklist service's resources (PS3.18 Table 11.1.1-1) and the notification connection
+/// (§8.10, Kura's URL form).
+fn worklist() -> [Resource; 2] {
+    let subscription = resource(
+        "subscribers/{AETitle}",
+        vec![
+            worklist_method(
+                "POST",
+                "CreateSubscription",
+                &[
+                    ("deletionlock", "true | false (never granted)"),
+                    ("filter", "{attribute}={value}[,…] (filtered worklist)"),
+                ],
+                false,
+                &[201, 400, 404],
+            ),
+            worklist_method("DELETE", "DeleteSubscription", &[], false, &[200, 400, 404]),
+        ],
+        vec![resource(
+            "suspend",
+            vec![worklist_method("POST", "SuspendGlobalSubscription", &[], false, &[200, 400, 404])],
+            Vec::new(),
+        )],
+    );
+    let workitem = resource(
+        "{WorkitemUID}",
+        vec![
+            worklist_method("GET", "RetrieveWorkitem", &[], false, &[200, 400, 404, 406]),
+            worklist_method(
+                "POST",
+                "UpdateWorkitem",
+                &[("transaction-uid", "UID (required once claimed)")],
+                true,
+                &[200, 400, 404, 415],
+            ),
+        ],
+        vec![
+            resource(
+                "state",
+                vec![worklist_method("PUT", "ChangeWorkitemState", &[], true, &[200, 400, 404, 415])],
+                Vec::new(),
+            ),
+            resource(
+                "cancelrequest",
+                vec![worklist_method("POST", "RequestWorkitemCancellation", &[], true, &[202, 400, 404, 409])],
+                Vec::new(),
+            ),
+            subscription,
+        ],
+    );
+    [
+        resource(
+            "workitems",
+            vec![
+                worklist_method(
+                    "GET",
+                    "SearchForWorkitems",
+                    &[
+                        ("{attribute}", "match key by keyword, tag or sequence path (PS3.4 C.2.2.2)"),
+                        ("includefield", "accepted; every attribute is returned"),
+                        ("fuzzymatching", "true | false (not supported: Warning)"),
+                        ("limit", "unsigned integer"),
+                        ("offset", "unsigned integer"),
+                    ],
+                    false,
+                    &[200, 400],
+                ),
+                worklist_method(
+                    "POST",
+                    "CreateWorkitem",
+                    &[("{WorkitemUID}", "the new workitem's UID (or SOP Instance UID in the payload)")],
+                    true,
+                    &[201, 400, 409, 413, 415],
+                ),
+            ],
+            vec![workitem],
+        ),
+        resource(
+            "subscribers/{AETitle}",
+            vec![worklist_method("GET", "OpenNotificationConnection", &[], false, &[101, 400, 503])],
+            Vec::new(),
+        ),
+    ]
+}
+
 /// Every resource Kura serves under the DICOMweb root (Annex H Table H-1, the implemented part).
 fn tree() -> Resource {
     let frames = "multipart/related; type=\"application/octet-stream\"";
@@ -242,7 +350,10 @@ fn tree() -> Resource {
             resource("studies", vec![search("SearchForStudies", Level::Study), store("StoreInstances")], vec![study]),
             resource("series", vec![search("SearchForSeries", Level::Series)], Vec::new()),
             resource("instances", vec![search("SearchForInstances", Level::Instance)], Vec::new()),
-        ],
+        ]
+        .into_iter()
+        .chain(worklist())
+        .collect(),
     )
 }
 
@@ -487,6 +598,6 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "ids are unique");
-        assert_eq!(count, 24);
+        assert_eq!(count, 34);
     }
 }

@@ -7,6 +7,8 @@ pub mod delete;
 pub mod qido;
 pub mod query;
 pub mod stow;
+pub mod ups;
+pub mod ups_ws;
 pub mod wado;
 
 use std::sync::Arc;
@@ -86,6 +88,7 @@ where
     match endpoint {
         // Answered by `server::admin` before dispatch; not a DICOMweb resource.
         Endpoint::Keys(_) => Err(Error::not_found("no such DICOMweb resource")),
+        Endpoint::Workitems(operation) => ups::handle(archive, config, context, operation, request).await,
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await

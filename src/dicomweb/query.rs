@@ -90,7 +90,7 @@ fn unsigned(name: &str, value: &str) -> Result<usize, Error> {
 }
 
 /// Resolves a keyword or tag that names a DICOM attribute at all (for 400 vs. ignore).
-fn dictionary_tag(name: &str) -> Option<Tag> {
+pub(crate) fn dictionary_tag(name: &str) -> Option<Tag> {
     if let Some(tag) = attrs::hex_tag(name) {
         return Some(tag);
     }
@@ -98,7 +98,7 @@ fn dictionary_tag(name: &str) -> Option<Tag> {
 }
 
 /// Whether the dictionary declares `tag` a sequence (SQ).
-fn is_sequence(tag: Tag) -> bool {
+pub(crate) fn is_sequence(tag: Tag) -> bool {
     StandardDataDictionary.by_tag(tag).is_some_and(|entry| entry.vr() == VirtualVr::Exact(VR::SQ))
 }
 

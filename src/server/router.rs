@@ -46,6 +46,44 @@ pub enum Endpoint {
     /// API key management (not DICOMweb; `server::admin`): `GET` and `POST /admin/keys`,
     /// `DELETE /admin/keys/{id}`.
     Keys(KeyOperation),
+    /// The Worklist service (UPS-RS, PS3.18 Chapter 11, Table 11.1.1-1) and its notification
+    /// connections (§8.10).
+    Workitems(WorkitemOperation),
+}
+
+/// What a subscription request names: one workitem, or the worklist by its well-known UIDs
+/// (PS3.18 §11.10: 1.2.840.10008.5.1.4.34.5 and, filtered, …34.5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionTarget {
+    Workitem(String),
+    Worklist,
+    FilteredWorklist,
+}
+
+/// A UPS-RS transaction (PS3.18 §11.4–§11.12) or a notification connection (§8.10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkitemOperation {
+    /// `POST /workitems[?{workitem}]` (§11.4).
+    Create,
+    /// `GET /workitems?…` (§11.9).
+    Search,
+    /// `GET /workitems/{workitem}` (§11.5).
+    Retrieve { workitem: String },
+    /// `POST /workitems/{workitem}[?transaction-uid=…]` (§11.6); `PUT` is accepted too.
+    Update { workitem: String },
+    /// `PUT /workitems/{workitem}/state` (§11.7).
+    ChangeState { workitem: String },
+    /// `POST /workitems/{workitem}/cancelrequest` (§11.8).
+    RequestCancellation { workitem: String },
+    /// `POST /workitems/{target}/subscribers/{aetitle}` (§11.10).
+    Subscribe { target: SubscriptionTarget, aetitle: String },
+    /// `DELETE /workitems/{target}/subscribers/{aetitle}` (§11.11).
+    Unsubscribe { target: SubscriptionTarget, aetitle: String },
+    /// `POST /workitems/{global or filtered UID}/subscribers/{aetitle}/suspend` (§11.12).
+    Suspend { target: SubscriptionTarget, aetitle: String },
+    /// `GET /subscribers/{aetitle}` with `Upgrade: websocket`: the AE's notification
+    /// connection (§8.10; the URL form is Kura's, conformance/STATEMENT.md).
+    Notifications { aetitle: String },
 }
 
 /// What a request to `/admin/keys` does.
@@ -75,6 +113,8 @@ impl Endpoint {
             Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
             Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
             Endpoint::Keys(_) => "keys",
+            Endpoint::Workitems(WorkitemOperation::Notifications { .. }) => "ups-notifications",
+            Endpoint::Workitems(_) => "ups",
         }
     }
 
@@ -95,6 +135,22 @@ impl Endpoint {
             | Endpoint::WadoUri => Some(Role::Reader),
             Endpoint::Delete { .. } | Endpoint::Keys(_) => Some(Role::Administrator),
             Endpoint::Capabilities { .. } => None,
+            // Scheduling and cancelling work is the requesting side's (an uploader, or an
+            // administrator: `alternative_role`); performing and watching it the reader's.
+            Endpoint::Workitems(WorkitemOperation::Create | WorkitemOperation::RequestCancellation { .. }) => {
+                Some(Role::Uploader)
+            }
+            Endpoint::Workitems(_) => Some(Role::Reader),
+        }
+    }
+
+    /// A second role that also grants the endpoint (checked where `required_role` is).
+    pub fn alternative_role(&self) -> Option<Role> {
+        match self {
+            Endpoint::Workitems(WorkitemOperation::Create | WorkitemOperation::RequestCancellation { .. }) => {
+                Some(Role::Administrator)
+            }
+            _ => None,
         }
     }
 }
@@ -125,12 +181,81 @@ fn method_not_allowed(allowed: &'static str) -> Error {
     Error::new(ErrorKind::MethodNotAllowed, allowed)
 }
 
+/// An AE title from a path segment (percent-decoded; PS3.5 AE: at most 16 characters).
+fn checked_aetitle(segment: &str) -> Result<String, Error> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| Error::bad_request("the AE title in the path is not UTF-8"))?
+        .into_owned();
+    crate::archive::worklist::validate_ae(&decoded).map_err(|e| Error::bad_request(e.to_string()))?;
+    Ok(decoded)
+}
+
+fn subscription_target(segment: &str) -> Result<SubscriptionTarget, Error> {
+    use crate::archive::worklist::{FILTERED_SUBSCRIPTION_UID, GLOBAL_SUBSCRIPTION_UID};
+    Ok(match segment {
+        GLOBAL_SUBSCRIPTION_UID => SubscriptionTarget::Worklist,
+        FILTERED_SUBSCRIPTION_UID => SubscriptionTarget::FilteredWorklist,
+        uid => SubscriptionTarget::Workitem(checked_uid(uid, "the Workitem UID")?),
+    })
+}
+
+/// Routes the Worklist service's resources (PS3.18 Table 11.1.1-1), or `None` for a path
+/// outside it.
+fn route_workitems(method: &Method, segments: &[&str]) -> Option<Result<Endpoint, Error>> {
+    use WorkitemOperation::*;
+    let get = method == Method::GET || method == Method::HEAD;
+    let (post, put, delete) = (method == Method::POST, method == Method::PUT, method == Method::DELETE);
+    let workitem = |uid: &str| checked_uid(uid, "the Workitem UID");
+    let operation = (|| -> Result<WorkitemOperation, Error> {
+        Ok(match segments {
+            ["workitems"] if post => Create,
+            ["workitems"] if get => Search,
+            ["workitems"] => return Err(method_not_allowed("GET, HEAD, POST")),
+            ["workitems", uid] if get => Retrieve { workitem: workitem(uid)? },
+            ["workitems", uid] if post || put => Update { workitem: workitem(uid)? },
+            ["workitems", _] => return Err(method_not_allowed("GET, HEAD, POST, PUT")),
+            ["workitems", uid, "state"] if put => ChangeState { workitem: workitem(uid)? },
+            ["workitems", _, "state"] => return Err(method_not_allowed("PUT")),
+            ["workitems", uid, "cancelrequest"] if post => RequestCancellation { workitem: workitem(uid)? },
+            ["workitems", _, "cancelrequest"] => return Err(method_not_allowed("POST")),
+            ["workitems", target, "subscribers", ae] if post => {
+                Subscribe { target: subscription_target(target)?, aetitle: checked_aetitle(ae)? }
+            }
+            ["workitems", target, "subscribers", ae] if delete => {
+                Unsubscribe { target: subscription_target(target)?, aetitle: checked_aetitle(ae)? }
+            }
+            ["workitems", _, "subscribers", _] => return Err(method_not_allowed("POST, DELETE")),
+            ["workitems", target, "subscribers", ae, "suspend"] if post => {
+                let target = subscription_target(target)?;
+                if let SubscriptionTarget::Workitem(_) = target {
+                    return Err(Error::bad_request(
+                        "only a worklist subscription (1.2.840.10008.5.1.4.34.5 or …34.5.1) is suspended (PS3.18 §11.12)",
+                    ));
+                }
+                Suspend { target, aetitle: checked_aetitle(ae)? }
+            }
+            ["workitems", _, "subscribers", _, "suspend"] => return Err(method_not_allowed("POST")),
+            ["subscribers", ae] if get => Notifications { aetitle: checked_aetitle(ae)? },
+            ["subscribers", _] => return Err(method_not_allowed("GET")),
+            _ => return Err(Error::not_found("no such worklist resource")),
+        })
+    })();
+    match segments.first() {
+        Some(&"workitems") | Some(&"subscribers") => Some(operation.map(Endpoint::Workitems)),
+        _ => None,
+    }
+}
+
 /// Routes a request path relative to the DICOMweb base path.
 pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
     if method == Method::OPTIONS {
         return Ok(Endpoint::Capabilities { path: relative_path.to_string() });
     }
     let segments: Vec<&str> = relative_path.trim_start_matches('/').split('/').collect();
+    if let Some(endpoint) = route_workitems(method, &segments) {
+        return endpoint;
+    }
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST;
     let delete = method == Method::DELETE;
@@ -308,6 +433,57 @@ mod tests {
         assert_eq!(route_keys(&Method::GET, "/00ff").unwrap_err().kind, ErrorKind::MethodNotAllowed);
         assert_eq!(route_keys(&Method::DELETE, "/../x").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route_keys(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
+    }
+
+    /// The resources of PS3.18 Table 11.1.1-1 and the roles each needs.
+    #[test]
+    fn ups_rs_resource_templates() {
+        use WorkitemOperation::*;
+        let ups = |method: Method, path: &str| match route(&method, path).unwrap() {
+            Endpoint::Workitems(operation) => operation,
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(ups(Method::POST, "/workitems"), Create);
+        assert_eq!(ups(Method::GET, "/workitems"), Search);
+        assert_eq!(ups(Method::GET, "/workitems/1.2"), Retrieve { workitem: "1.2".into() });
+        assert_eq!(ups(Method::POST, "/workitems/1.2"), Update { workitem: "1.2".into() });
+        assert_eq!(ups(Method::PUT, "/workitems/1.2/state"), ChangeState { workitem: "1.2".into() });
+        assert_eq!(ups(Method::POST, "/workitems/1.2/cancelrequest"), RequestCancellation { workitem: "1.2".into() });
+        assert_eq!(
+            ups(Method::POST, "/workitems/1.2.840.10008.5.1.4.34.5/subscribers/READER%201"),
+            Subscribe { target: SubscriptionTarget::Worklist, aetitle: "READER 1".into() }
+        );
+        assert_eq!(
+            ups(Method::DELETE, "/workitems/1.2.840.10008.5.1.4.34.5.1/subscribers/AE"),
+            Unsubscribe { target: SubscriptionTarget::FilteredWorklist, aetitle: "AE".into() }
+        );
+        assert_eq!(
+            ups(Method::POST, "/workitems/1.2/subscribers/AE"),
+            Subscribe { target: SubscriptionTarget::Workitem("1.2".into()), aetitle: "AE".into() }
+        );
+        assert_eq!(
+            ups(Method::POST, "/workitems/1.2.840.10008.5.1.4.34.5/subscribers/AE/suspend"),
+            Suspend { target: SubscriptionTarget::Worklist, aetitle: "AE".into() }
+        );
+        assert_eq!(ups(Method::GET, "/subscribers/AE"), Notifications { aetitle: "AE".into() });
+        assert_eq!(
+            route(&Method::POST, "/workitems/1.2/subscribers/AE/suspend").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(
+            route(&Method::POST, "/workitems/1.2/subscribers/ABCDEFGHIJKLMNOPQ").unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
+        assert_eq!(route(&Method::DELETE, "/workitems/1.2").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(route(&Method::GET, "/workitems/1.2/state").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+        assert_eq!(route(&Method::GET, "/workitems/x.y").unwrap_err().kind, ErrorKind::BadRequest);
+        let create = route(&Method::POST, "/workitems").unwrap();
+        assert_eq!(
+            (create.required_role(), create.alternative_role()),
+            (Some(Role::Uploader), Some(Role::Administrator))
+        );
+        assert_eq!(route(&Method::PUT, "/workitems/1.2/state").unwrap().required_role(), Some(Role::Reader));
+        assert_eq!(get("/subscribers/AE").unwrap().required_role(), Some(Role::Reader));
     }
 
     #[test]

@@ -71,7 +71,12 @@ impl App {
             let principal = self.access.authenticate(&request)?;
             tracing::Span::current().record("caller", principal.subject.as_str());
             let endpoint = route?;
-            Access::authorize(&principal, endpoint.required_role())?;
+            Access::authorize(&principal, endpoint.required_role()).or_else(|refused| {
+                match endpoint.alternative_role() {
+                    Some(role) if principal.has(role) => Ok(()),
+                    _ => Err(refused),
+                }
+            })?;
             if let Endpoint::Keys(operation) = endpoint {
                 return super::admin::keys(self.archive.keys(), operation, request).await;
             }

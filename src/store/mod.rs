@@ -18,6 +18,7 @@
 pub mod group_commit;
 pub mod keys;
 mod sled_store;
+pub mod worklist;
 
 pub use crate::model::BoxFuture;
 pub use crate::model::records::{Change, InstanceRecord, PayloadRef, RECORD_VERSION, SeriesRecord, StudyRecord};

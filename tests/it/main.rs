@@ -46,3 +46,7 @@ mod auth;
 
 /// The memory budget: large values never held, metadata streamed, the abusive mix.
 mod memory;
+
+/// UPS-RS: workitems, the state machine and its refusals, search, subscriptions and events over
+/// WebSocket, redelivery after a reconnect and a restart, retention.
+mod ups;
