@@ -124,6 +124,18 @@ impl From<crate::auth::keys::KeyError> for Error {
     }
 }
 
+/// A share request that named a bad value, or a share the caller cannot see.
+impl From<crate::archive::shares::ShareError> for Error {
+    fn from(error: crate::archive::shares::ShareError) -> Error {
+        use crate::archive::shares::ShareError;
+        match error {
+            ShareError::Invalid(message) => Error::bad_request(message),
+            ShareError::Unknown => Error::not_found(error.to_string()),
+            ShareError::Store(store) => Error::from(store),
+        }
+    }
+}
+
 impl From<crate::blob::BlobError> for Error {
     fn from(error: crate::blob::BlobError) -> Error {
         Error::internal(error)
@@ -170,6 +182,9 @@ pub enum FailureReason {
     DuplicateSopInstance,
     /// 0110: processing failure (a server-side error while storing).
     ProcessingFailure,
+    /// 0124 (PS3.7 Annex C "Refused: Not authorized"; Table I.2-2 allows other codes): the
+    /// study belongs to another institution, or the SOP Instance UID is stored in one.
+    NotAuthorized,
 }
 
 impl FailureReason {
@@ -182,6 +197,7 @@ impl FailureReason {
             FailureReason::StudyInstanceUidMismatch => 0xC409,
             FailureReason::DuplicateSopInstance => 0x0111,
             FailureReason::ProcessingFailure => 0x0110,
+            FailureReason::NotAuthorized => 0x0124,
         }
     }
 }

@@ -46,6 +46,17 @@ pub enum Endpoint {
     /// API key management (not DICOMweb; `server::admin`): `GET` and `POST /admin/keys`,
     /// `DELETE /admin/keys/{id}`.
     Keys(KeyOperation),
+    /// Share management (not DICOMweb; `server::admin`): `GET` and `POST /admin/shares`,
+    /// `DELETE /admin/shares/{id}`.
+    Shares(ShareOperation),
+}
+
+/// What a request to `/admin/shares` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareOperation {
+    List,
+    Create,
+    Revoke { id: String },
 }
 
 /// What a request to `/admin/keys` does.
@@ -58,6 +69,10 @@ pub enum KeyOperation {
 
 /// Path of the key management API (outside the DICOMweb root).
 pub const KEYS_PATH: &str = "/admin/keys";
+/// Path of the share management API.
+pub const SHARES_PATH: &str = "/admin/shares";
+/// Prefix of share link roots: `/share/{token}/dicomweb` (see [`split_share_link`]).
+pub const SHARE_LINK_PREFIX: &str = "/share/";
 
 impl Endpoint {
     /// A short name for logs and spans.
@@ -75,6 +90,7 @@ impl Endpoint {
             Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
             Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
             Endpoint::Keys(_) => "keys",
+            Endpoint::Shares(_) => "shares",
         }
     }
 
@@ -93,7 +109,7 @@ impl Endpoint {
             | Endpoint::Bulkdata { .. }
             | Endpoint::Rendered { .. }
             | Endpoint::WadoUri => Some(Role::Reader),
-            Endpoint::Delete { .. } | Endpoint::Keys(_) => Some(Role::Administrator),
+            Endpoint::Delete { .. } | Endpoint::Keys(_) | Endpoint::Shares(_) => Some(Role::Administrator),
             Endpoint::Capabilities { .. } => None,
         }
     }
@@ -114,6 +130,25 @@ pub fn route_keys(method: &Method, rest: &str) -> Result<Endpoint, Error> {
         _ => return Err(Error::not_found("no such key resource")),
     };
     Ok(Endpoint::Keys(operation))
+}
+
+/// Routes a path below [`SHARES_PATH`] (`rest` is what follows it).
+pub fn route_shares(method: &Method, rest: &str) -> Result<Endpoint, Error> {
+    match route_keys(method, rest)? {
+        Endpoint::Keys(KeyOperation::List) => Ok(Endpoint::Shares(ShareOperation::List)),
+        Endpoint::Keys(KeyOperation::Create) => Ok(Endpoint::Shares(ShareOperation::Create)),
+        Endpoint::Keys(KeyOperation::Revoke { id }) => Ok(Endpoint::Shares(ShareOperation::Revoke { id })),
+        other => Ok(other),
+    }
+}
+
+/// A share link's path, `/share/{token}/dicomweb{rest}`, split into the token and the path
+/// relative to the link's DICOMweb root. `None` when the path is not below a link root (any
+/// other `/share/…` path is then an unknown resource, 404).
+pub fn split_share_link(path: &str) -> Option<(&str, &str)> {
+    let (token, rest) = path.strip_prefix(SHARE_LINK_PREFIX)?.split_once('/')?;
+    let relative = rest.strip_prefix("dicomweb")?;
+    (relative.is_empty() || relative.starts_with('/')).then_some((token, relative))
 }
 
 fn checked_uid(segment: &str, what: &str) -> Result<String, Error> {
@@ -297,6 +332,22 @@ mod tests {
         assert_eq!(route_keys(&Method::GET, "/00ff").unwrap_err().kind, ErrorKind::MethodNotAllowed);
         assert_eq!(route_keys(&Method::DELETE, "/../x").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route_keys(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
+        assert_eq!(route_shares(&Method::POST, "").unwrap(), Endpoint::Shares(ShareOperation::Create));
+        assert_eq!(
+            route_shares(&Method::DELETE, "/0123abcd").unwrap(),
+            Endpoint::Shares(ShareOperation::Revoke { id: "0123abcd".into() })
+        );
+        assert_eq!(route_shares(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
+        assert_eq!(route_shares(&Method::PUT, "").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+    }
+
+    #[test]
+    fn share_link_roots() {
+        assert_eq!(split_share_link("/share/kshare_abc/dicomweb/studies"), Some(("kshare_abc", "/studies")));
+        assert_eq!(split_share_link("/share/kshare_abc/dicomweb"), Some(("kshare_abc", "")));
+        assert_eq!(split_share_link("/share/kshare_abc/dicomwebx/studies"), None);
+        assert_eq!(split_share_link("/share/kshare_abc"), None);
+        assert_eq!(split_share_link("/dicomweb/studies"), None);
     }
 
     #[test]
