@@ -28,6 +28,50 @@ pub enum Command {
     /// Manage API keys (the server must not be running; a running one offers /admin/keys).
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Share studies and series with other institutions, users or as links (the server must
+    /// not be running; a running one offers /admin/shares).
+    #[command(subcommand)]
+    Share(ShareCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Share a study, or one series of it, until an expiry. A link's token is printed once:
+    /// only a hash of it is stored.
+    Create {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The study's StudyInstanceUID.
+        #[arg(long)]
+        study: String,
+        /// Share only this series of the study.
+        #[arg(long)]
+        series: Option<String>,
+        /// Share with every principal of this institution.
+        #[arg(long, group = "grantee")]
+        institution: Option<String>,
+        /// Share with one principal, by subject (`key:{id}`, `cert:{name}`, …).
+        #[arg(long, group = "grantee")]
+        user: Option<String>,
+        /// Share as a link: its own read-only DICOMweb root, `/share/{token}/dicomweb`.
+        #[arg(long, group = "grantee")]
+        link: bool,
+        /// Seconds until the share expires (at most a year).
+        #[arg(long, default_value_t = crate::archive::shares::DEFAULT_EXPIRY_SECS)]
+        expires_in_secs: u64,
+    },
+    /// List the shares: id, study, series, grantee, created, expires, state (never a token).
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Revoke a share: it grants nothing from then on.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The share's id (from `kura share list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

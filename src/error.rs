@@ -165,6 +165,15 @@ impl From<crate::archive::worklist::UpsError> for Error {
             UpsError::Store(_) => return Error::internal(error),
         };
         Error { kind, message: error.to_string(), warning, source: None }
+/// A share request that named a bad value, or a share the caller cannot see.
+impl From<crate::archive::shares::ShareError> for Error {
+    fn from(error: crate::archive::shares::ShareError) -> Error {
+        use crate::archive::shares::ShareError;
+        match error {
+            ShareError::Invalid(message) => Error::bad_request(message),
+            ShareError::Unknown => Error::not_found(error.to_string()),
+            ShareError::Store(store) => Error::from(store),
+        }
     }
 }
 
@@ -219,6 +228,9 @@ pub enum FailureReason {
     DuplicateSopInstance,
     /// 0110: processing failure (a server-side error while storing).
     ProcessingFailure,
+    /// 0124 (PS3.7 Annex C "Refused: Not authorized"; Table I.2-2 allows other codes): the
+    /// study belongs to another institution, or the SOP Instance UID is stored in one.
+    NotAuthorized,
 }
 
 impl FailureReason {
@@ -231,6 +243,7 @@ impl FailureReason {
             FailureReason::StudyInstanceUidMismatch => 0xC409,
             FailureReason::DuplicateSopInstance => 0x0111,
             FailureReason::ProcessingFailure => 0x0110,
+            FailureReason::NotAuthorized => 0x0124,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use kura::auth::keys::{KeyStore, format_time};
-use kura::config::{Cli, Command, Config, KeyCommand};
+use kura::config::{Cli, Command, Config, KeyCommand, ShareCommand};
 use kura::{App, Archive};
 
 /// glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
@@ -70,6 +70,78 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kura share create|list|revoke` on a stopped server's data directory (deployment-wide: the
+/// command has the data directory).
+async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
+    use kura::archive::{Grantee, NewShare};
+    let open = |dir: &std::path::Path| kura::archive::shares::open_offline(dir).map_err(anyhow::Error::new);
+    match command {
+        ShareCommand::Create { data, study, series, institution, user, link, expires_in_secs } => {
+            let (shares, store) = open(&data.data_dir)?;
+            let grantee = match (institution, user, link) {
+                (Some(institution), None, false) => Grantee::Institution(institution),
+                (None, Some(user), false) => Grantee::User(user),
+                (None, None, true) => Grantee::Link,
+                _ => anyhow::bail!("name one of --institution, --user or --link"),
+            };
+            let owner = store
+                .study(&study)
+                .map_err(anyhow::Error::new)?
+                .with_context(|| format!("no study {study} in {}", data.data_dir.display()))?
+                .owner;
+            if let Some(series) = &series {
+                store.series(&study, series).map_err(anyhow::Error::new)?.context("no such series in the study")?;
+            }
+            let share = NewShare { study_uid: study, series_uid: series, grantee, expires_in_secs };
+            let created = shares.create(share, &owner, "cli").await?;
+            eprintln!(
+                "created share {} of {} for {}, expires {}",
+                created.info.id,
+                created.info.owner,
+                created.info.grantee_text(),
+                format_time(created.info.expires)
+            );
+            if let Some(token) = created.token {
+                eprintln!("the link below is shown once, store it now (prefix it with the server's address):");
+                println!("/share/{token}/dicomweb");
+            }
+        }
+        ShareCommand::List { data } => {
+            let (shares, _) = open(&data.data_dir)?;
+            println!(
+                "{:<16}  {:<16}  {:<40}  {:<28}  {:<20}  {:<20}  state",
+                "id", "owner", "study[/series]", "grantee", "created", "expires"
+            );
+            for share in shares.list(None)? {
+                let target = match &share.series {
+                    Some(series) => format!("{}/{series}", share.study),
+                    None => share.study.clone(),
+                };
+                let state = match (share.revoked, share.active) {
+                    (Some(at), _) => format!("revoked {}", format_time(at)),
+                    (None, false) => "expired".into(),
+                    (None, true) => "active".into(),
+                };
+                println!(
+                    "{:<16}  {:<16}  {:<40}  {:<28}  {:<20}  {:<20}  {state}",
+                    share.id,
+                    share.owner,
+                    target,
+                    share.grantee_text(),
+                    format_time(share.created),
+                    format_time(share.expires),
+                );
+            }
+        }
+        ShareCommand::Revoke { data, id } => {
+            let (shares, _) = open(&data.data_dir)?;
+            let share = shares.revoke(&id, None).await?;
+            println!("revoked share {} ({})", share.id, share.grantee_text());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     kura::telemetry::init();
@@ -112,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Key(command) => key_command(command).await,
+            Command::Share(command) => share_command(command).await,
             Command::Reindex(args) => {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await

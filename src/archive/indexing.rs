@@ -49,6 +49,7 @@ fn study_op(study_uid: &str, study: Option<StudyRecord>) -> IndexOp {
     match study {
         Some(study) => IndexOp::Upsert(IndexDoc {
             key,
+            owner: study.owner.clone(),
             created: study.created_seq,
             values: study_values(&study),
             row: study_row(&study),
@@ -69,7 +70,7 @@ fn series_op(study_uid: &str, series_uid: &str, study: Option<&StudyRecord>, ser
             let mut values = study_values(study);
             let row = series_row(&series);
             values.extend(series.attributes);
-            IndexOp::Upsert(IndexDoc { key, created: series.created_seq, values, row })
+            IndexOp::Upsert(IndexDoc { key, owner: study.owner.clone(), created: series.created_seq, values, row })
         }
         _ => IndexOp::Delete(key),
     }
@@ -99,7 +100,11 @@ pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<Inde
         match store.instance(sop_uid)? {
             Some(instance) => {
                 let mut values = instance.attributes.clone();
-                if let Some(study) = store.study(&instance.study_uid)? {
+                let study = store.study(&instance.study_uid)?;
+                // The study's owner decides who sees it (an instance of an older Kura may carry
+                // another uploader's institution).
+                let owner = study.as_ref().map_or_else(|| instance.owner.clone(), |study| study.owner.clone());
+                if let Some(study) = study {
                     values.extend(study_values(&study).into_iter().filter(|v| {
                         v.sequence.is_none()
                             && (v.tag() == tags::MODALITIES_IN_STUDY || v.tag() == tags::SOP_CLASSES_IN_STUDY)
@@ -112,6 +117,7 @@ pub fn ops_for_changes(store: &dyn Store, changes: &[Change]) -> Result<Vec<Inde
                         series_uid: Some(instance.series_uid.clone()),
                         sop_uid: Some(sop_uid.clone()),
                     },
+                    owner,
                     created: instance.seq,
                     values,
                     row: instance_row(&instance),

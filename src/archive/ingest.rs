@@ -189,7 +189,14 @@ where
     debug_assert_eq!(finished.length, length);
     let sha256 = format!("{:x}", hasher.finalize());
     let payload = PayloadRef { id: finished.id, length, sha256 };
-    let prepared = parse_into_record(blobs, principal, expected_study, limits, payload).await;
+    let mut prepared = parse_into_record(blobs, principal, expected_study, limits, payload).await;
+    // The deployment-wide principal stores into any study on behalf of its owner; anyone else
+    // stores as its institution, and `Store::put_instance` refuses another owner's study.
+    if let (Ok(prepared), crate::auth::Scope::Deployment) = (&mut prepared, &principal.scope)
+        && let Ok(Some(study)) = store.study(&prepared.record.study_uid)
+    {
+        prepared.record.owner = study.owner;
+    }
     if prepared.is_err() {
         // Not referenced by any record: remove it now (a crash here leaves it to the sweep).
         let _ = blobs.delete(vec![finished.id]).await;
@@ -319,6 +326,10 @@ pub async fn record(
                     Ok(PutOutcome::Conflict) => Err(failure(
                         FailureReason::DuplicateSopInstance,
                         "a different object is already stored under this SOPInstanceUID",
+                    )),
+                    Ok(PutOutcome::NotOwner) => Err(failure(
+                        FailureReason::NotAuthorized,
+                        "the study belongs to another institution, or this SOPInstanceUID is stored in one",
                     )),
                     Err(e) => {
                         tracing::warn!(error = %e, "catalog update failed");

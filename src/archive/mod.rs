@@ -6,6 +6,8 @@ mod indexing;
 pub mod ingest;
 mod migrate;
 pub mod reindex;
+pub mod shares;
+pub mod tenancy;
 mod visibility;
 pub mod worklist;
 
@@ -16,6 +18,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 pub use ingest::{IngestError, IngestLimits, InstanceFailure, StoredInstance};
+pub use shares::{CreatedShare, Grantee, NewShare, ShareInfo, ShareStore};
+pub use tenancy::Grants;
 
 use crate::auth::Principal;
 use crate::auth::keys::KeyStore;
@@ -86,6 +90,8 @@ pub struct Archive {
     keys: Arc<KeyStore>,
     /// The UPS worklist, on the catalog's database (`worklist`).
     worklist: Arc<worklist::Worklist>,
+    /// The shares, on the catalog's database (`shares`).
+    shares: Arc<ShareStore>,
 }
 
 impl Archive {
@@ -97,6 +103,7 @@ impl Archive {
         let key_tree = sled.tree(crate::auth::keys::TREE)?;
         let worklist_records: Arc<dyn crate::store::worklist::WorklistStore> =
             Arc::new(crate::store::worklist::SledWorklist::new(sled.tree(crate::store::worklist::TREE)?));
+        let share_tree = sled.tree(shares::TREE)?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -108,6 +115,7 @@ impl Archive {
         let keys = Arc::new(KeyStore::new(key_tree, store.clone()));
         let worklist = worklist::Worklist::open(store.clone(), worklist_records, options.worklist.clone()).await?;
         spawn_worklist_sweep(&worklist);
+        let shares = Arc::new(ShareStore::new(share_tree, store.clone()));
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -134,6 +142,7 @@ impl Archive {
             codec_jobs: Default::default(),
             keys,
             worklist,
+            shares,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -193,9 +202,26 @@ impl Archive {
         self.follower.checkpoint().await
     }
 
-    /// Searches the index. Results are filtered to what `principal` may see.
-    pub fn search(&self, _principal: &Principal, query: &SearchQuery) -> Result<SearchHits, Error> {
-        Ok(self.index.search(query)?)
+    /// The shares.
+    pub fn shares(&self) -> &Arc<ShareStore> {
+        &self.shares
+    }
+
+    /// What `principal` may see now (read from the share store at every call).
+    pub fn grants(&self, principal: &Principal) -> Result<Grants, Error> {
+        Grants::of(principal, &self.shares)
+    }
+
+    /// Searches the index for what `principal` may see: the restriction is part of the index
+    /// query, so the total (and with it paging and the "more results" Warning) counts visible
+    /// matches only.
+    pub fn search(&self, principal: &Principal, query: &SearchQuery) -> Result<SearchHits, Error> {
+        let scope = self.grants(principal)?.search_scope();
+        if scope.is_none() {
+            return Ok(self.index.search(query)?);
+        }
+        let query = SearchQuery { scope, ..query.clone() };
+        Ok(self.index.search(&query)?)
     }
 
     /// The values a search returns for a study (its attributes, the computed ones and counts),
@@ -214,21 +240,75 @@ impl Archive {
         Ok(self.series(principal, study_uid, series_uid)?.as_ref().map(indexing::series_row))
     }
 
-    pub fn study(&self, _principal: &Principal, study_uid: &str) -> Result<Option<StudyRecord>, Error> {
-        Ok(self.store.study(study_uid)?)
+    /// A study `principal` may see (`None` when it does not exist or is not visible: the same).
+    pub fn study(&self, principal: &Principal, study_uid: &str) -> Result<Option<StudyRecord>, Error> {
+        let grants = self.grants(principal)?;
+        Ok(self.store.study(study_uid)?.filter(|study| grants.study(&study.owner, study_uid)))
+    }
+
+    /// The owner of a study, if it exists.
+    fn owner_of(&self, study_uid: &str) -> Result<Option<String>, Error> {
+        Ok(self.store.study(study_uid)?.map(|study| study.owner))
     }
 
     pub fn series(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         study_uid: &str,
         series_uid: &str,
     ) -> Result<Option<SeriesRecord>, Error> {
+        let grants = self.grants(principal)?;
+        let Some(owner) = self.owner_of(study_uid)? else { return Ok(None) };
+        if !grants.series(&owner, study_uid, series_uid) {
+            return Ok(None);
+        }
         Ok(self.store.series(study_uid, series_uid)?)
     }
 
-    pub fn instance(&self, _principal: &Principal, sop_uid: &str) -> Result<Option<InstanceRecord>, Error> {
-        Ok(self.store.instance(sop_uid)?)
+    /// An instance `principal` may see.
+    pub fn instance(&self, principal: &Principal, sop_uid: &str) -> Result<Option<InstanceRecord>, Error> {
+        let grants = self.grants(principal)?;
+        let Some(record) = self.store.instance(sop_uid)? else { return Ok(None) };
+        let owner = self.owner_of(&record.study_uid)?.unwrap_or_else(|| record.owner.clone());
+        Ok(grants.series(&owner, &record.study_uid, &record.series_uid).then_some(record))
+    }
+
+    /// Shares a study, or a series of it, on behalf of an administrator of its owner;
+    /// `NotFound`, as for an unknown study, when the caller's institution does not own it.
+    pub async fn create_share(&self, principal: &Principal, share: NewShare) -> Result<CreatedShare, Error> {
+        let grants = self.grants(principal)?;
+        let owner = self
+            .owner_of(&share.study_uid)?
+            .filter(|owner| grants.owns(owner))
+            .ok_or_else(|| Error::not_found("no such study"))?;
+        if let Some(series_uid) = &share.series_uid
+            && self.store.series(&share.study_uid, series_uid)?.is_none()
+        {
+            return Err(Error::not_found("no such series"));
+        }
+        Ok(self.shares.create(share, &owner, &principal.subject).await?)
+    }
+
+    /// The shares `principal` manages: those of its institution's studies (every share for the
+    /// deployment-wide principal).
+    pub fn list_shares(&self, principal: &Principal) -> Result<Vec<ShareInfo>, Error> {
+        Ok(self.shares.list(self.managed_owner(principal))?)
+    }
+
+    /// Revokes a share of the caller's institution; `NotFound` for any other.
+    pub async fn revoke_share(&self, principal: &Principal, id: &str) -> Result<ShareInfo, Error> {
+        if matches!(principal.scope, crate::auth::Scope::Link(_)) {
+            return Err(Error::not_found("no such share"));
+        }
+        Ok(self.shares.revoke(id, self.managed_owner(principal)).await?)
+    }
+
+    /// The owner whose shares (and keys) `principal` manages; `None`: all of them.
+    pub fn managed_owner<'p>(&self, principal: &'p Principal) -> Option<&'p str> {
+        match principal.scope {
+            crate::auth::Scope::Deployment => None,
+            _ => Some(principal.institution.as_str()),
+        }
     }
 
     /// The instances of a study, series or single instance, in store order; `NotFound` when
@@ -242,6 +322,11 @@ impl Archive {
         sop_uid: Option<&str>,
     ) -> Result<Vec<InstanceRecord>, Error> {
         let not_found = || Error::not_found(format!("no such {}", level_name(level)));
+        let grants = self.grants(principal)?;
+        let owner = self.owner_of(study_uid)?.ok_or_else(not_found)?;
+        if !grants.study(&owner, study_uid) {
+            return Err(not_found());
+        }
         let uids = match (level, series_uid, sop_uid) {
             (Level::Instance, Some(series), Some(sop)) => {
                 let record = self.instance(principal, sop)?.ok_or_else(not_found)?;
@@ -255,7 +340,10 @@ impl Archive {
         };
         let mut records = Vec::with_capacity(uids.len());
         for uid in uids {
-            if let Some(record) = self.store.instance(&uid)? {
+            // A study visible through a shared series gives that series' instances only.
+            if let Some(record) = self.store.instance(&uid)?
+                && grants.series(&owner, study_uid, &record.series_uid)
+            {
                 records.push(record);
             }
         }
@@ -456,14 +544,20 @@ impl Archive {
     /// DELETE transaction; this is the form dcm4chee, Google's and Microsoft's archives and
     /// dicomweb-client use). Durable, and gone from searches and retrievals, when it returns;
     /// the payload blobs are removed after that. `NotFound` when nothing matched.
+    /// Only the owner's administrators delete (shares are read-only); a study of another
+    /// institution is `NotFound`, as an unknown one.
     pub async fn delete(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         study_uid: &str,
         series_uid: Option<&str>,
         sop_uid: Option<&str>,
     ) -> Result<usize, Error> {
-        let removed = {
+        let grants = self.grants(principal)?;
+        let owned = self.owner_of(study_uid)?.is_some_and(|owner| grants.owns(&owner));
+        let removed = if !owned {
+            Vec::new()
+        } else {
             let store = self.store.clone();
             let (study, series, sop) =
                 (study_uid.to_string(), series_uid.map(str::to_string), sop_uid.map(str::to_string));

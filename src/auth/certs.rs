@@ -65,6 +65,7 @@ impl CertificateMap {
             institution: institution.clone(),
             roles: *roles,
             key_id: None,
+            scope: super::Scope::Institution,
         })
     }
 }

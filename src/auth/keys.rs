@@ -198,6 +198,11 @@ impl KeyStore {
         Ok(NewKey { info: record.info(&id), secret })
     }
 
+    /// One key's description.
+    pub fn info(&self, id: &str) -> Result<Option<KeyInfo>, KeyError> {
+        Ok(self.get(id)?.map(|record| record.info(id)))
+    }
+
     /// Every key, revoked ones included, by id.
     pub fn list(&self) -> Result<Vec<KeyInfo>, KeyError> {
         let mut keys = Vec::new();
@@ -250,6 +255,7 @@ impl KeyStore {
             institution: record.institution,
             roles: record.roles.into_iter().collect(),
             key_id: Some(id.to_string()),
+            scope: super::Scope::Institution,
         })
     }
 

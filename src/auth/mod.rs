@@ -118,13 +118,47 @@ pub struct Principal {
     pub roles: Roles,
     /// The API key that authenticated the caller, if one did.
     pub key_id: Option<String>,
+    /// How far what the caller sees reaches (see [`Scope`]).
+    pub scope: Scope,
+}
+
+/// How far a principal sees. Not derived from names (a subject or institution could be chosen
+/// by whoever issues credentials), only set by the code that authenticated the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Its institution's studies plus those shared with the institution or the subject: every
+    /// authenticated caller.
+    #[default]
+    Institution,
+    /// Every study: the local caller of an archive without authentication (whoever can reach
+    /// it can read the data directory as well), and nobody else.
+    Deployment,
+    /// Only what the share link with this id grants, read-only (`/share/{token}/dicomweb`).
+    Link(String),
 }
 
 impl Principal {
     /// The caller of an archive with no authentication required (loopback by default): every
     /// role, institution `local`.
     pub fn local() -> Principal {
-        Principal { subject: "local".into(), institution: "local".into(), roles: Roles::all(), key_id: None }
+        Principal {
+            subject: "local".into(),
+            institution: "local".into(),
+            roles: Roles::all(),
+            key_id: None,
+            scope: Scope::Deployment,
+        }
+    }
+
+    /// The caller of a share link: a reader of what that share grants, nothing else.
+    pub fn link(share_id: &str) -> Principal {
+        Principal {
+            subject: format!("link:{share_id}"),
+            institution: String::new(),
+            roles: [Role::Reader].into_iter().collect(),
+            key_id: None,
+            scope: Scope::Link(share_id.to_string()),
+        }
     }
 
     pub fn has(&self, role: Role) -> bool {

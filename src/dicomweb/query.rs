@@ -182,6 +182,7 @@ pub fn parse(raw_query: Option<&str>, level: Level, levels: &[Level], max_result
             empty_value_matching: false,
             offset: 0,
             limit: max_results,
+            scope: None,
         },
         include: IncludeFields::Defaults,
         matched: Vec::new(),

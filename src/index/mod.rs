@@ -13,7 +13,7 @@ pub mod search;
 mod stored;
 mod tantivy_index;
 
-pub use crate::model::search::{Criterion, DocKey, Filter, Hit, SearchHits, SearchQuery};
+pub use crate::model::search::{Criterion, DocKey, Filter, Hit, SearchHits, SearchQuery, SearchScope};
 pub use tantivy_index::TantivyIndex;
 
 use crate::dicom::attrs::Level;
@@ -35,6 +35,8 @@ pub type IndexResult<T> = Result<T, IndexError>;
 #[derive(Debug, Clone)]
 pub struct IndexDoc {
     pub key: DocKey,
+    /// The institution that owns the document's study (searches filter on it).
+    pub owner: String,
     /// Result order: the store sequence number that created the entity.
     pub created: u64,
     pub values: Vec<AttributeValue>,

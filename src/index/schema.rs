@@ -12,7 +12,9 @@ use crate::dicom::attrs::{ATTRIBUTES, Attribute, DATE_TIME_PAIRS, Matching};
 /// Bumped whenever the schema changes; an index of another version is rebuilt from the store.
 /// 4: stored result rows (`_row`), combined date-time fields (`_dt.*`, `_utc.*`).
 /// 5: attributes of sequence items (`Sequence.Attribute`, `Sequence.Attribute.items`).
-pub const SCHEMA_VERSION: u32 = 5;
+/// 6: the owning institution (`_owner`) and the study-qualified series key (`_series_key`), for
+///    searches confined to what the caller may see.
+pub const SCHEMA_VERSION: u32 = 6;
 /// Tokenizer of person-name fields: the whole value, lower-cased.
 pub const PN_TOKENIZER: &str = "kura_pn";
 
@@ -24,6 +26,11 @@ pub struct Fields {
     pub series_uid: Field,
     pub sop_uid: Field,
     pub created: Field,
+    /// The institution that owns the study.
+    pub owner: Field,
+    /// `{study}|{series}` on series and instance documents: a shared series is matched with
+    /// its study, so that a series UID reused in another study shares nothing.
+    pub series_key: Field,
     /// Keywords of table attributes that are absent or empty in the document, and
     /// `_utc.<date keyword>` when the document has no UTC date-time for that pair.
     pub empty: Field,
@@ -50,6 +57,8 @@ impl Fields {
         let series_uid = builder.add_text_field("_series", STRING | STORED);
         let sop_uid = builder.add_text_field("_sop", STRING | STORED);
         let created = builder.add_u64_field("_created", INDEXED | FAST);
+        let owner = builder.add_text_field("_owner", STRING);
+        let series_key = builder.add_text_field("_series_key", STRING);
         let empty = builder.add_text_field("_empty", STRING);
         let row = builder.add_bytes_field("_row", STORED);
         let pn_options = TextOptions::default().set_indexing_options(
@@ -90,6 +99,8 @@ impl Fields {
             series_uid,
             sop_uid,
             created,
+            owner,
+            series_key,
             empty,
             row,
             date_times,
@@ -117,6 +128,11 @@ impl Fields {
     pub fn words_of(&self, attribute: &Attribute) -> Option<Field> {
         self.name_words.get(attribute.keyword).copied()
     }
+}
+
+/// The `_series_key` term of a series.
+pub fn series_key(study_uid: &str, series_uid: &str) -> String {
+    format!("{study_uid}|{series_uid}")
 }
 
 pub fn pn_analyzer() -> TextAnalyzer {

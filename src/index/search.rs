@@ -89,6 +89,9 @@ pub(super) fn build_query(fields: &Fields, query: &SearchQuery) -> IndexResult<B
     if let Some(series) = &query.series_uid {
         clauses.push((Occur::Must, term_query(Term::from_field_text(fields.series_uid, series))));
     }
+    if let Some(scope) = &query.scope {
+        clauses.push((Occur::Must, scope_query(fields, scope, query.level)));
+    }
     let with_empty = |clause: Box<dyn Query>, filter: &Filter| -> Box<dyn Query> {
         if query.empty_value_matching && filter.criterion != Criterion::Empty {
             let empty = term_query(Term::from_field_text(fields.empty, filter.attribute.keyword));
@@ -125,6 +128,34 @@ pub(super) fn build_query(fields: &Fields, query: &SearchQuery) -> IndexResult<B
         return Ok(Box::new(AllQuery));
     }
     Ok(Box::new(BooleanQuery::new(clauses)))
+}
+
+/// What a caller may see, as one clause: documents of its institution's studies, of studies
+/// shared with it and of series shared with it (at the study level, a shared series shows its
+/// study). A scope with nothing in it matches nothing.
+fn scope_query(fields: &Fields, scope: &SearchScope, level: Level) -> Box<dyn Query> {
+    let mut any: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    if let Some(owner) = &scope.owner {
+        any.push((Occur::Should, term_query(Term::from_field_text(fields.owner, owner))));
+    }
+    let mut studies: Vec<Term> = scope.studies.iter().map(|uid| Term::from_field_text(fields.study_uid, uid)).collect();
+    if level == Level::Study {
+        studies.extend(scope.series.iter().map(|(study, _)| Term::from_field_text(fields.study_uid, study)));
+    } else if !scope.series.is_empty() {
+        let keys = scope
+            .series
+            .iter()
+            .map(|(study, series)| Term::from_field_text(fields.series_key, &super::schema::series_key(study, series)));
+        any.push((Occur::Should, Box::new(TermSetQuery::new(keys))));
+    }
+    if !studies.is_empty() {
+        any.push((Occur::Should, Box::new(TermSetQuery::new(studies))));
+    }
+    if any.is_empty() {
+        // No clause at all would match everything; this term is never indexed.
+        return term_query(Term::from_field_text(fields.key, ""));
+    }
+    Box::new(BooleanQuery::new(any))
 }
 
 /// Items of a sequence whose attributes the index can require together (PS3.4 C.2.2.2.6);

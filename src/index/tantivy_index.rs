@@ -316,8 +316,10 @@ fn to_document(fields: &Fields, doc: &IndexDoc) -> TantivyDocument {
     out.add_text(fields.key, doc.key.term());
     out.add_text(fields.level, level_term(doc.key.level));
     out.add_text(fields.study_uid, &doc.key.study_uid);
+    out.add_text(fields.owner, &doc.owner);
     if let Some(series) = &doc.key.series_uid {
         out.add_text(fields.series_uid, series);
+        out.add_text(fields.series_key, schema::series_key(&doc.key.study_uid, series));
     }
     if let Some(sop) = &doc.key.sop_uid {
         out.add_text(fields.sop_uid, sop);

@@ -78,6 +78,21 @@ pub struct SearchQuery {
     pub empty_value_matching: bool,
     pub offset: usize,
     pub limit: usize,
+    /// What the caller may see; `None`: everything. Set by the archive from the caller's
+    /// grants, never from the request, and applied inside the index query so that totals,
+    /// offsets and the "more results" Warning count visible matches only.
+    pub scope: Option<SearchScope>,
+}
+
+/// The studies and series a caller sees: those its institution owns, plus whole studies and
+/// single series shared with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SearchScope {
+    pub owner: Option<String>,
+    pub studies: Vec<String>,
+    /// (study, series) pairs: a shared series shows its study at the study level, and only
+    /// itself at the series and instance levels.
+    pub series: Vec<(String, String)>,
 }
 
 /// One match: its key and the values its document stores for the result row.

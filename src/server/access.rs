@@ -139,6 +139,33 @@ impl Access {
         })
     }
 
+    /// The principal of a share link's token (the link is its own credential; an
+    /// `Authorization` header beside it is not looked at). An unknown, expired or revoked token
+    /// gets the 404 of an unknown resource, so no answer tells them apart, and counts as a failed
+    /// authentication for the address's rate limit. The token is never logged.
+    pub fn authenticate_link<B>(
+        &self,
+        request: &Request<B>,
+        shares: &crate::archive::ShareStore,
+        token: &str,
+    ) -> Result<Principal, Error> {
+        let address = self.client_address(request);
+        if let Err(wait) = self.limiter.check(address) {
+            return Err(Error::new(
+                ErrorKind::TooManyRequests,
+                format!("too many failed authentications from this address; retry in {wait} s"),
+            ));
+        }
+        match shares.link_id(token)? {
+            Some(id) => Ok(Principal::link(&id)),
+            None => {
+                self.limiter.failed(address);
+                tracing::info!(client = %address, "share link not valid (unknown, expired or revoked)");
+                Err(Error::not_found("no such DICOMweb resource"))
+            }
+        }
+    }
+
     /// 403 unless `principal` holds `role`.
     pub fn authorize(principal: &Principal, role: Option<Role>) -> Result<(), Error> {
         match role {

@@ -84,6 +84,17 @@ pub enum WorkitemOperation {
     /// `GET /subscribers/{aetitle}` with `Upgrade: websocket`: the AE's notification
     /// connection (§8.10; the URL form is Kura's, conformance/STATEMENT.md).
     Notifications { aetitle: String },
+    /// Share management (not DICOMweb; `server::admin`): `GET` and `POST /admin/shares`,
+    /// `DELETE /admin/shares/{id}`.
+    Shares(ShareOperation),
+}
+
+/// What a request to `/admin/shares` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareOperation {
+    List,
+    Create,
+    Revoke { id: String },
 }
 
 /// What a request to `/admin/keys` does.
@@ -96,6 +107,10 @@ pub enum KeyOperation {
 
 /// Path of the key management API (outside the DICOMweb root).
 pub const KEYS_PATH: &str = "/admin/keys";
+/// Path of the share management API.
+pub const SHARES_PATH: &str = "/admin/shares";
+/// Prefix of share link roots: `/share/{token}/dicomweb` (see [`split_share_link`]).
+pub const SHARE_LINK_PREFIX: &str = "/share/";
 
 impl Endpoint {
     /// A short name for logs and spans.
@@ -115,6 +130,7 @@ impl Endpoint {
             Endpoint::Keys(_) => "keys",
             Endpoint::Workitems(WorkitemOperation::Notifications { .. }) => "ups-notifications",
             Endpoint::Workitems(_) => "ups",
+            Endpoint::Shares(_) => "shares",
         }
     }
 
@@ -133,7 +149,7 @@ impl Endpoint {
             | Endpoint::Bulkdata { .. }
             | Endpoint::Rendered { .. }
             | Endpoint::WadoUri => Some(Role::Reader),
-            Endpoint::Delete { .. } | Endpoint::Keys(_) => Some(Role::Administrator),
+            Endpoint::Delete { .. } | Endpoint::Keys(_) | Endpoint::Shares(_) => Some(Role::Administrator),
             Endpoint::Capabilities { .. } => None,
             // Scheduling and cancelling work is the requesting side's (an uploader, or an
             // administrator: `alternative_role`); performing and watching it the reader's.
@@ -170,6 +186,25 @@ pub fn route_keys(method: &Method, rest: &str) -> Result<Endpoint, Error> {
         _ => return Err(Error::not_found("no such key resource")),
     };
     Ok(Endpoint::Keys(operation))
+}
+
+/// Routes a path below [`SHARES_PATH`] (`rest` is what follows it).
+pub fn route_shares(method: &Method, rest: &str) -> Result<Endpoint, Error> {
+    match route_keys(method, rest)? {
+        Endpoint::Keys(KeyOperation::List) => Ok(Endpoint::Shares(ShareOperation::List)),
+        Endpoint::Keys(KeyOperation::Create) => Ok(Endpoint::Shares(ShareOperation::Create)),
+        Endpoint::Keys(KeyOperation::Revoke { id }) => Ok(Endpoint::Shares(ShareOperation::Revoke { id })),
+        other => Ok(other),
+    }
+}
+
+/// A share link's path, `/share/{token}/dicomweb{rest}`, split into the token and the path
+/// relative to the link's DICOMweb root. `None` when the path is not below a link root (any
+/// other `/share/…` path is then an unknown resource, 404).
+pub fn split_share_link(path: &str) -> Option<(&str, &str)> {
+    let (token, rest) = path.strip_prefix(SHARE_LINK_PREFIX)?.split_once('/')?;
+    let relative = rest.strip_prefix("dicomweb")?;
+    (relative.is_empty() || relative.starts_with('/')).then_some((token, relative))
 }
 
 fn checked_uid(segment: &str, what: &str) -> Result<String, Error> {
@@ -433,6 +468,22 @@ mod tests {
         assert_eq!(route_keys(&Method::GET, "/00ff").unwrap_err().kind, ErrorKind::MethodNotAllowed);
         assert_eq!(route_keys(&Method::DELETE, "/../x").unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(route_keys(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
+        assert_eq!(route_shares(&Method::POST, "").unwrap(), Endpoint::Shares(ShareOperation::Create));
+        assert_eq!(
+            route_shares(&Method::DELETE, "/0123abcd").unwrap(),
+            Endpoint::Shares(ShareOperation::Revoke { id: "0123abcd".into() })
+        );
+        assert_eq!(route_shares(&Method::GET, "").unwrap().required_role(), Some(Role::Administrator));
+        assert_eq!(route_shares(&Method::PUT, "").unwrap_err().kind, ErrorKind::MethodNotAllowed);
+    }
+
+    #[test]
+    fn share_link_roots() {
+        assert_eq!(split_share_link("/share/kshare_abc/dicomweb/studies"), Some(("kshare_abc", "/studies")));
+        assert_eq!(split_share_link("/share/kshare_abc/dicomweb"), Some(("kshare_abc", "")));
+        assert_eq!(split_share_link("/share/kshare_abc/dicomwebx/studies"), None);
+        assert_eq!(split_share_link("/share/kshare_abc"), None);
+        assert_eq!(split_share_link("/dicomweb/studies"), None);
     }
 
     /// The resources of PS3.18 Table 11.1.1-1 and the roles each needs.

@@ -61,14 +61,24 @@ impl App {
         {
             return preflight(origin);
         }
-        let route = self.route(&request);
+        // A share link's root, `/share/{token}/dicomweb/…`: the token is the credential, and
+        // the link's own root is the base of every URL minted in its answers.
+        let link = router::split_share_link(request.uri().path())
+            .map(|(token, relative)| (token.to_string(), relative.to_string()));
+        let route = match &link {
+            Some((_, relative)) => router::route(request.method(), relative),
+            None => self.route(&request),
+        };
         let endpoint_name = route.as_ref().map_or("none", |e| e.name());
         let span = tracing::info_span!("request", %method, endpoint = endpoint_name, caller = tracing::field::Empty);
         let head_only = method == http::Method::HEAD;
         let mut response = async {
             // Authentication before routing: without credentials, where they are required, no
             // answer says which resources exist.
-            let principal = self.access.authenticate(&request)?;
+            let principal = match &link {
+                Some((token, _)) => self.access.authenticate_link(&request, self.archive.shares(), token)?,
+                None => self.access.authenticate(&request)?,
+            };
             tracing::Span::current().record("caller", principal.subject.as_str());
             let endpoint = route?;
             Access::authorize(&principal, endpoint.required_role()).or_else(|refused| {
@@ -77,10 +87,17 @@ impl App {
                     _ => Err(refused),
                 }
             })?;
-            if let Endpoint::Keys(operation) = endpoint {
-                return super::admin::keys(self.archive.keys(), operation, request).await;
+            match endpoint {
+                Endpoint::Keys(operation) => {
+                    return super::admin::keys(&self.archive, &principal, operation, request).await;
+                }
+                Endpoint::Shares(operation) => {
+                    let origin = self.origin(&request);
+                    return super::admin::shares(&self.archive, &principal, &origin, operation, request).await;
+                }
+                _ => {}
             }
-            let context = self.context(&request, principal);
+            let context = self.context(&request, principal, link.as_ref().map(|(token, _)| token.as_str()));
             dicomweb::dispatch(&self.archive, &self.config, &context, endpoint, request).await
         }
         .instrument(span.clone())
@@ -151,6 +168,9 @@ impl App {
         if let Some(rest) = path.strip_prefix(router::KEYS_PATH).filter(|r| r.is_empty() || r.starts_with('/')) {
             return router::route_keys(request.method(), rest);
         }
+        if let Some(rest) = path.strip_prefix(router::SHARES_PATH).filter(|r| r.is_empty() || r.starts_with('/')) {
+            return router::route_shares(request.method(), rest);
+        }
         if path == self.config.wado_uri_path {
             return match *request.method() {
                 http::Method::GET | http::Method::HEAD => Ok(Endpoint::WadoUri),
@@ -165,31 +185,46 @@ impl App {
         router::route(request.method(), relative)
     }
 
-    fn context<B>(&self, request: &Request<B>, principal: Principal) -> RequestContext {
-        let base_url = match &self.config.public_url {
-            Some(url) => url.clone(),
-            None => {
-                let scheme = self.access.scheme(request);
-                let default_port = if scheme == "https" { 443 } else { 80 };
-                let host = request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
-                    .map(str::to_string)
-                    .or_else(|| request.uri().authority().map(|a| a.to_string()))
-                    .unwrap_or_else(|| self.config.listen.to_string());
-                // Some clients (dicomweb-client among them) send a Host without the port.
-                // Not behind the proxy: its Host names the proxy's port (or the default one).
-                let local_port = request.extensions().get::<LocalAddr>().map(|a| a.0.port());
-                let local_port = local_port.filter(|_| !self.access.from_trusted_proxy(request));
-                let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
-                let host = match local_port {
-                    Some(port) if !has_port && port != default_port => format!("{host}:{port}"),
-                    _ => host,
-                };
-                format!("{scheme}://{host}{}", self.config.base_path)
+    /// `scheme://host[:port]` clients reach this server at: from `--public-url` (without the
+    /// DICOMweb base path), else from the request.
+    fn origin<B>(&self, request: &Request<B>) -> String {
+        if let Some(url) = &self.config.public_url {
+            if let Some(origin) = url.strip_suffix(self.config.base_path.as_str()) {
+                return origin.to_string();
             }
+            let after_scheme = url.find("://").map_or(0, |at| at + 3);
+            return url[..url[after_scheme..].find('/').map_or(url.len(), |at| after_scheme + at)].to_string();
+        }
+        let scheme = self.access.scheme(request);
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+            .map(str::to_string)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| self.config.listen.to_string());
+        // Some clients (dicomweb-client among them) send a Host without the port.
+        // Not behind the proxy: its Host names the proxy's port (or the default one).
+        let local_port = request.extensions().get::<LocalAddr>().map(|a| a.0.port());
+        let local_port = local_port.filter(|_| !self.access.from_trusted_proxy(request));
+        let has_port = host.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
+        let host = match local_port {
+            Some(port) if !has_port && port != default_port => format!("{host}:{port}"),
+            _ => host,
+        };
+        format!("{scheme}://{host}")
+    }
+
+    /// The request's context. Under a share link (`link_token`) the base URL is the link's own
+    /// root, so every URL Kura mints in the answer (RetrieveURL, BulkDataURI, Location) stays
+    /// inside the share.
+    fn context<B>(&self, request: &Request<B>, principal: Principal, link_token: Option<&str>) -> RequestContext {
+        let base_url = match (link_token, &self.config.public_url) {
+            (Some(token), _) => format!("{}{}{token}/dicomweb", self.origin(request), router::SHARE_LINK_PREFIX),
+            (None, Some(url)) => url.clone(),
+            (None, None) => format!("{}{}", self.origin(request), self.config.base_path),
         };
         RequestContext { base_url, principal }
     }

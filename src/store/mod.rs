@@ -63,6 +63,9 @@ pub enum PutOutcome {
     AlreadyStored,
     /// Different bytes are stored under this SOP Instance UID and the policy is Reject.
     Conflict,
+    /// The study belongs to another institution than the record's owner, or the SOP Instance
+    /// UID is stored in a study of another institution: nothing changed.
+    NotOwner,
 }
 
 /// The largest metadata document stored with an instance.

@@ -471,8 +471,20 @@ impl Store for SledStore {
             return Err(StoreError::Corrupt(format!("metadata of {} bytes is over the limit", metadata.len())));
         }
         let _guard = self.catalog_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // A study belongs to the institution that first stored into it. Checked under the
+        // catalog lock, so two institutions racing to start one study cannot both win.
+        let study_owner = |study_uid: &str| -> StoreResult<Option<String>> {
+            Ok(self.get::<StudyRecord>(&keys::study(study_uid))?.map(|study| study.owner))
+        };
+        if study_owner(&record.study_uid)?.is_some_and(|owner| owner != record.owner) {
+            return Ok(PutOutcome::NotOwner);
+        }
         let previous = self.instance_record(&record.sop_instance_uid)?;
         if let Some(previous) = &previous {
+            let previous_owner = study_owner(&previous.study_uid)?.unwrap_or_else(|| previous.owner.clone());
+            if previous_owner != record.owner {
+                return Ok(PutOutcome::NotOwner);
+            }
             let same_object =
                 previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length;
             // The same object again changes nothing, unless this version of Kura records more of

@@ -44,6 +44,10 @@ mod tls;
 /// secret in the log.
 mod auth;
 
+/// Institutions, shares and share links: the cross-tenant matrix over HTTPS, STOW ownership,
+/// the key and share APIs confined to an institution, `kura share`.
+mod tenancy;
+
 /// The memory budget: large values never held, metadata streamed, the abusive mix.
 mod memory;
 
