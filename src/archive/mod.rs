@@ -44,6 +44,8 @@ pub struct ArchiveOptions {
     pub min_free_bytes: u64,
     /// The memory budget of parses, codec jobs, ZIP and metadata responses (`crate::memory`).
     pub memory_budget_bytes: u64,
+    /// Keep the audit trail (`crate::audit`); off only with --no-audit.
+    pub audit: bool,
 }
 
 impl Default for ArchiveOptions {
@@ -55,6 +57,7 @@ impl Default for ArchiveOptions {
             blob_dir: None,
             min_free_bytes: 1024 * 1024 * 1024,
             memory_budget_bytes: crate::memory::DEFAULT_BUDGET_MIB * 1024 * 1024,
+            audit: true,
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct Archive {
     codec_jobs: Arc<std::sync::atomic::AtomicUsize>,
     /// The API keys, on the catalog's database (`auth::keys`).
     keys: Arc<KeyStore>,
+    /// The audit trail, on the catalog's database (`crate::audit`).
+    audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Archive {
@@ -86,6 +91,7 @@ impl Archive {
         crate::durable_fs::create_dir_all(data_dir).map_err(Error::internal)?;
         let sled = SledStore::open(&data_dir.join("store"), options.store.clone())?;
         let key_tree = sled.tree(crate::auth::keys::TREE)?;
+        let audit_tree = sled.tree(crate::audit::TREE)?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -95,6 +101,7 @@ impl Archive {
         }
         let store: Arc<dyn Store> = sled;
         let keys = Arc::new(KeyStore::new(key_tree, store.clone()));
+        let audit = Arc::new(crate::audit::AuditLog::open(audit_tree, store.clone(), options.audit)?);
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -120,6 +127,7 @@ impl Archive {
             budget,
             codec_jobs: Default::default(),
             keys,
+            audit,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -142,6 +150,11 @@ impl Archive {
     /// The API keys.
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Arc<crate::audit::AuditLog> {
+        &self.audit
     }
 
     /// Makes every instance stored so far durable (group commit). Every search that starts

@@ -85,7 +85,7 @@ where
     }
     match endpoint {
         // Answered by `server::admin` before dispatch; not a DICOMweb resource.
-        Endpoint::Keys(_) => Err(Error::not_found("no such DICOMweb resource")),
+        Endpoint::Keys(_) | Endpoint::Audit => Err(Error::not_found("no such DICOMweb resource")),
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await

@@ -46,6 +46,8 @@ pub enum Endpoint {
     /// API key management (not DICOMweb; `server::admin`): `GET` and `POST /admin/keys`,
     /// `DELETE /admin/keys/{id}`.
     Keys(KeyOperation),
+    /// The audit trail's query (not DICOMweb; `server::audit_api`): `GET /admin/audit?…`.
+    Audit,
 }
 
 /// What a request to `/admin/keys` does.
@@ -58,6 +60,8 @@ pub enum KeyOperation {
 
 /// Path of the key management API (outside the DICOMweb root).
 pub const KEYS_PATH: &str = "/admin/keys";
+/// Path of the audit query API.
+pub const AUDIT_PATH: &str = "/admin/audit";
 
 impl Endpoint {
     /// A short name for logs and spans.
@@ -75,6 +79,7 @@ impl Endpoint {
             Endpoint::Rendered { thumbnail: false, .. } => "wado-rendered",
             Endpoint::Rendered { thumbnail: true, .. } => "wado-thumbnail",
             Endpoint::Keys(_) => "keys",
+            Endpoint::Audit => "audit-query",
         }
     }
 
@@ -93,7 +98,7 @@ impl Endpoint {
             | Endpoint::Bulkdata { .. }
             | Endpoint::Rendered { .. }
             | Endpoint::WadoUri => Some(Role::Reader),
-            Endpoint::Delete { .. } | Endpoint::Keys(_) => Some(Role::Administrator),
+            Endpoint::Delete { .. } | Endpoint::Keys(_) | Endpoint::Audit => Some(Role::Administrator),
             Endpoint::Capabilities { .. } => None,
         }
     }

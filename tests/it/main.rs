@@ -46,3 +46,11 @@ mod auth;
 
 /// The memory budget: large values never held, metadata streamed, the abusive mix.
 mod memory;
+
+/// OpenID Connect bearer tokens: each algorithm, every refusal, the JWKS refetch and its rate
+/// limit, roles from claims.
+mod jwt;
+
+/// The audit trail: every access recorded and queried, kill -9, the hash chain, ATNA over TLS
+/// syslog.
+mod audit;
