@@ -524,10 +524,7 @@ impl Config {
                 audit: !args.no_audit,
             },
             security,
-            audit: AuditSettings {
-                syslog: args.audit_syslog.clone(),
-                syslog_ca: args.audit_syslog_ca.clone(),
-            },
+            audit: AuditSettings { syslog: args.audit_syslog.clone(), syslog_ca: args.audit_syslog_ca.clone() },
         })
     }
 }
@@ -571,7 +568,8 @@ fn oidc_config(args: &ServeArgs) -> Result<Option<crate::auth::jwt::OidcConfig>,
         .iter()
         .filter(|entry| !entry.trim().is_empty())
         .map(|entry| {
-            let (value, role) = entry.rsplit_once('=').ok_or_else(|| format!("--oidc-role-map entry {entry:?} is not value=role"))?;
+            let (value, role) =
+                entry.rsplit_once('=').ok_or_else(|| format!("--oidc-role-map entry {entry:?} is not value=role"))?;
             Ok((value.trim().to_string(), role.parse()?))
         })
         .collect::<Result<_, String>>()?;

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kura::auth::keys::{KeyStore, format_time};
 use kura::audit::{AuditEvent, AuditLog};
+use kura::auth::keys::{KeyStore, format_time};
 use kura::config::{AuditCommand, Cli, Command, Config, KeyCommand};
 use kura::{App, Archive};
 
@@ -108,9 +108,10 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Export { data, since } => {
             let since = match since {
-                Some(text) => Some(kura::server::audit_api::parse_time(&text).with_context(|| {
-                    format!("--since {text:?}: use 2026-12-02T19:00:00Z or Unix seconds")
-                })?),
+                Some(text) => Some(
+                    kura::server::audit_api::parse_time(&text)
+                        .with_context(|| format!("--since {text:?}: use 2026-12-02T19:00:00Z or Unix seconds"))?,
+                ),
                 None => None,
             };
             let (_, audit) = open_offline(&data.data_dir)?;

@@ -84,7 +84,9 @@ pub fn message(record: &AuditRecord, source: &str) -> String {
         event.code, event.meaning
     ));
     if let Some((code, meaning)) = event.type_code {
-        xml.push_str(&format!("<EventTypeCode csd-code=\"{code}\" codeSystemName=\"DCM\" originalText=\"{meaning}\"/>"));
+        xml.push_str(&format!(
+            "<EventTypeCode csd-code=\"{code}\" codeSystemName=\"DCM\" originalText=\"{meaning}\"/>"
+        ));
     }
     if let Some(detail) = &record.detail {
         xml.push_str(&format!("<EventOutcomeDescription>{}</EventOutcomeDescription>", escape(detail)));
@@ -94,10 +96,7 @@ pub fn message(record: &AuditRecord, source: &str) -> String {
     let user = record.subject.as_deref().unwrap_or("unauthenticated");
     xml.push_str(&format!("<ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"", escape(user)));
     if let Some(address) = &record.address {
-        xml.push_str(&format!(
-            " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"",
-            escape(address)
-        ));
+        xml.push_str(&format!(" NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"", escape(address)));
     }
     xml.push_str("><RoleIDCode csd-code=\"110153\" codeSystemName=\"DCM\" originalText=\"Source Role ID\"/>");
     xml.push_str("</ActiveParticipant>");
@@ -155,7 +154,11 @@ mod tests {
             detail: None,
         };
         let xml = message(&record, "kura");
-        assert!(xml.contains("EventActionCode=\"R\" EventDateTime=\"2026-12-31T23:59:59.123Z\" EventOutcomeIndicator=\"0\""));
+        assert!(
+            xml.contains(
+                "EventActionCode=\"R\" EventDateTime=\"2026-12-31T23:59:59.123Z\" EventOutcomeIndicator=\"0\""
+            )
+        );
         assert!(xml.contains("csd-code=\"110103\""));
         assert!(xml.contains("UserID=\"oidc:dr &lt;x&gt;\""));
         assert!(xml.contains("ParticipantObjectID=\"1.2.3\""));

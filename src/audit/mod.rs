@@ -195,8 +195,8 @@ impl AuditLog {
     pub fn open(tree: sled::Tree, store: Arc<dyn Store>, enabled: bool) -> Result<AuditLog, StoreError> {
         let state = match tree.get(HEAD_KEY).map_err(backend)? {
             Some(bytes) => {
-                let head: Head = serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("audit head: {e}")))?;
+                let head: Head =
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("audit head: {e}")))?;
                 State { seq: head.seq, hash: head.hash, time: head.time }
             }
             None => State { seq: 0, hash: GENESIS.into(), time: 0 },
@@ -393,9 +393,10 @@ impl AuditLog {
             if query.until.is_some_and(|until| record.time >= until) {
                 break;
             }
-            let principal_ok = query.principal.as_ref().is_none_or(|p| {
-                record.subject.as_ref() == Some(p) || record.key_id.as_ref() == Some(p)
-            });
+            let principal_ok = query
+                .principal
+                .as_ref()
+                .is_none_or(|p| record.subject.as_ref() == Some(p) || record.key_id.as_ref() == Some(p));
             let study_ok = query.study.as_ref().is_none_or(|s| record.studies.contains(s));
             let action_ok = query.action.as_ref().is_none_or(|a| &record.action == a);
             if principal_ok && study_ok && action_ok {

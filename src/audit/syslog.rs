@@ -61,10 +61,8 @@ pub fn frame(record: &AuditRecord, hostname: &str) -> Vec<u8> {
     let pid = std::process::id();
     // APP-NAME kura, MSGID IHE+RFC-3881 (ITI-20's for the DICOM/RFC 3881 schema); no
     // structured data; MSG is a BOM and UTF-8.
-    let message = format!(
-        "<{PRI}>1 {} {hostname} kura {pid} IHE+RFC-3881 - \u{feff}{xml}",
-        super::atna::timestamp(record.time)
-    );
+    let message =
+        format!("<{PRI}>1 {} {hostname} kura {pid} IHE+RFC-3881 - \u{feff}{xml}", super::atna::timestamp(record.time));
     let mut framed = format!("{} ", message.len()).into_bytes();
     framed.extend_from_slice(message.as_bytes());
     framed

@@ -279,8 +279,7 @@ impl JwtVerifier {
             Some(path) => claim(claims, path).and_then(Value::as_str).filter(|s| usable_name(s)).map(str::to_string),
             None => None,
         };
-        let institution =
-            institution.or_else(|| mapping.default_institution.clone()).ok_or(JwtRejected::Claims)?;
+        let institution = institution.or_else(|| mapping.default_institution.clone()).ok_or(JwtRejected::Claims)?;
         let values: Vec<&str> = match mapping.roles.as_deref().and_then(|path| claim(claims, path)) {
             Some(Value::Array(items)) => items.iter().take(MAX_ROLE_VALUES).filter_map(Value::as_str).collect(),
             Some(Value::String(text)) => text.split_whitespace().take(MAX_ROLE_VALUES).collect(),
@@ -377,9 +376,8 @@ async fn fetch_https(url: &str, tls: Arc<rustls::ClientConfig>) -> Result<Vec<u8
     let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
         .map_err(|e| e.to_string())?;
     let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -166,10 +166,12 @@ impl Access {
         }
         let token = {
             let value = authorization.trim();
-            value.split_once(' ').and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()))
+            value
+                .split_once(' ')
+                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()))
         };
         let outcome: Result<Principal, &'static str> = match (token, &self.jwt) {
-            (Some(token), Some(jwt)) if looks_like_jwt(token) => jwt.verify(token).await.map_err(|r| jwt_reason(r)),
+            (Some(token), Some(jwt)) if looks_like_jwt(token) => jwt.verify(token).await.map_err(jwt_reason),
             (Some(token), _) => self.keys.verify(token).map_err(|rejected| match rejected {
                 Rejected::Malformed => "malformed",
                 Rejected::Invalid => "invalid api key",

@@ -63,7 +63,8 @@ pub fn ed_key(kid: &str) -> SigningKey {
 pub fn rsa_key(kid: &str, dir: &Path) -> SigningKey {
     let path = dir.join(format!("{kid}.pem"));
     let openssl = |args: &[&str]| {
-        let output = std::process::Command::new("openssl").args(args).output().expect("openssl (tests/run installs it)");
+        let output =
+            std::process::Command::new("openssl").args(args).output().expect("openssl (tests/run installs it)");
         assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     };
@@ -185,11 +186,7 @@ pub async fn get_from(n: u8, url: &str, token: &str) -> Reply {
 
 fn assert_invalid_token(reply: &Reply, case: &str) {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{case}: {}", reply.text());
-    assert_eq!(
-        reply.header("www-authenticate"),
-        Some("Bearer realm=\"kura\", error=\"invalid_token\""),
-        "{case}"
-    );
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"kura\", error=\"invalid_token\""), "{case}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +293,11 @@ async fn roles_from_the_claim_path_decide_the_routes() {
         send(
             Method::POST,
             &format!("{base}/studies"),
-            &[("content-type", content_type.as_str()), ("accept", "application/dicom+json"), ("authorization", &authorization)],
+            &[
+                ("content-type", content_type.as_str()),
+                ("accept", "application/dicom+json"),
+                ("authorization", &authorization),
+            ],
             body.clone(),
         )
         .await
