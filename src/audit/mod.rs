@@ -376,9 +376,8 @@ impl AuditLog {
             start = start.max(after.saturating_add(1));
         }
         let mut records = Vec::new();
-        let mut scanned = 0usize;
         let mut last_seen = None;
-        for entry in self.tree.range(record_key(start)..) {
+        for (scanned, entry) in self.tree.range(record_key(start)..).enumerate() {
             let (key, value) = entry.map_err(backend)?;
             if key.first() != Some(&RECORD_PREFIX) {
                 break;
@@ -386,7 +385,6 @@ impl AuditLog {
             if scanned == MAX_QUERY_SCAN || records.len() == limit {
                 return Ok(AuditPage { records, next: last_seen });
             }
-            scanned += 1;
             let record: AuditRecord =
                 serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
             last_seen = Some(record.seq);
