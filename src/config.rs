@@ -32,6 +32,10 @@ pub enum Command {
     /// not be running; a running one offers /admin/shares).
     #[command(subcommand)]
     Share(ShareCommand),
+    /// Check or export the audit trail (the server must not be running; a running one offers
+    /// GET /admin/audit).
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +75,24 @@ pub enum ShareCommand {
         data: DataArgs,
         /// The share's id (from `kura share list`).
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain: exit 0 when no record was edited, removed, reordered or cut off,
+    /// else 1 and the first break.
+    Verify {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Print the records as JSON lines, exactly as stored and hashed, oldest first.
+    Export {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Only records from this time on: `2026-12-02T19:00:00Z` or Unix seconds.
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -245,6 +267,66 @@ pub struct ServeArgs {
     /// and X-Forwarded-Proto believed.
     #[arg(long, env = "KURA_BEHIND_PROXY")]
     pub behind_proxy: Option<std::net::IpAddr>,
+    /// OpenID Connect: the issuer (`iss`) whose JWTs authenticate callers, e.g.
+    /// `https://idp.example/realms/hospital`. With it, --oidc-audience and one of
+    /// --oidc-jwks-url or --oidc-jwks-file are needed (README.md, "OpenID Connect").
+    #[arg(long, env = "KURA_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Accepted `aud` values, comma-separated (the client id or API identifier Kura is
+    /// registered under at the identity provider).
+    #[arg(long, env = "KURA_OIDC_AUDIENCE", value_delimiter = ',')]
+    pub oidc_audience: Vec<String>,
+    /// The issuer's JWKS (`jwks_uri` of its discovery document); HTTPS only.
+    #[arg(long, env = "KURA_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
+    /// A JWKS document on disk, instead of --oidc-jwks-url.
+    #[arg(long, env = "KURA_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for the JWKS URL besides the Mozilla roots.
+    #[arg(long, env = "KURA_OIDC_JWKS_CA")]
+    pub oidc_jwks_ca: Option<PathBuf>,
+    /// The keys are fetched again on an unknown `kid` at most once per this many seconds.
+    #[arg(long, env = "KURA_OIDC_JWKS_MIN_REFRESH_SECS", default_value_t = 60)]
+    pub oidc_jwks_min_refresh_secs: u64,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "KURA_OIDC_CLOCK_SKEW_SECS", default_value_t = 60)]
+    pub oidc_clock_skew_secs: u64,
+    /// Accepted signature algorithms, comma-separated: RS256, ES256, EdDSA (HS* and `none`
+    /// cannot be configured).
+    #[arg(long, env = "KURA_OIDC_ALGORITHMS", value_delimiter = ',', default_value = "RS256,ES256,EdDSA")]
+    pub oidc_algorithms: Vec<String>,
+    /// Dotted path of the claim that names the caller.
+    #[arg(long, env = "KURA_OIDC_SUBJECT_CLAIM", default_value = "sub")]
+    pub oidc_subject_claim: String,
+    /// Dotted path of the claim that names the caller's institution (e.g. `tid` on Entra,
+    /// `hd` on Google, a mapper's claim on Keycloak).
+    #[arg(long, env = "KURA_OIDC_INSTITUTION_CLAIM")]
+    pub oidc_institution_claim: Option<String>,
+    /// The institution of a token without the institution claim; without it such a token is
+    /// refused.
+    #[arg(long, env = "KURA_OIDC_DEFAULT_INSTITUTION")]
+    pub oidc_default_institution: Option<String>,
+    /// Dotted path of the roles claim (`realm_access.roles` on Keycloak, `roles` on Entra).
+    #[arg(long, env = "KURA_OIDC_ROLES_CLAIM", default_value = "roles")]
+    pub oidc_roles_claim: String,
+    /// Claim values to roles, comma-separated `value=role` (e.g.
+    /// `pacs-readers=reader,pacs-admins=administrator`); without it a value that is a role name
+    /// is that role.
+    #[arg(long, env = "KURA_OIDC_ROLE_MAP", value_delimiter = ',')]
+    pub oidc_role_map: Vec<String>,
+    /// Roles every valid token gets, comma-separated (for providers without role claims).
+    #[arg(long, env = "KURA_OIDC_DEFAULT_ROLES", value_delimiter = ',')]
+    pub oidc_default_roles: Vec<crate::auth::Role>,
+    /// Turn the audit trail off (for measurements only: accesses then go unrecorded).
+    #[arg(long, env = "KURA_NO_AUDIT", default_value_t = false)]
+    pub no_audit: bool,
+    /// Also send every audit record as a DICOM audit message (PS3.15 A.5, IHE ATNA) to this
+    /// syslog collector over TLS (RFC 5425), `host:port`.
+    #[arg(long, env = "KURA_AUDIT_SYSLOG")]
+    pub audit_syslog: Option<String>,
+    /// CA certificates (PEM) trusted for the syslog collector besides the Mozilla roots.
+    #[arg(long, env = "KURA_AUDIT_SYSLOG_CA")]
+    pub audit_syslog_ca: Option<PathBuf>,
 }
 
 fn default_listen() -> &'static str {
@@ -318,6 +400,7 @@ pub struct Config {
     pub connections: ConnectionLimits,
     pub archive: ArchiveOptions,
     pub security: Security,
+    pub audit: AuditSettings,
 }
 
 /// Transport security and authentication (README.md, "Security").
@@ -332,6 +415,16 @@ pub struct Security {
     pub require_auth: bool,
     /// The TLS-terminating proxy whose forwarding headers are believed.
     pub trusted_proxy: Option<std::net::IpAddr>,
+    /// OpenID Connect bearer tokens (`auth::jwt`); `None`: not accepted.
+    pub oidc: Option<crate::auth::jwt::OidcConfig>,
+}
+
+/// The audit trail (`crate::audit`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditSettings {
+    /// `host:port` of a syslog collector (TLS, RFC 5425) for ATNA messages.
+    pub syslog: Option<String>,
+    pub syslog_ca: Option<PathBuf>,
 }
 
 /// Limits of the HTTP edge: how many connections, and how long each may stay silent.
@@ -417,6 +510,7 @@ impl Config {
             require_auth: args.require_auth
                 || ((remote || args.behind_proxy.is_some()) && !args.allow_remote_without_auth),
             trusted_proxy: args.behind_proxy,
+            oidc: oidc_config(&args)?,
         };
         if !(args.workitem_retention_hours.is_finite() && (0.0..=87_600.0).contains(&args.workitem_retention_hours)) {
             return Err("--workitem-retention-hours must be between 0 and 87600 (ten years)".into());
@@ -500,10 +594,60 @@ impl Config {
                     max_workitems: args.max_workitems,
                     max_connections: args.max_notification_connections,
                 },
+                audit: !args.no_audit,
             },
             security,
+            audit: AuditSettings { syslog: args.audit_syslog.clone(), syslog_ca: args.audit_syslog_ca.clone() },
         })
     }
+}
+
+/// The `--oidc-*` flags, validated.
+fn oidc_config(args: &ServeArgs) -> Result<Option<crate::auth::jwt::OidcConfig>, String> {
+    use crate::auth::jwt::{JwksSource, OidcConfig, parse_algorithm};
+    let Some(issuer) = &args.oidc_issuer else {
+        if args.oidc_jwks_url.is_some() || args.oidc_jwks_file.is_some() || !args.oidc_audience.is_empty() {
+            return Err("--oidc-audience and --oidc-jwks-url/--oidc-jwks-file need --oidc-issuer".into());
+        }
+        return Ok(None);
+    };
+    let jwks = match (&args.oidc_jwks_url, &args.oidc_jwks_file) {
+        (Some(url), None) if url.starts_with("https://") => {
+            JwksSource::Url { url: url.clone(), extra_ca: args.oidc_jwks_ca.clone() }
+        }
+        (Some(_), None) => return Err("--oidc-jwks-url must be an https:// URL".into()),
+        (None, Some(path)) => JwksSource::File(path.clone()),
+        _ => return Err("--oidc-issuer needs exactly one of --oidc-jwks-url and --oidc-jwks-file".into()),
+    };
+    let audience: Vec<String> =
+        args.oidc_audience.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    if audience.is_empty() {
+        return Err("--oidc-issuer needs --oidc-audience (the aud value tokens for Kura carry)".into());
+    }
+    if let Some(ca) = &args.oidc_jwks_ca {
+        crate::auth::jwt::client_tls(Some(ca))?;
+    }
+    let mut config = OidcConfig::new(issuer, &audience[0], jwks);
+    config.audience = audience;
+    config.clock_skew = Duration::from_secs(args.oidc_clock_skew_secs);
+    config.min_refresh = Duration::from_secs(args.oidc_jwks_min_refresh_secs.max(1));
+    config.algorithms = args.oidc_algorithms.iter().map(|a| parse_algorithm(a)).collect::<Result<_, _>>()?;
+    config.claims.subject = args.oidc_subject_claim.clone();
+    config.claims.institution = args.oidc_institution_claim.clone();
+    config.claims.default_institution = args.oidc_default_institution.clone();
+    config.claims.roles = Some(args.oidc_roles_claim.clone()).filter(|c| !c.trim().is_empty());
+    config.claims.role_map = args
+        .oidc_role_map
+        .iter()
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| {
+            let (value, role) =
+                entry.rsplit_once('=').ok_or_else(|| format!("--oidc-role-map entry {entry:?} is not value=role"))?;
+            Ok((value.trim().to_string(), role.parse()?))
+        })
+        .collect::<Result<_, String>>()?;
+    config.claims.default_roles = args.oidc_default_roles.iter().copied().collect();
+    Ok(Some(config))
 }
 
 impl ServeArgs {

@@ -28,6 +28,10 @@ pub enum ErrorKind {
     MisdirectedRequest,
     /// No valid credentials (401 with `WWW-Authenticate: Bearer`, RFC 6750 §3).
     Unauthorized,
+    /// Presented credentials that are not valid: an unknown, revoked or malformed API key, or
+    /// a JWT that failed verification (401 with `WWW-Authenticate: Bearer
+    /// error="invalid_token"`, RFC 6750 §3.1).
+    InvalidToken,
     /// A known principal without the role the endpoint needs (403).
     Forbidden,
     /// Too many failed authentications from this address (429 with Retry-After, RFC 6585 §4).
@@ -50,7 +54,7 @@ impl ErrorKind {
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
-            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Unauthorized | ErrorKind::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Conflict => StatusCode::CONFLICT,

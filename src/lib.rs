@@ -7,6 +7,7 @@
 //! `auth`, `error`, `memory` (the memory budget) and `durable_fs` are leaves.
 
 pub mod archive;
+pub mod audit;
 pub mod auth;
 pub mod blob;
 pub mod civil;

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use kura::audit::{AuditEvent, AuditLog};
 use kura::auth::keys::{KeyStore, format_time};
-use kura::config::{Cli, Command, Config, KeyCommand, ShareCommand};
+use kura::config::{AuditCommand, Cli, Command, Config, KeyCommand, ShareCommand};
 use kura::{App, Archive};
 
 /// glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
@@ -23,16 +24,34 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The key store and the audit trail of a stopped server's data directory.
+fn open_offline(dir: &std::path::Path) -> anyhow::Result<(KeyStore, AuditLog)> {
+    let store = kura::auth::keys::open_offline_store(dir)?;
+    let keys = KeyStore::new(store.tree(kura::auth::keys::TREE)?, store.clone());
+    let audit = kura::audit::open_offline(&store)?;
+    Ok((keys, audit))
+}
+
+/// A key change made with the CLI, for the audit trail.
+fn cli_event(action: &str, detail: String) -> AuditEvent {
+    AuditEvent {
+        action: action.into(),
+        outcome: 200,
+        subject: Some("cli".into()),
+        address: Some("local".into()),
+        detail: Some(detail),
+        ..Default::default()
+    }
+}
+
 /// `kura key create|list|revoke` on a stopped server's data directory.
 async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
-    let open = |dir: &std::path::Path| -> anyhow::Result<KeyStore> {
-        kura::auth::keys::open_offline(dir).map_err(anyhow::Error::new)
-    };
     match command {
         KeyCommand::Create { data, institution, roles, name } => {
-            let keys = open(&data.data_dir)?;
+            let (keys, audit) = open_offline(&data.data_dir)?;
             let name = name.unwrap_or_else(|| institution.clone());
             let created = keys.create(&name, &institution, roles.into_iter().collect()).await?;
+            audit.record(cli_event("key-create", format!("key {} for {institution}", created.info.id))).await?;
             let roles: Vec<String> = created.info.roles.iter().map(|r| r.to_string()).collect();
             eprintln!(
                 "created key {} ({name}) for {institution}, roles {}; the secret below is shown once, store it now:",
@@ -42,7 +61,7 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
             println!("{}", created.secret);
         }
         KeyCommand::List { data } => {
-            let keys = open(&data.data_dir)?;
+            let (keys, _) = open_offline(&data.data_dir)?;
             println!(
                 "{:<16}  {:<24}  {:<16}  {:<28}  {:<20}  {:<20}  revoked",
                 "id", "name", "institution", "roles", "created", "last used"
@@ -62,8 +81,9 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
             }
         }
         KeyCommand::Revoke { data, id } => {
-            let keys = open(&data.data_dir)?;
+            let (keys, audit) = open_offline(&data.data_dir)?;
             let key = keys.revoke(&id).await?;
+            audit.record(cli_event("key-revoke", format!("key {}", key.id))).await?;
             println!("revoked key {} ({})", key.id, key.name);
         }
     }
@@ -142,6 +162,41 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kura audit verify|export` on a stopped server's data directory.
+async fn audit_command(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify { data } => {
+            let (_, audit) = open_offline(&data.data_dir)?;
+            match audit.verify() {
+                Ok(summary) => {
+                    println!("audit trail intact: {} records, head {}", summary.records, summary.head);
+                    Ok(())
+                }
+                Err(error) => {
+                    eprintln!("audit trail BROKEN: {error}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCommand::Export { data, since } => {
+            let since = match since {
+                Some(text) => Some(
+                    kura::server::audit_api::parse_time(&text)
+                        .with_context(|| format!("--since {text:?}: use 2026-12-02T19:00:00Z or Unix seconds"))?,
+                ),
+                None => None,
+            };
+            let (_, audit) = open_offline(&data.data_dir)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let n = audit.export(since, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("exported {n} audit records");
+            Ok(())
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
     kura::telemetry::init();
@@ -158,6 +213,7 @@ fn main() -> anyhow::Result<()> {
                 let security = &config.security;
                 if security.require_auth
                     && security.client_certificates.is_empty()
+                    && security.oidc.is_none()
                     && !archive.keys().any_active().map_err(anyhow::Error::new)?
                 {
                     anyhow::bail!(
@@ -179,12 +235,21 @@ fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .with_context(|| format!("binding {}", config.listen))?;
-                let app = App::new(Arc::new(archive), Arc::new(config));
+                if let Some(address) = &config.audit.syslog {
+                    let target = kura::audit::syslog::SyslogTarget {
+                        address: address.clone(),
+                        extra_ca: config.audit.syslog_ca.clone(),
+                    };
+                    let forwarder = kura::audit::syslog::Forwarder::start(target).map_err(anyhow::Error::msg)?;
+                    archive.audit().forward_to(forwarder);
+                }
+                let app = App::try_new(Arc::new(archive), Arc::new(config)).map_err(anyhow::Error::msg)?;
                 kura::server::serve_with(listener, app, tls, kura::server::shutdown_signal()).await?;
                 Ok(())
             }
             Command::Key(command) => key_command(command).await,
             Command::Share(command) => share_command(command).await,
+            Command::Audit(command) => audit_command(command).await,
             Command::Reindex(args) => {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await

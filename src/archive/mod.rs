@@ -53,6 +53,8 @@ pub struct ArchiveOptions {
     pub memory_wait: std::time::Duration,
     /// The UPS worklist's bounds and retention (`worklist`).
     pub worklist: worklist::WorklistOptions,
+    /// Keep the audit trail (`crate::audit`); off only with --no-audit.
+    pub audit: bool,
 }
 
 impl Default for ArchiveOptions {
@@ -66,6 +68,7 @@ impl Default for ArchiveOptions {
             memory_budget_bytes: crate::memory::DEFAULT_BUDGET_MIB * 1024 * 1024,
             memory_wait: crate::memory::DEFAULT_WAIT,
             worklist: worklist::WorklistOptions::default(),
+            audit: true,
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct Archive {
     worklist: Arc<worklist::Worklist>,
     /// The shares, on the catalog's database (`shares`).
     shares: Arc<ShareStore>,
+    /// The audit trail, on the catalog's database (`crate::audit`).
+    audit: Arc<crate::audit::AuditLog>,
 }
 
 impl Archive {
@@ -104,6 +109,7 @@ impl Archive {
         let worklist_records: Arc<dyn crate::store::worklist::WorklistStore> =
             Arc::new(crate::store::worklist::SledWorklist::new(sled.tree(crate::store::worklist::TREE)?));
         let share_tree = sled.tree(shares::TREE)?;
+        let audit_tree = sled.tree(crate::audit::TREE)?;
         let blob_dir = options.blob_dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
         let blobs: SharedBlobStore = LocalBlobStore::open(&blob_dir, options.min_free_bytes)?;
         let unclean = sled.mark_open()?;
@@ -116,6 +122,7 @@ impl Archive {
         let worklist = worklist::Worklist::open(store.clone(), worklist_records, options.worklist.clone()).await?;
         spawn_worklist_sweep(&worklist);
         let shares = Arc::new(ShareStore::new(share_tree, store.clone()));
+        let audit = Arc::new(crate::audit::AuditLog::open(audit_tree, store.clone(), options.audit)?);
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {
@@ -143,6 +150,7 @@ impl Archive {
             keys,
             worklist,
             shares,
+            audit,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -170,6 +178,11 @@ impl Archive {
     /// The API keys.
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Arc<crate::audit::AuditLog> {
+        &self.audit
     }
 
     /// Makes every instance stored so far durable (group commit). Every search that starts

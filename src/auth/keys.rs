@@ -286,16 +286,22 @@ impl KeyStore {
 /// The key store of the data directory `data_dir`, for `kura key` while the server is stopped
 /// (sled lets one process open a database). `Store::commit` makes changes durable.
 pub fn open_offline(data_dir: &std::path::Path) -> Result<KeyStore, KeyError> {
-    let sled = crate::store::SledStore::open(&data_dir.join("store"), Default::default()).map_err(|error| {
-        KeyError::Invalid(format!(
-            "cannot open the store in {} ({error}); if `kura serve` is running on it, stop it or use the \
-             HTTP API ({})",
-            data_dir.display(),
-            crate::server::router::KEYS_PATH
-        ))
-    })?;
+    let sled = open_offline_store(data_dir)?;
     let tree = sled.tree(TREE)?;
     Ok(KeyStore::new(tree, sled))
+}
+
+/// The catalog of a stopped server's data directory (for `kura key` and `kura audit`).
+pub fn open_offline_store(data_dir: &std::path::Path) -> Result<Arc<crate::store::SledStore>, KeyError> {
+    crate::store::SledStore::open(&data_dir.join("store"), Default::default()).map_err(|error| {
+        KeyError::Invalid(format!(
+            "cannot open the store in {} ({error}); if `kura serve` is running on it, stop it or use the \
+             HTTP API ({} and {})",
+            data_dir.display(),
+            crate::server::router::KEYS_PATH,
+            crate::server::router::AUDIT_PATH
+        ))
+    })
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (proleptic Gregorian, UTC).

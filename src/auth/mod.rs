@@ -5,6 +5,7 @@
 //! router's `Endpoint`.
 
 pub mod certs;
+pub mod jwt;
 pub mod keys;
 pub mod limiter;
 

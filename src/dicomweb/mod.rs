@@ -87,7 +87,7 @@ where
     }
     match endpoint {
         // Answered by `server::admin` before dispatch; not a DICOMweb resource.
-        Endpoint::Keys(_) | Endpoint::Shares(_) => Err(Error::not_found("no such DICOMweb resource")),
+        Endpoint::Keys(_) | Endpoint::Shares(_) | Endpoint::Audit => Err(Error::not_found("no such DICOMweb resource")),
         Endpoint::Workitems(operation) => ups::handle(archive, config, context, operation, request).await,
         Endpoint::Store { study } => stow::store(archive, config, context, study.as_deref(), request).await,
         Endpoint::SearchStudies | Endpoint::SearchSeries { .. } | Endpoint::SearchInstances { .. } => {

@@ -375,6 +375,11 @@ fn render(
     }
     let mut response = builder.body(full_body(Bytes::from(body))).expect("valid response");
     add_warnings(response.headers_mut(), context, &outcome);
+    // For the audit trail (`server::service` records it): the studies stored into.
+    response.extensions_mut().insert(crate::audit::AuditNote {
+        studies: studies.iter().map(|uid| uid.to_string()).collect(),
+        detail: Some(format!("{} stored, {} failed", outcome.stored.len(), outcome.failed.len())),
+    });
     tracing::info!(stored = outcome.stored.len(), failed = outcome.failed.len(), "stow");
     Ok(response)
 }

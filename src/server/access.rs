@@ -1,5 +1,6 @@
 //! Who is calling, decided once per request before routing: an API key (`Authorization: Bearer
-//! kura_…`), else a mapped client certificate, else — only where authentication is not
+//! kura_…`) or an OpenID Connect JWT (`Authorization: Bearer` three dot-separated parts; told
+//! apart by form), else a mapped client certificate, else — only where authentication is not
 //! required — the local principal. Also the client's address and scheme, read from a trusted
 //! proxy's forwarding headers (`--behind-proxy`) and from nobody else's.
 //!
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use http::{Request, header};
 
+use crate::auth::jwt::{JwtVerifier, looks_like_jwt};
 use crate::auth::keys::{KeyStore, Rejected};
 use crate::auth::limiter::FailureLimiter;
 use crate::auth::{Principal, Role};
@@ -26,8 +28,27 @@ pub struct ConnectionInfo {
     pub certificate: Option<Principal>,
 }
 
+/// What a request presents to authenticate, read before any await (the request stays put).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The `Authorization` header, when there is one.
+    authorization: Option<String>,
+    certificate: Option<Principal>,
+    /// The client's address (see [`Access::client_address`]).
+    pub address: IpAddr,
+}
+
+/// A refused authentication: the error to answer, and, when credentials were presented and
+/// failed, why (for the audit trail; never the credential).
+#[derive(Debug)]
+pub struct AuthFailure {
+    pub error: Error,
+    pub reason: Option<&'static str>,
+}
+
 pub struct Access {
     keys: Arc<KeyStore>,
+    jwt: Option<JwtVerifier>,
     limiter: FailureLimiter,
     require_auth: bool,
     trusted_proxy: Option<IpAddr>,
@@ -44,13 +65,20 @@ fn forwarded_for(node: &str) -> Option<IpAddr> {
 }
 
 impl Access {
-    pub fn new(keys: Arc<KeyStore>, security: &Security) -> Access {
-        Access {
+    pub fn new(keys: Arc<KeyStore>, security: &Security) -> Result<Access, String> {
+        let jwt = security.oidc.clone().map(JwtVerifier::new).transpose()?;
+        Ok(Access {
             keys,
+            jwt,
             limiter: FailureLimiter::default(),
             require_auth: security.require_auth,
             trusted_proxy: security.trusted_proxy,
-        }
+        })
+    }
+
+    /// The JWT verifier, when OpenID Connect is configured.
+    pub fn jwt(&self) -> Option<&JwtVerifier> {
+        self.jwt.as_ref()
     }
 
     /// Whether the request came from the `--behind-proxy` address.
@@ -103,39 +131,63 @@ impl Access {
         }
     }
 
+    /// What `request` presents to authenticate.
+    pub fn credentials<B>(&self, request: &Request<B>) -> Credentials {
+        Credentials {
+            authorization: request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+            certificate: request.extensions().get::<ConnectionInfo>().and_then(|c| c.certificate.clone()),
+            address: self.client_address(request),
+        }
+    }
+
     /// The caller, or 401 (no or bad credentials), or 429 (this address failed too often).
-    pub fn authenticate<B>(&self, request: &Request<B>) -> Result<Principal, Error> {
-        let certificate = request.extensions().get::<ConnectionInfo>().and_then(|c| c.certificate.clone());
-        let Some(authorization) = request.headers().get(header::AUTHORIZATION) else {
-            return match certificate {
+    pub async fn authenticate(&self, credentials: Credentials) -> Result<Principal, AuthFailure> {
+        let refuse = |error: Error| AuthFailure { error, reason: None };
+        let Some(authorization) = credentials.authorization else {
+            return match credentials.certificate {
                 Some(principal) => Ok(principal),
-                None if self.require_auth => Err(Error::new(
+                None if self.require_auth => Err(refuse(Error::new(
                     ErrorKind::Unauthorized,
-                    "authentication required: send an API key as `Authorization: Bearer <key>`, or a client \
-                     certificate",
-                )),
+                    "authentication required: send an API key or an OpenID Connect token as `Authorization: \
+                     Bearer <token>`, or a client certificate",
+                ))),
                 None => Ok(Principal::local()),
             };
         };
-        let address = self.client_address(request);
+        let address = credentials.address;
         if let Err(wait) = self.limiter.check(address) {
-            return Err(Error::new(
+            return Err(refuse(Error::new(
                 ErrorKind::TooManyRequests,
                 format!("too many failed authentications from this address; retry in {wait} s"),
-            ));
+            )));
         }
-        let token = authorization.to_str().ok().and_then(|value| {
-            let (scheme, token) = value.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        let outcome = match token {
-            Some(token) => self.keys.verify(token),
-            None => Err(Rejected::Malformed),
+        let token = {
+            let value = authorization.trim();
+            value
+                .split_once(' ')
+                .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()))
         };
-        outcome.map_err(|rejected| {
+        let outcome: Result<Principal, &'static str> = match (token, &self.jwt) {
+            (Some(token), Some(jwt)) if looks_like_jwt(token) => jwt.verify(token).await.map_err(jwt_reason),
+            (Some(token), _) => self.keys.verify(token).map_err(|rejected| match rejected {
+                Rejected::Malformed => "malformed",
+                Rejected::Invalid => "invalid api key",
+            }),
+            (None, _) => Err("not a bearer token"),
+        };
+        outcome.map_err(|reason| {
             self.limiter.failed(address);
-            tracing::info!(client = %address, reason = ?rejected, "authentication failed");
-            Error::new(ErrorKind::Unauthorized, "the credentials are not valid (unknown, revoked or malformed API key)")
+            tracing::info!(client = %address, reason, "authentication failed");
+            AuthFailure {
+                error: Error::new(
+                    ErrorKind::InvalidToken,
+                    format!("the bearer token is not valid ({reason}): an unknown, revoked or malformed API key, or a JWT that failed verification"),
+                ),
+                reason: Some(reason),
+            }
         })
     }
 
@@ -175,6 +227,23 @@ impl Access {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// A JWT rejection as a short reason (logs, the audit trail and the 401's message).
+fn jwt_reason(rejected: crate::auth::jwt::JwtRejected) -> &'static str {
+    use crate::auth::jwt::JwtRejected::*;
+    match rejected {
+        Oversize => "token too large",
+        Malformed => "malformed token",
+        Algorithm => "algorithm not accepted",
+        UnknownKey => "unknown signing key",
+        BadSignature => "bad signature",
+        Expired => "expired",
+        NotYetValid => "not yet valid",
+        WrongIssuer => "wrong issuer",
+        WrongAudience => "wrong audience",
+        Claims => "subject or institution claim missing",
     }
 }
 

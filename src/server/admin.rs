@@ -117,7 +117,13 @@ where
             tracing::info!(key = %created.info.id, "API key created");
             let mut value = serde_json::to_value(&created.info).expect("serialise");
             value["secret"] = created.secret.into();
-            Ok(json(StatusCode::CREATED, &value))
+            let mut response = json(StatusCode::CREATED, &value);
+            // The audit trail names the new key by its id (never its secret).
+            response.extensions_mut().insert(crate::audit::AuditNote {
+                studies: Vec::new(),
+                detail: Some(format!("key {} for {}", created.info.id, created.info.institution)),
+            });
+            Ok(response)
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit_api;
 pub mod connection;
 pub mod router;
 pub mod service;

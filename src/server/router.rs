@@ -87,6 +87,8 @@ pub enum WorkitemOperation {
     /// Share management (not DICOMweb; `server::admin`): `GET` and `POST /admin/shares`,
     /// `DELETE /admin/shares/{id}`.
     Shares(ShareOperation),
+    /// The audit trail's query (not DICOMweb; `server::audit_api`): `GET /admin/audit?…`.
+    Audit,
 }
 
 /// What a request to `/admin/shares` does.
@@ -111,6 +113,23 @@ pub const KEYS_PATH: &str = "/admin/keys";
 pub const SHARES_PATH: &str = "/admin/shares";
 /// Prefix of share link roots: `/share/{token}/dicomweb` (see [`split_share_link`]).
 pub const SHARE_LINK_PREFIX: &str = "/share/";
+/// Path of the audit query API.
+pub const AUDIT_PATH: &str = "/admin/audit";
+
+impl WorkitemOperation {
+    /// The one workitem the operation names, if it names one.
+    pub fn workitem(&self) -> Option<&str> {
+        match self {
+            WorkitemOperation::Retrieve { workitem }
+            | WorkitemOperation::Update { workitem }
+            | WorkitemOperation::ChangeState { workitem }
+            | WorkitemOperation::RequestCancellation { workitem } => Some(workitem),
+            WorkitemOperation::Subscribe { target: SubscriptionTarget::Workitem(workitem), .. }
+            | WorkitemOperation::Unsubscribe { target: SubscriptionTarget::Workitem(workitem), .. } => Some(workitem),
+            _ => None,
+        }
+    }
+}
 
 impl Endpoint {
     /// A short name for logs and spans.
@@ -131,6 +150,7 @@ impl Endpoint {
             Endpoint::Workitems(WorkitemOperation::Notifications { .. }) => "ups-notifications",
             Endpoint::Workitems(_) => "ups",
             Endpoint::Shares(_) => "shares",
+            Endpoint::Audit => "audit-query",
         }
     }
 
@@ -149,7 +169,9 @@ impl Endpoint {
             | Endpoint::Bulkdata { .. }
             | Endpoint::Rendered { .. }
             | Endpoint::WadoUri => Some(Role::Reader),
-            Endpoint::Delete { .. } | Endpoint::Keys(_) | Endpoint::Shares(_) => Some(Role::Administrator),
+            Endpoint::Delete { .. } | Endpoint::Keys(_) | Endpoint::Shares(_) | Endpoint::Audit => {
+                Some(Role::Administrator)
+            }
             Endpoint::Capabilities { .. } => None,
             // Scheduling and cancelling work is the requesting side's (an uploader, or an
             // administrator: `alternative_role`); performing and watching it the reader's.

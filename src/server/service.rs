@@ -12,7 +12,8 @@ use tracing::Instrument;
 use super::access::Access;
 use super::router::{self, Endpoint};
 use crate::archive::Archive;
-use crate::auth::Principal;
+use crate::audit::{AuditEvent, AuditNote};
+use crate::auth::{Principal, Scope};
 use crate::config::Config;
 use crate::dicomweb::{self, RequestContext, ResponseBody};
 use crate::error::{Error, ErrorKind};
@@ -30,9 +31,21 @@ pub struct App {
 }
 
 impl App {
+    /// The application; panics where [`App::try_new`] fails (configurations validated by
+    /// `Config::from_args` do not).
     pub fn new(archive: Arc<Archive>, config: Arc<Config>) -> App {
-        let access = Arc::new(Access::new(archive.keys().clone(), &config.security));
-        App { archive, config, access }
+        App::try_new(archive, config).expect("a validated configuration")
+    }
+
+    /// The application, or why the security configuration cannot be used.
+    pub fn try_new(archive: Arc<Archive>, config: Arc<Config>) -> Result<App, String> {
+        let access = Arc::new(Access::new(archive.keys().clone(), &config.security)?);
+        Ok(App { archive, config, access })
+    }
+
+    /// How requests are authenticated (the JWT verifier's counters, for tests).
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
     }
 
     pub fn archive(&self) -> &Arc<Archive> {
@@ -72,21 +85,61 @@ impl App {
         let endpoint_name = route.as_ref().map_or("none", |e| e.name());
         let span = tracing::info_span!("request", %method, endpoint = endpoint_name, caller = tracing::field::Empty);
         let head_only = method == http::Method::HEAD;
+        let credentials = self.access.credentials(&request);
+        let address = credentials.address;
+        // What the audit trail records of this request (`crate::audit`); the status is filled
+        // in from the response.
+        let mut audit: Option<AuditEvent> = None;
         let mut response = async {
             // Authentication before routing: without credentials, where they are required, no
             // answer says which resources exist.
             let principal = match &link {
-                Some((token, _)) => self.access.authenticate_link(&request, self.archive.shares(), token)?,
-                None => self.access.authenticate(&request)?,
+                Some((token, _)) => match self.access.authenticate_link(&request, self.archive.shares(), token) {
+                    Ok(principal) => principal,
+                    Err(error) => {
+                        if error.kind == ErrorKind::NotFound {
+                            audit = Some(AuditEvent {
+                                action: "auth-failure".into(),
+                                address: Some(address.to_string()),
+                                detail: Some("share link not valid".into()),
+                                ..Default::default()
+                            });
+                        }
+                        return Err(error);
+                    }
+                },
+                None => match self.access.authenticate(credentials).await {
+                    Ok(principal) => principal,
+                    Err(failure) => {
+                        if let Some(reason) = failure.reason {
+                            audit = Some(AuditEvent {
+                                action: "auth-failure".into(),
+                                address: Some(address.to_string()),
+                                detail: Some(reason.to_string()),
+                                ..Default::default()
+                            });
+                        }
+                        return Err(failure.error);
+                    }
+                },
             };
             tracing::Span::current().record("caller", principal.subject.as_str());
             let endpoint = route?;
+            audit = audit_event(&endpoint, &principal, address, request.uri().query());
             Access::authorize(&principal, endpoint.required_role()).or_else(|refused| {
                 match endpoint.alternative_role() {
                     Some(role) if principal.has(role) => Ok(()),
                     _ => Err(refused),
                 }
             })?;
+            // A share link reads its study and nothing else: the worklist is not part of it,
+            // though the link's principal holds the reader role UPS-RS asks of performers.
+            if matches!(principal.scope, Scope::Link(_)) && matches!(endpoint, Endpoint::Workitems(_)) {
+                return Err(Error::new(
+                    ErrorKind::Forbidden,
+                    "a share link gives read access to the shared study only; the worklist needs an API key or token",
+                ));
+            }
             match endpoint {
                 Endpoint::Keys(operation) => {
                     return super::admin::keys(&self.archive, &principal, operation, request).await;
@@ -94,6 +147,9 @@ impl App {
                 Endpoint::Shares(operation) => {
                     let origin = self.origin(&request);
                     return super::admin::shares(&self.archive, &principal, &origin, operation, request).await;
+                }
+                Endpoint::Audit => {
+                    return super::audit_api::query(self.archive.audit(), &principal, request.uri().query()).await;
                 }
                 _ => {}
             }
@@ -103,6 +159,22 @@ impl App {
         .instrument(span.clone())
         .await
         .unwrap_or_else(|error| render_error(&error));
+        if let Some(mut event) = audit {
+            event.outcome = response.status().as_u16();
+            if let Some(note) = response.extensions_mut().remove::<AuditNote>() {
+                for study in note.studies {
+                    if !event.studies.contains(&study) {
+                        event.studies.push(study);
+                    }
+                }
+                event.detail = note.detail.or(event.detail);
+            }
+            // The answer waits until its record is durable; a request whose access cannot be
+            // recorded is refused.
+            if let Err(error) = self.archive.audit().record(event).await {
+                response = span.in_scope(|| render_error(&Error::internal(error)));
+            }
+        }
         let headers = response.headers_mut();
         headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
         if let Some(origin) = origin {
@@ -171,6 +243,12 @@ impl App {
         if let Some(rest) = path.strip_prefix(router::SHARES_PATH).filter(|r| r.is_empty() || r.starts_with('/')) {
             return router::route_shares(request.method(), rest);
         }
+        if path == router::AUDIT_PATH {
+            return match *request.method() {
+                http::Method::GET | http::Method::HEAD => Ok(Endpoint::Audit),
+                _ => Err(Error::new(ErrorKind::MethodNotAllowed, "GET, HEAD")),
+            };
+        }
         if path == self.config.wado_uri_path {
             return match *request.method() {
                 http::Method::GET | http::Method::HEAD => Ok(Endpoint::WadoUri),
@@ -228,6 +306,55 @@ impl App {
         };
         RequestContext { base_url, principal }
     }
+}
+
+/// What the trail records of a request to `endpoint` by `principal` (the status comes later),
+/// or `None` for the capabilities document (it describes the service, not its contents). Only
+/// UIDs from the path (or WADO-URI's `studyUID`, once validated) are taken: a query string
+/// may carry patient attributes and is never recorded.
+fn audit_event(
+    endpoint: &Endpoint,
+    principal: &Principal,
+    address: std::net::IpAddr,
+    query: Option<&str>,
+) -> Option<AuditEvent> {
+    use super::router::{KeyOperation, ShareOperation};
+    let (action, study, series, detail): (&str, Option<&String>, Option<&String>, Option<String>) = match endpoint {
+        Endpoint::Capabilities { .. } => return None,
+        Endpoint::Store { study } | Endpoint::SearchSeries { study } => (endpoint.name(), study.as_ref(), None, None),
+        Endpoint::SearchInstances { study, series } => (endpoint.name(), study.as_ref(), series.as_ref(), None),
+        Endpoint::SearchStudies | Endpoint::WadoUri | Endpoint::Audit => (endpoint.name(), None, None, None),
+        Endpoint::Retrieve { study, series, .. }
+        | Endpoint::Metadata { study, series, .. }
+        | Endpoint::Rendered { study, series, .. }
+        | Endpoint::Delete { study, series, .. } => (endpoint.name(), Some(study), series.as_ref(), None),
+        Endpoint::Frames { study, series, .. } | Endpoint::Bulkdata { study, series, .. } => {
+            (endpoint.name(), Some(study), Some(series), None)
+        }
+        Endpoint::Keys(KeyOperation::List) => ("key-list", None, None, None),
+        Endpoint::Keys(KeyOperation::Create) => ("key-create", None, None, None),
+        Endpoint::Keys(KeyOperation::Revoke { id }) => ("key-revoke", None, None, Some(format!("key {id}"))),
+        Endpoint::Shares(ShareOperation::List) => ("share-list", None, None, None),
+        Endpoint::Shares(ShareOperation::Create) => ("share-create", None, None, None),
+        Endpoint::Shares(ShareOperation::Revoke { id }) => ("share-revoke", None, None, Some(format!("share {id}"))),
+        Endpoint::Workitems(operation) => (endpoint.name(), None, None, operation.workitem().map(|uid| format!("workitem {uid}"))),
+    };
+    let mut studies: Vec<String> = study.cloned().into_iter().collect();
+    if *endpoint == Endpoint::WadoUri {
+        let uid = query.unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("studyUID="));
+        studies.extend(uid.filter(|uid| crate::dicom::uid::validate(uid).is_ok()).map(str::to_string));
+    }
+    Some(AuditEvent {
+        action: action.to_string(),
+        outcome: 0,
+        subject: Some(principal.subject.clone()),
+        key_id: principal.key_id.clone(),
+        institution: Some(principal.institution.clone()),
+        address: Some(address.to_string()),
+        studies,
+        series: series.cloned(),
+        detail,
+    })
 }
 
 /// Whether `origin` is `http(s)://` a loopback name with any port.
@@ -289,6 +416,10 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         ErrorKind::MethodNotAllowed => builder = builder.header(header::ALLOW, error.message.as_str()),
         // RFC 6750 §3: the scheme Kura accepts (API keys as bearer tokens).
         ErrorKind::Unauthorized => builder = builder.header(header::WWW_AUTHENTICATE, "Bearer realm=\"kura\""),
+        // RFC 6750 §3.1: credentials were presented and failed.
+        ErrorKind::InvalidToken => {
+            builder = builder.header(header::WWW_AUTHENTICATE, "Bearer realm=\"kura\", error=\"invalid_token\"")
+        }
         ErrorKind::TooManyRequests => {
             builder = builder.header(header::RETRY_AFTER, crate::auth::limiter::REFILL.as_secs().to_string())
         }

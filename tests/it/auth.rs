@@ -151,7 +151,8 @@ async fn roles_by_route_class_revocation_and_no_secret_in_the_log() {
     for key in [reader.as_str(), forged.as_str(), "not-a-kura-key"] {
         let reply = call(Method::GET, &format!("{base}/studies"), Some(key), &[], Vec::new()).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{key}");
-        assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"kura\""));
+        // RFC 6750 §3.1: presented credentials that failed say invalid_token.
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer realm=\"kura\", error=\"invalid_token\""));
     }
 
     // While the server runs, the CLI refuses (one process per store) and points at the API.

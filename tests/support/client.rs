@@ -58,6 +58,29 @@ pub async fn try_send(
     Ok(Reply { status: parts.status, headers: parts.headers, body })
 }
 
+/// Sends a request from the local address `from` (any of 127.0.0.0/8 works on Linux): the
+/// server's per-address limits then see a client of its own.
+pub async fn send_from(
+    from: std::net::IpAddr,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let mut request = Request::builder().method(method.clone()).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+    let response = client.request(request).await.unwrap_or_else(|e| panic!("{method} {url} from {from}: {e}"));
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
 /// Sends a request that must get a response.
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
     try_send(method, url, headers, body).await.unwrap_or_else(|e| panic!("{e}"))

@@ -1,0 +1,139 @@
+//! The chain detects edits, removals, reorderings and a cut tail; queries filter and page.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::SledStore;
+
+fn event(action: &str, subject: &str, study: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        action: action.into(),
+        outcome: 200,
+        subject: Some(subject.into()),
+        institution: Some("st-mary".into()),
+        address: Some("192.0.2.7".into()),
+        studies: study.map(|s| vec![s.to_string()]).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// A trail of `n` records on a fresh store, and the tree it lives in.
+async fn trail(n: u64) -> (tempfile::TempDir, Arc<SledStore>, AuditLog) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("store"), Default::default()).unwrap();
+    let log = open_offline(&store).unwrap();
+    for i in 0..n {
+        log.record(event("wado", &format!("key:{i:016x}"), Some(&format!("1.2.{}", i % 3)))).await.unwrap();
+    }
+    (dir, store, log)
+}
+
+fn broken_at(log: &AuditLog) -> u64 {
+    match log.verify() {
+        Err(ChainError::Broken { seq, .. }) => seq,
+        other => panic!("expected a broken chain, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_intact_chain_verifies() {
+    let (_dir, _store, log) = trail(5).await;
+    let summary = log.verify().unwrap();
+    assert_eq!(summary.records, 5);
+    assert_ne!(summary.head, GENESIS);
+    // Reopening continues the chain where it ended.
+    let (_dir2, store, log) = trail(0).await;
+    assert_eq!(log.verify().unwrap(), ChainSummary { records: 0, head: GENESIS.into() });
+    log.record(event("qido", "local", None)).await.unwrap();
+    drop(log);
+    let log = open_offline(&store).unwrap();
+    log.record(event("qido", "local", None)).await.unwrap();
+    assert_eq!(log.verify().unwrap().records, 2);
+}
+
+#[tokio::test]
+async fn a_modified_record_breaks_the_chain() {
+    let (_dir, _store, log) = trail(5).await;
+    let mut record: AuditRecord = serde_json::from_slice(&log.tree.get(record_key(3)).unwrap().unwrap()).unwrap();
+    record.subject = Some("key:someone-else".into());
+    log.tree.insert(record_key(3), serde_json::to_vec(&record).unwrap()).unwrap();
+    assert_eq!(broken_at(&log), 4, "record 4 no longer names record 3's hash");
+}
+
+#[tokio::test]
+async fn a_modified_last_record_disagrees_with_the_head() {
+    let (_dir, _store, log) = trail(3).await;
+    let mut record: AuditRecord = serde_json::from_slice(&log.tree.get(record_key(3)).unwrap().unwrap()).unwrap();
+    record.outcome = 404;
+    log.tree.insert(record_key(3), serde_json::to_vec(&record).unwrap()).unwrap();
+    assert_eq!(broken_at(&log), 3);
+}
+
+#[tokio::test]
+async fn a_removed_record_leaves_a_gap() {
+    let (_dir, _store, log) = trail(5).await;
+    log.tree.remove(record_key(2)).unwrap();
+    assert_eq!(broken_at(&log), 3);
+}
+
+#[tokio::test]
+async fn reordered_records_are_found() {
+    let (_dir, _store, log) = trail(5).await;
+    // Swap the values of records 2 and 3: each now sits under another number.
+    let two = log.tree.get(record_key(2)).unwrap().unwrap();
+    let three = log.tree.get(record_key(3)).unwrap().unwrap();
+    log.tree.insert(record_key(2), three.clone()).unwrap();
+    log.tree.insert(record_key(3), two.clone()).unwrap();
+    assert_eq!(broken_at(&log), 2);
+    // Renumbered to hide the move: the hashes still disagree.
+    let mut moved: AuditRecord = serde_json::from_slice(&three).unwrap();
+    moved.seq = 2;
+    let mut other: AuditRecord = serde_json::from_slice(&two).unwrap();
+    other.seq = 3;
+    log.tree.insert(record_key(2), serde_json::to_vec(&moved).unwrap()).unwrap();
+    log.tree.insert(record_key(3), serde_json::to_vec(&other).unwrap()).unwrap();
+    assert_eq!(broken_at(&log), 2);
+}
+
+#[tokio::test]
+async fn a_cut_tail_disagrees_with_the_head() {
+    let (_dir, _store, log) = trail(5).await;
+    log.tree.remove(record_key(5)).unwrap();
+    assert_eq!(broken_at(&log), 4);
+}
+
+#[tokio::test]
+async fn queries_filter_and_page() {
+    let (_dir, _store, log) = trail(10).await;
+    let all = log.query(&AuditQuery { limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(all.records.len(), 10);
+    assert_eq!(all.next, None);
+    let study = log.query(&AuditQuery { study: Some("1.2.1".into()), limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(study.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 5, 8]);
+    let who = log
+        .query(&AuditQuery { principal: Some(format!("key:{:016x}", 4)), limit: 100, ..Default::default() })
+        .unwrap();
+    assert_eq!(who.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [5]);
+    let page = log.query(&AuditQuery { limit: 3, ..Default::default() }).unwrap();
+    assert_eq!(page.records.len(), 3);
+    assert_eq!(page.next, Some(3));
+    let rest = log.query(&AuditQuery { limit: 100, after: page.next, ..Default::default() }).unwrap();
+    assert_eq!(rest.records.first().map(|r| r.seq), Some(4));
+    let future = log.query(&AuditQuery { since: Some(u64::MAX / 2), limit: 100, ..Default::default() }).unwrap();
+    assert!(future.records.is_empty());
+    let until = log.query(&AuditQuery { until: Some(1), limit: 100, ..Default::default() }).unwrap();
+    assert!(until.records.is_empty());
+}
+
+#[tokio::test]
+async fn many_studies_make_several_records_and_export_is_the_chain() {
+    let (_dir, _store, log) = trail(0).await;
+    let studies: Vec<String> = (0..150).map(|i| format!("1.2.840.{i}")).collect();
+    let written = log.append(AuditEvent { studies, ..event("stow", "local", None) }).unwrap();
+    assert_eq!(written.iter().map(|r| r.studies.len()).collect::<Vec<_>>(), [64, 64, 22]);
+    let mut out = Vec::new();
+    assert_eq!(log.export(None, &mut out).unwrap(), 3);
+    let lines: Vec<&[u8]> = out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let second: AuditRecord = serde_json::from_slice(lines[1]).unwrap();
+    assert_eq!(second.prev, hex_sha256(lines[0]), "an export verifies with sha256 alone");
+}
