@@ -21,8 +21,9 @@ pub enum ErrorKind {
     RangeNotSatisfiable,
     /// Server-side failure; the body reveals nothing internal.
     Internal,
-    /// Overloaded: the memory budget stayed in use for the whole wait (503, with Retry-After;
-    /// see `memory`). The client sees a fixed message; the cause is logged.
+    /// Overloaded: the memory budget stayed in use for the whole wait, or a configured bound is
+    /// reached (503, with Retry-After; see `memory`). The message is shown: every constructor
+    /// writes one that names the bound and nothing internal.
     Unavailable,
     /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
     MisdirectedRequest,
@@ -102,7 +103,6 @@ impl Error {
     pub fn public_message(&self) -> &str {
         match self.kind {
             ErrorKind::Internal => "internal server error; the failure was logged",
-            ErrorKind::Unavailable => "the archive is unavailable; retry later",
             _ => &self.message,
         }
     }
