@@ -169,6 +169,9 @@ impl From<crate::archive::worklist::UpsError> for Error {
             UpsError::Store(_) => return Error::internal(error),
         };
         Error { kind, message: error.to_string(), warning, source: None }
+    }
+}
+
 /// A share request that named a bad value, or a share the caller cannot see.
 impl From<crate::archive::shares::ShareError> for Error {
     fn from(error: crate::archive::shares::ShareError) -> Error {

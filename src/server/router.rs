@@ -49,6 +49,11 @@ pub enum Endpoint {
     /// The Worklist service (UPS-RS, PS3.18 Chapter 11, Table 11.1.1-1) and its notification
     /// connections (§8.10).
     Workitems(WorkitemOperation),
+    /// Share management (not DICOMweb; `server::admin`): `GET` and `POST /admin/shares`,
+    /// `DELETE /admin/shares/{id}`.
+    Shares(ShareOperation),
+    /// The audit trail's query (not DICOMweb; `server::audit_api`): `GET /admin/audit?…`.
+    Audit,
 }
 
 /// What a subscription request names: one workitem, or the worklist by its well-known UIDs
@@ -84,11 +89,6 @@ pub enum WorkitemOperation {
     /// `GET /subscribers/{aetitle}` with `Upgrade: websocket`: the AE's notification
     /// connection (§8.10; the URL form is Kura's, conformance/STATEMENT.md).
     Notifications { aetitle: String },
-    /// Share management (not DICOMweb; `server::admin`): `GET` and `POST /admin/shares`,
-    /// `DELETE /admin/shares/{id}`.
-    Shares(ShareOperation),
-    /// The audit trail's query (not DICOMweb; `server::audit_api`): `GET /admin/audit?…`.
-    Audit,
 }
 
 /// What a request to `/admin/shares` does.
