@@ -21,10 +21,13 @@ pub enum ErrorKind {
     RangeNotSatisfiable,
     /// Server-side failure; the body reveals nothing internal.
     Internal,
-    /// Overloaded: the memory budget stayed in use for the whole wait, or a configured bound is
-    /// reached (503, with Retry-After; see `memory`). The message is shown: every constructor
-    /// writes one that names the bound and nothing internal.
+    /// The archive cannot serve now for a server-side reason (503, with Retry-After). The
+    /// client sees a fixed message; the cause is logged.
     Unavailable,
+    /// Overloaded: the memory budget stayed in use for the whole wait, or a configured bound
+    /// is reached (503, with Retry-After; see `memory`). Its message is shown: every
+    /// constructor writes one that names the bound and nothing internal.
+    Busy,
     /// The Host is not one this server answers for (421, RFC 9110 §15.5.20).
     MisdirectedRequest,
     /// No valid credentials (401 with `WWW-Authenticate: Bearer`, RFC 6750 §3).
@@ -53,7 +56,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::Unauthorized | ErrorKind::InvalidToken => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
@@ -103,6 +106,7 @@ impl Error {
     pub fn public_message(&self) -> &str {
         match self.kind {
             ErrorKind::Internal => "internal server error; the failure was logged",
+            ErrorKind::Unavailable => "the archive is unavailable; retry later",
             _ => &self.message,
         }
     }
@@ -118,7 +122,7 @@ impl From<crate::memory::BudgetError> for Error {
                 ErrorKind::NotAcceptable,
                 format!("{error} (--memory-budget-mib); the instance is available as stored (transfer-syntax=*)"),
             ),
-            crate::memory::BudgetError::Busy => Error::new(ErrorKind::Unavailable, error.to_string()),
+            crate::memory::BudgetError::Busy => Error::new(ErrorKind::Busy, error.to_string()),
         }
     }
 }
@@ -165,7 +169,7 @@ impl From<crate::archive::worklist::UpsError> for Error {
             UpsError::NotClaimed(_) => (ErrorKind::BadRequest, Some(UPS_NOT_CLAIMED)),
             UpsError::UpdateFinal(_) => (ErrorKind::BadRequest, Some(UPS_UPDATE_INCONSISTENT)),
             UpsError::AlreadyCompleted => (ErrorKind::Conflict, Some(UPS_UPDATE_INCONSISTENT)),
-            UpsError::Full(_) => (ErrorKind::Unavailable, None),
+            UpsError::Full(_) => (ErrorKind::Busy, None),
             UpsError::Store(_) => return Error::internal(error),
         };
         Error { kind, message: error.to_string(), warning, source: None }

@@ -425,7 +425,7 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         }
         _ => {}
     }
-    if error.kind == ErrorKind::Unavailable {
+    if matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Busy) {
         builder = builder.header(header::RETRY_AFTER, crate::memory::RETRY_AFTER_SECS);
     }
     builder.body(dicomweb::full_body(Bytes::from(body.to_string()))).expect("valid response")
