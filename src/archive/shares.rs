@@ -328,9 +328,9 @@ impl ShareStore {
             .map(|record| record.grant()))
     }
 
-    /// The id of the active link share whose token this is; `None` for an unknown, expired or
-    /// revoked token alike.
-    pub fn link_id(&self, token: &str) -> Result<Option<String>, ShareError> {
+    /// The id and owning institution of the active link share whose token this is; `None` for
+    /// an unknown, expired or revoked token alike.
+    pub fn link_id(&self, token: &str) -> Result<Option<(String, String)>, ShareError> {
         if !is_token_shaped(token) {
             return Ok(None);
         }
@@ -340,7 +340,8 @@ impl ShareStore {
         let Some(record) = self.get(&id)? else { return Ok(None) };
         let stored = record.token_hash.as_deref().unwrap_or("");
         let matches: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
-        Ok((matches && record.grantee == Grantee::Link && record.active(now_unix())).then_some(id))
+        let live = matches && record.grantee == Grantee::Link && record.active(now_unix());
+        Ok(live.then(|| (id, record.owner)))
     }
 }
 

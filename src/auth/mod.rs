@@ -151,11 +151,13 @@ impl Principal {
         }
     }
 
-    /// The caller of a share link: a reader of what that share grants, nothing else.
-    pub fn link(share_id: &str) -> Principal {
+    /// The caller of a share link: a reader of what that share grants, nothing else. It acts
+    /// for the institution that shared (`owner`), so that its accesses are on that
+    /// institution's part of the audit trail; what it sees comes from its scope alone.
+    pub fn link(share_id: &str, owner: &str) -> Principal {
         Principal {
             subject: format!("link:{share_id}"),
-            institution: String::new(),
+            institution: owner.to_string(),
             roles: [Role::Reader].into_iter().collect(),
             key_id: None,
             scope: Scope::Link(share_id.to_string()),

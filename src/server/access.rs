@@ -209,7 +209,7 @@ impl Access {
             ));
         }
         match shares.link_id(token)? {
-            Some(id) => Ok(Principal::link(&id)),
+            Some((id, owner)) => Ok(Principal::link(&id, &owner)),
             None => {
                 self.limiter.failed(address);
                 tracing::info!(client = %address, "share link not valid (unknown, expired or revoked)");

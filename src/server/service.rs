@@ -98,12 +98,7 @@ impl App {
                     Ok(principal) => principal,
                     Err(error) => {
                         if error.kind == ErrorKind::NotFound {
-                            audit = Some(AuditEvent {
-                                action: "auth-failure".into(),
-                                address: Some(address.to_string()),
-                                detail: Some("share link not valid".into()),
-                                ..Default::default()
-                            });
+                            audit = Some(auth_failure_event(address, "share link not valid"));
                         }
                         return Err(error);
                     }
@@ -112,12 +107,7 @@ impl App {
                     Ok(principal) => principal,
                     Err(failure) => {
                         if let Some(reason) = failure.reason {
-                            audit = Some(AuditEvent {
-                                action: "auth-failure".into(),
-                                address: Some(address.to_string()),
-                                detail: Some(reason.to_string()),
-                                ..Default::default()
-                            });
+                            audit = Some(auth_failure_event(address, reason));
                         }
                         return Err(failure.error);
                     }
@@ -312,6 +302,16 @@ impl App {
 /// or `None` for the capabilities document (it describes the service, not its contents). Only
 /// UIDs from the path (or WADO-URI's `studyUID`, once validated) are taken: a query string
 /// may carry patient attributes and is never recorded.
+/// The audit record of credentials that were presented and failed (never the credential).
+fn auth_failure_event(address: std::net::IpAddr, reason: &str) -> AuditEvent {
+    AuditEvent {
+        action: "auth-failure".into(),
+        address: Some(address.to_string()),
+        detail: Some(reason.to_string()),
+        ..Default::default()
+    }
+}
+
 fn audit_event(
     endpoint: &Endpoint,
     principal: &Principal,

@@ -374,7 +374,13 @@ async fn cross_tenant_matrix_over_https() {
         for caller in &unauthenticated {
             let reply = t.get(caller, &format!("{}{path}", caller.root), accept).await;
             assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{} GET {path}", caller.name);
-            assert_eq!(reply.headers.get("www-authenticate").unwrap(), "Bearer realm=\"kura\"");
+            // RFC 6750 §3.1: presented credentials that fail are `invalid_token`; none, a bare
+            // challenge.
+            let challenge = match caller.key {
+                Some(_) => "Bearer realm=\"kura\", error=\"invalid_token\"",
+                None => "Bearer realm=\"kura\"",
+            };
+            assert_eq!(reply.headers.get("www-authenticate").unwrap(), challenge, "{}", caller.name);
             assert_reveals_nothing(&reply, &[&s1], caller.name);
         }
     }
