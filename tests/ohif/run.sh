@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The OHIF end-to-end test, from a fresh Debian machine: installs Debian's Chromium (and Node.js)
-# when missing, runs setup.sh (OHIF build + playwright-core), then the test with node's runner.
+# when missing, runs setup.sh (OHIF build + playwright-core), then the tests with node's runner,
+# one file after the other: ohif.test.mjs (OHIF on Kura's DICOMweb root) and share-link.test.mjs
+# (OHIF on a share link's root, the only credential, on a server that requires authentication).
 # Kura must be built: release/kura in cargo's target directory, or the binary named by KURA_BIN.
 #   tests/ohif/run.sh            (from anywhere; exit status is the test's)
 set -euo pipefail
@@ -49,4 +51,4 @@ if [ ! -x "$kura" ]; then
 fi
 
 cd "$repo"
-exec node --test tests/ohif/ohif.test.mjs
+exec node --test --test-concurrency=1 tests/ohif/ohif.test.mjs tests/ohif/share-link.test.mjs

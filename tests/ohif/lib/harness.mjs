@@ -2,7 +2,7 @@
 // STOW-RS of generated studies, headless Chromium, and a recorder of everything that went
 // wrong in the page (failed requests, HTTP errors, console errors) plus every request to Kura.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -30,9 +30,14 @@ const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 /**
  * Starts `kura serve` from a private copy of the binary (the original may be rebuilt while the
  * test runs), with no --cors-origins: on loopback Kura allows the loopback origins, the viewer's
- * among them. Resolves once QIDO-RS answers.
+ * among them. `prepare({ kura, data })`, when given, runs first with the server not yet started
+ * (`kura(...args)` runs the private copy of `kura` with those arguments, synchronously, and returns its
+ * standard output); its result is returned as `prepared`. `serveArgs` are added to `kura serve`;
+ * `headers` (or `headers(prepared)`) go with the readiness probe, a QIDO-RS search (a reader's
+ * Bearer key, when the server requires authentication).
+ * Resolves once QIDO-RS answers.
  */
-export async function startKura({ logFile }) {
+export async function startKura({ logFile, serveArgs = [], prepare, headers = {} }) {
   const source = process.env.KURA_BIN || path.join(REPO, 'target', 'release', 'kura');
   if (!fs.existsSync(source)) throw new Error(`Kura binary not found at ${source} (build it, or set KURA_BIN)`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kura-ohif-'));
@@ -41,9 +46,12 @@ export async function startKura({ logFile }) {
   fs.chmodSync(binary, 0o755);
   const data = path.join(dir, 'data');
   fs.mkdirSync(data);
+  const kura = (...args) => execFileSync(binary, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
+  const prepared = prepare ? await prepare({ kura, data }) : undefined;
+  const probeHeaders = typeof headers === 'function' ? headers(prepared) : headers;
   const port = await freePort();
   const log = fs.openSync(logFile, 'w');
-  const child = spawn(binary, ['serve', '--listen', `127.0.0.1:${port}`, '--data', data], {
+  const child = spawn(binary, ['serve', '--listen', `127.0.0.1:${port}`, '--data', data, ...serveArgs], {
     stdio: ['ignore', log, log],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', NO_COLOR: '1' },
   });
@@ -54,7 +62,7 @@ export async function startKura({ logFile }) {
   for (;;) {
     if (exited) throw new Error(`kura exited early (${JSON.stringify(exited)}); log:\n${fs.readFileSync(logFile, 'utf8')}`);
     try {
-      const response = await fetch(`${base}/studies?limit=1`, { headers: { accept: 'application/dicom+json' } });
+      const response = await fetch(`${base}/studies?limit=1`, { headers: { accept: 'application/dicom+json', ...probeHeaders } });
       if (response.ok) break;
     } catch {
       // not listening yet
@@ -65,7 +73,10 @@ export async function startKura({ logFile }) {
   return {
     port,
     base,
+    origin: `http://127.0.0.1:${port}`,
     binary: source,
+    data,
+    prepared,
     async stop() {
       if (!exited) {
         child.kill('SIGTERM');
@@ -78,12 +89,12 @@ export async function startKura({ logFile }) {
   };
 }
 
-/** STOW-RS of one study's instances; throws unless every instance was stored. */
-export async function stow(base, study) {
+/** STOW-RS of one study's instances (with `headers`, say a Bearer key); throws unless every instance was stored. */
+export async function stow(base, study, headers = {}) {
   const { body, contentType } = stowBody(study.instances);
   const response = await fetch(`${base}/studies`, {
     method: 'POST',
-    headers: { 'content-type': contentType, accept: 'application/dicom+json' },
+    headers: { 'content-type': contentType, accept: 'application/dicom+json', ...headers },
     body,
   });
   const text = await response.text();
@@ -138,13 +149,17 @@ function isLoopback(url) {
 
 /**
  * Watches a browser context: every failed request, every HTTP error response, every console
- * error and uncaught page error, and every request to Kura with its Accept header and status.
- * Requests to anything but loopback are aborted (there is no network here) and recorded.
+ * error and uncaught page error, and every request to Kura with its Accept header, whether it
+ * carried an Authorization header, and its status; also every request the pages made at all
+ * (`requests`: method and URL, answered or not). Requests to anything but loopback are aborted
+ * (there is no network here) and recorded.
  */
 export async function recordProblems(context, kuraBase) {
   const problems = [];
   const kuraRequests = [];
   const external = [];
+  const requests = [];
+  context.on('request', request => requests.push({ method: request.method(), url: request.url() }));
   await context.route(url => !isLoopback(url.href), route => {
     external.push(route.request().url());
     return route.abort('blockedbyclient');
@@ -174,6 +189,7 @@ export async function recordProblems(context, kuraBase) {
         method: request.method(),
         url,
         accept: headers.accept ?? null,
+        authorization: headers.authorization !== undefined,
         status: response.status(),
         contentType: response.headers()['content-type'] ?? null,
       });
@@ -192,6 +208,7 @@ export async function recordProblems(context, kuraBase) {
     problems,
     kuraRequests,
     external,
+    requests,
     /** Problems recorded since `mark` (an index from `problems.length`). */
     since: mark => problems.slice(mark),
   };
