@@ -402,10 +402,8 @@ impl AuditLog {
             let study_ok = query.study.as_ref().is_none_or(|s| record.studies.contains(s));
             let action_ok = query.action.as_ref().is_none_or(|a| &record.action == a);
             // Failed authentications act for no institution: every administrator sees them.
-            let institution_ok = query
-                .institution
-                .as_ref()
-                .is_none_or(|i| record.institution.as_ref().is_none_or(|r| r == i));
+            let institution_ok =
+                query.institution.as_ref().is_none_or(|i| record.institution.as_ref().is_none_or(|r| r == i));
             if principal_ok && study_ok && action_ok && institution_ok {
                 records.push(record);
             }
