@@ -341,7 +341,7 @@ impl ShareStore {
         let stored = record.token_hash.as_deref().unwrap_or("");
         let matches: bool = presented.as_bytes().ct_eq(stored.as_bytes()).into();
         let live = matches && record.grantee == Grantee::Link && record.active(now_unix());
-        Ok(live.then(|| (id, record.owner)))
+        Ok(live.then_some((id, record.owner)))
     }
 }
 
