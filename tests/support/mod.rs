@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod fixtures;
+pub mod oidc;
 pub mod pki;
 pub mod server;
 
