@@ -439,7 +439,11 @@ impl Archive {
         let _permit = self.reserve_memory(64 * 1024 + fragments * 16).await?;
         tokio::task::spawn_blocking(move || {
             let layout = crate::dicom::layout::walk(&mut reader, total, false).map_err(Error::internal)?;
-            Ok(layout.nested_values.into_iter().find(|value| value.path == path).map(|value| (value.offset, value.length)))
+            Ok(layout
+                .nested_values
+                .into_iter()
+                .find(|value| value.path == path)
+                .map(|value| (value.offset, value.length)))
         })
         .await
         .map_err(Error::internal)?

@@ -293,7 +293,13 @@ impl JwtVerifier {
             }
         });
         let roles: Roles = mapped.chain(mapping.default_roles.iter()).collect();
-        Ok(Principal { subject: format!("oidc:{subject}"), institution, roles, key_id: None, scope: super::Scope::Institution })
+        Ok(Principal {
+            subject: format!("oidc:{subject}"),
+            institution,
+            roles,
+            key_id: None,
+            scope: super::Scope::Institution,
+        })
     }
 }
 

@@ -255,8 +255,8 @@ impl BlobStore for LocalBlobStore {
                             }
                             Ok(bytes)
                         })
-                            .await
-                            .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
+                        .await
+                        .map_err(|e| BlobError::Io(std::io::Error::other(e)))?
                     }
                 })
                 .buffered(READ_AHEAD),

@@ -129,7 +129,10 @@ fn element_json(context: &Context<'_>, path: &[u32], tag: Tag, vr: VR, value: &V
     let mut out = Map::new();
     out.insert("vr".into(), Json::String(vr.to_string().to_string()));
     // A hidden nested value reads as empty; only then can it be one.
-    if !top_level && !context.nested_bulk_values.is_empty() && value.primitive().is_some_and(|p| dicom_core::header::HasLength::is_empty(p)) {
+    if !top_level
+        && !context.nested_bulk_values.is_empty()
+        && value.primitive().is_some_and(dicom_core::header::HasLength::is_empty)
+    {
         let full: Vec<u32> = path.iter().copied().chain([tag_number(tag)]).collect();
         if context.nested_bulk_values.binary_search(&full).is_ok() {
             let uri = format!("{}/bulkdata/{}", context.instance_path, nested_bulk_path(&full));

@@ -352,7 +352,10 @@ impl<R: Read + Seek> Walker<'_, R> {
         if top_level && (length as usize > super::json::INLINE_BINARY_MAX || number == EXTENDED_OFFSET_TABLE) {
             self.large_values.push(LargeValue { tag: number, offset: self.position, length: u64::from(length) });
         }
-        if !top_level && u64::from(length) > super::part10::HIDDEN_VALUE_MIN && self.position + u64::from(length) <= self.total {
+        if !top_level
+            && u64::from(length) > super::part10::HIDDEN_VALUE_MIN
+            && self.position + u64::from(length) <= self.total
+        {
             let mut path = self.path.clone();
             path.push(number);
             self.nested_values.push(NestedValue { path, offset: self.position, length: u64::from(length) });

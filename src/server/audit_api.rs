@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 
 use crate::audit::{AuditLog, AuditQuery, AuditRecord, MAX_QUERY_LIMIT};
-use crate::dicomweb::{self, ResponseBody};
 use crate::auth::{Principal, Scope};
+use crate::dicomweb::{self, ResponseBody};
 use crate::error::Error;
 
 const DEFAULT_LIMIT: usize = 100;

@@ -387,7 +387,9 @@ pub fn route(method: &Method, relative_path: &str) -> Result<Endpoint, Error> {
         },
         // A value inside a sequence: `{sequence}/{item}/…/{tag}` (dicom::json::nested_bulk_path).
         ["studies", study, "series", series, "instances", instance, "bulkdata", path @ ..]
-            if get && path.len() % 2 == 1 && path.len() <= 2 * crate::dicom::layout::MAX_SEQUENCE_DEPTH as usize + 1 =>
+            if get
+                && path.len() % 2 == 1
+                && path.len() <= 2 * crate::dicom::layout::MAX_SEQUENCE_DEPTH as usize + 1 =>
         {
             Endpoint::Bulkdata {
                 study: checked_uid(study, "StudyInstanceUID")?,

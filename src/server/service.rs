@@ -337,7 +337,9 @@ fn audit_event(
         Endpoint::Shares(ShareOperation::List) => ("share-list", None, None, None),
         Endpoint::Shares(ShareOperation::Create) => ("share-create", None, None, None),
         Endpoint::Shares(ShareOperation::Revoke { id }) => ("share-revoke", None, None, Some(format!("share {id}"))),
-        Endpoint::Workitems(operation) => (endpoint.name(), None, None, operation.workitem().map(|uid| format!("workitem {uid}"))),
+        Endpoint::Workitems(operation) => {
+            (endpoint.name(), None, None, operation.workitem().map(|uid| format!("workitem {uid}")))
+        }
     };
     let mut studies: Vec<String> = study.cloned().into_iter().collect();
     if *endpoint == Endpoint::WadoUri {

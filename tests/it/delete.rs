@@ -194,12 +194,19 @@ async fn a_retrieval_overlapping_a_delete_sends_whole_instances_or_none() {
         for bytes in &instances {
             let sop = stored.iter().find(|(_, original)| original == &bytes).map(|(sop, _)| sop.clone());
             let zeros = bytes.iter().filter(|b| **b == 0).count();
-            assert!(sop.is_some(), "{accept}: a sent instance of {} bytes ({zeros} zero) differs from every stored one", bytes.len());
+            assert!(
+                sop.is_some(),
+                "{accept}: a sent instance of {} bytes ({zeros} zero) differs from every stored one",
+                bytes.len()
+            );
             second += usize::from(specs[1000..].iter().any(|spec| Some(spec.sop_uid()) == sop));
         }
         assert!(instances.len() >= 1000, "{accept}: {} instances", instances.len());
         assert!(second < 1000, "{accept}: none of the deleted series was left out: the race was not met");
-        eprintln!("{accept}: {} instances sent whole, {second} of the deleted series before its delete", instances.len());
+        eprintln!(
+            "{accept}: {} instances sent whole, {second} of the deleted series before its delete",
+            instances.len()
+        );
         // Put the series back for the next form.
         for batch in specs[1000..].chunks(100) {
             let parts: Vec<Vec<u8>> = batch.iter().map(instance).collect();

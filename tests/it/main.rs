@@ -51,12 +51,12 @@ mod tenancy;
 /// The memory budget: large values never held, metadata streamed, the abusive mix.
 mod memory;
 
-/// UPS-RS: workitems, the state machine and its refusals, search, subscriptions and events over
-/// WebSocket, redelivery after a reconnect and a restart, retention.
-mod ups;
 /// OpenID Connect bearer tokens: each algorithm, every refusal, the JWKS refetch and its rate
 /// limit, roles from claims.
 mod jwt;
+/// UPS-RS: workitems, the state machine and its refusals, search, subscriptions and events over
+/// WebSocket, redelivery after a reconnect and a restart, retention.
+mod ups;
 
 /// The audit trail: every access recorded and queried, kill -9, the hash chain, ATNA over TLS
 /// syslog.

@@ -230,7 +230,10 @@ async fn a_large_value_inside_sequences_is_bulk_data_the_parse_never_reads() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let after = peak_rss_kib(server.child.id());
     eprintln!("300 MiB nested document stored: peak RSS {before} KiB before, {after} KiB after");
-    assert!(after < before + 64 * 1024, "peak RSS grew from {before} KiB to {after} KiB storing a nested 300 MiB value");
+    assert!(
+        after < before + 64 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB storing a nested 300 MiB value"
+    );
 
     let metadata = get(&format!("{}/metadata", spec.instance_url(&server.base)), "application/dicom+json").await;
     assert_eq!(metadata.status, StatusCode::OK);
@@ -314,7 +317,9 @@ async fn work_that_waits_too_long_for_the_budget_is_503_with_retry_after() {
     assert_eq!(busy.headers["retry-after"], "2");
     assert!(busy.text().contains("memory budget"), "{}", busy.text());
     assert!(waited >= Duration::from_millis(900), "answered after {waited:?}, before the wait ended");
-    let qido = get(&format!("{}/studies?StudyInstanceUID={}", server.base, specs[0].study_uid()), "application/dicom+json").await;
+    let qido =
+        get(&format!("{}/studies?StudyInstanceUID={}", server.base, specs[0].study_uid()), "application/dicom+json")
+            .await;
     assert_eq!(qido.status, StatusCode::OK);
     assert_eq!(qido.json().as_array().map(Vec::len), Some(1));
 
