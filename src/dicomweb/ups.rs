@@ -149,7 +149,7 @@ where
             worklist.suspend(principal, &aetitle).await?;
             Ok(status(StatusCode::OK))
         }
-        WorkitemOperation::Notifications { aetitle } => super::ups_ws::upgrade(archive, &aetitle, request),
+        WorkitemOperation::Notifications { aetitle } => super::ups_ws::upgrade(archive, principal, &aetitle, request),
     }
 }
 

@@ -2,7 +2,8 @@
 //! UPS event reports are sent as text frames of DICOM JSON (§8.10.5).
 //!
 //! `GET {root}/subscribers/{aetitle}` with `Upgrade: websocket` answers 101 and hands the
-//! socket to a task that sends the AE's queued events in order, then waits for more. Delivery:
+//! socket to a task that sends the queued events of that AE title of the caller's institution
+//! (its subscriber, `archive::worklist::Subscriber`) in order, then waits for more. Delivery:
 //! after each run of events the server sends a Ping whose payload is the last event's sequence
 //! number; the client's WebSocket stack answers it with a Pong after it has read every frame
 //! before it, and only then are those events removed from the queue. Events not acknowledged
@@ -30,6 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::{Message, Role, WebSocketConfig};
 use super::{ResponseBody, empty_body};
 use crate::archive::Archive;
 use crate::archive::worklist::NotificationConnection;
+use crate::auth::Principal;
 use crate::error::Error;
 
 /// How often the server pings an idle connection.
@@ -44,6 +46,7 @@ const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// §4.2.1), takes a connection slot, answers 101 and serves the socket once hyper hands it over.
 pub fn upgrade<B>(
     archive: &Arc<Archive>,
+    principal: &Principal,
     aetitle: &str,
     mut request: Request<B>,
 ) -> Result<Response<ResponseBody>, Error> {
@@ -68,7 +71,7 @@ pub fn upgrade<B>(
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| Error::bad_request("the WebSocket handshake has no Sec-WebSocket-Key"))?;
     let accept = derive_accept_key(key.as_bytes());
-    let connection = archive.worklist().connect(aetitle)?;
+    let connection = archive.worklist().connect(principal, aetitle)?;
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         match on_upgrade.await {

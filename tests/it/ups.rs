@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::client::{Reply, get, send};
-use crate::support::server::{ChildServer, Server};
+use crate::support::server::{ChildServer, Server, create_key};
 
 const JSON: &str = "application/dicom+json";
 const GLOBAL: &str = "1.2.840.10008.5.1.4.34.5";
@@ -577,4 +577,214 @@ async fn ups_completed_workitems_are_removed_after_the_retention() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     expect(&get(&format!("{base}/workitems/2.25.51"), JSON).await, StatusCode::NOT_FOUND, "", "removed");
     expect(&get(&format!("{base}/workitems/2.25.52"), JSON).await, StatusCode::OK, "", "SCHEDULED stays");
+}
+
+/// One caller of a server that requires authentication: its key on every request.
+struct Caller<'a> {
+    base: &'a str,
+    key: String,
+}
+
+impl Caller<'_> {
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
+        let authorization = format!("Bearer {}", self.key);
+        let mut headers = vec![("authorization", authorization.as_str()), ("accept", JSON)];
+        if body.is_some() {
+            headers.push(("content-type", JSON));
+        }
+        let body = body.map(Value::to_string).unwrap_or_default();
+        send(method, &format!("{}{path}", self.base), &headers, body).await
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn create(&self, uid: &str, dataset: &Value) -> Reply {
+        self.send(Method::POST, &format!("/workitems?{uid}"), Some(dataset)).await
+    }
+
+    async fn change_state(&self, uid: &str, state: &str, transaction: &str) -> Reply {
+        let body =
+            json!({"00741000": {"vr": "CS", "Value": [state]}, "00081195": {"vr": "UI", "Value": [transaction]}});
+        self.send(Method::PUT, &format!("/workitems/{uid}/state"), Some(&body)).await
+    }
+
+    async fn update(&self, uid: &str, transaction: Option<&str>, changes: &Value) -> Reply {
+        let query = transaction.map(|t| format!("?transaction-uid={t}")).unwrap_or_default();
+        self.send(Method::POST, &format!("/workitems/{uid}{query}"), Some(changes)).await
+    }
+
+    /// Subscribes `ae` of the caller's institution to the worklist and opens its notification
+    /// connection at the URL the answer names.
+    async fn watch(&self, ae: &str) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let reply = self.send(Method::POST, &format!("/workitems/{GLOBAL}/subscribers/{ae}"), None).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "subscribe {ae}: {}", reply.text());
+        let url = reply.header("content-location").expect("Content-Location").to_string();
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert("authorization", format!("Bearer {}", self.key).parse().expect("header"));
+        let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("websocket");
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        socket
+    }
+}
+
+/// Scheduled Human Performers Sequence with one performer of `organization` (0040,4036).
+fn performed_by(organization: &str) -> Value {
+    json!({"00404034": {"vr": "SQ", "Value": [{
+        "00404009": {"vr": "SQ", "Value": [{"00080100": {"vr": "SH", "Value": ["RDR"]},
+            "00080102": {"vr": "SH", "Value": ["L"]}, "00080104": {"vr": "LO", "Value": ["Reader"]}}]},
+        "00404036": {"vr": "LO", "Value": [organization]}}]}})
+}
+
+/// Reads `n` events and returns their summaries.
+async fn events(socket: &mut Socket, n: usize) -> Vec<(u64, String, String)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        got.push(summary(&next_event(socket).await));
+    }
+    got
+}
+
+/// Workitems belong to the requesting institution (the creator's) and the performing ones
+/// (Human Performer's Organization of the Scheduled Human Performers Sequence): a third
+/// institution's reader gets exactly the unknown-workitem 404 for everything about them, does
+/// not find or count them in search, and its worklist subscriber hears nothing of them; the
+/// same AE title in three institutions is three subscribers; an Update that names another
+/// performer moves the workitem's visibility and its worklist subscribers with it.
+#[tokio::test]
+async fn ups_workitems_belong_to_requesting_and_performing_institutions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (_, hospital_key) = create_key(&data, "hospital", "uploader,reader");
+    let (_, b_key) = create_key(&data, "reading-b", "reader");
+    let (_, c_key) = create_key(&data, "reading-c", "uploader,reader");
+    let server = ChildServer::start_with(&data, &["--require-auth"]);
+    let base = server.base.clone();
+    let hospital = Caller { base: &base, key: hospital_key };
+    let b = Caller { base: &base, key: b_key };
+    let c = Caller { base: &base, key: c_key };
+    // One AE title, three institutions: three subscribers with queues of their own.
+    let mut hospital_watch = hospital.watch("WATCH").await;
+    let mut b_watch = b.watch("WATCH").await;
+    let mut c_watch = c.watch("WATCH").await;
+
+    let mut for_b = workitem("HIGH", "Second opinion CT", "20260301", "1.2.3");
+    for_b["00404034"] = performed_by("reading-b")["00404034"].clone();
+    expect(&hospital.create("2.25.61", &for_b).await, StatusCode::CREATED, "", "hospital creates for B");
+    let own = workitem("LOW", "hospital only", "20260301", "1.2.4");
+    expect(&hospital.create("2.25.62", &own).await, StatusCode::CREATED, "", "hospital's own");
+    let c_own = workitem("LOW", "C's own", "20260301", "1.2.5");
+    expect(&c.create("2.25.63", &c_own).await, StatusCode::CREATED, "", "C's own");
+
+    // Search: each sees its own; counts and the Warning count visible workitems only.
+    let found = |reply: &Reply| -> Vec<String> {
+        reply
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["00080018"]["Value"][0].as_str().unwrap().to_string())
+            .collect()
+    };
+    let page = hospital.get("/workitems?limit=1").await;
+    expect(&page, StatusCode::OK, "There are 1 additional results that can be requested", "hospital page");
+    assert_eq!(found(&page), ["2.25.61"]);
+    assert_eq!(found(&hospital.get("/workitems").await), ["2.25.61", "2.25.62"]);
+    assert_eq!(found(&b.get("/workitems").await), ["2.25.61"]);
+    let c_page = c.get("/workitems?limit=1").await;
+    expect(&c_page, StatusCode::OK, "", "C's page: nothing more to request");
+    assert_eq!(found(&c_page), ["2.25.63"]);
+    assert_eq!(found(&c.get("/workitems?ProcedureStepLabel=Second*").await), Vec::<String>::new());
+
+    // C: exactly what an unknown workitem answers, for every operation.
+    let lock = "2.25.6161";
+    let same = |visible: &Reply, unknown: &Reply, what: &str| {
+        assert_eq!(visible.status, StatusCode::NOT_FOUND, "{what}: {}", visible.text());
+        assert_eq!(
+            (visible.status, visible.text(), visible.warnings()),
+            (unknown.status, unknown.text(), unknown.warnings()),
+            "{what}"
+        );
+    };
+    same(&c.get("/workitems/2.25.61").await, &c.get("/workitems/2.25.69").await, "retrieve");
+    same(
+        &c.change_state("2.25.61", "IN PROGRESS", lock).await,
+        &c.change_state("2.25.69", "IN PROGRESS", lock).await,
+        "claim",
+    );
+    let relabel = json!({"00741204": {"vr": "LO", "Value": ["taken"]}});
+    same(&c.update("2.25.61", None, &relabel).await, &c.update("2.25.69", None, &relabel).await, "update");
+    same(
+        &c.send(Method::POST, "/workitems/2.25.61/cancelrequest", None).await,
+        &c.send(Method::POST, "/workitems/2.25.69/cancelrequest", None).await,
+        "request cancellation",
+    );
+    same(
+        &c.send(Method::POST, "/workitems/2.25.61/subscribers/WATCH", None).await,
+        &c.send(Method::POST, "/workitems/2.25.69/subscribers/WATCH", None).await,
+        "subscribe",
+    );
+    same(
+        &c.send(Method::DELETE, "/workitems/2.25.61/subscribers/WATCH", None).await,
+        &c.send(Method::DELETE, "/workitems/2.25.69/subscribers/WATCH", None).await,
+        "unsubscribe",
+    );
+    same(&b.get("/workitems/2.25.62").await, &b.get("/workitems/2.25.69").await, "B and the hospital's own");
+
+    // B, the performer, sees, claims and completes it.
+    expect(&b.get("/workitems/2.25.61").await, StatusCode::OK, "", "B retrieves");
+    expect(&b.change_state("2.25.61", "IN PROGRESS", lock).await, StatusCode::OK, "", "B claims");
+    expect(&b.update("2.25.61", Some(lock), &final_state_attributes(json!([]))).await, StatusCode::OK, "", "B updates");
+    expect(&b.change_state("2.25.61", "COMPLETED", lock).await, StatusCode::OK, "", "B completes");
+    assert_eq!(state_of(&hospital.get("/workitems/2.25.61").await), "COMPLETED");
+
+    // Assigned later: an Update naming C makes C a performer (its worklist subscriber hears of
+    // it); naming B instead takes it from C again.
+    expect(&hospital.create("2.25.64", &own).await, StatusCode::CREATED, "", "unassigned");
+    expect(&c.get("/workitems/2.25.64").await, StatusCode::NOT_FOUND, "", "not C's yet");
+    expect(&hospital.update("2.25.64", None, &performed_by("reading-c")).await, StatusCode::OK, "", "assign C");
+    expect(&c.get("/workitems/2.25.64").await, StatusCode::OK, "", "C performs it");
+    expect(&hospital.update("2.25.64", None, &performed_by("reading-b")).await, StatusCode::OK, "", "assign B");
+    same(&c.get("/workitems/2.25.64").await, &c.get("/workitems/2.25.69").await, "no longer C's");
+    expect(&b.get("/workitems/2.25.64").await, StatusCode::OK, "", "B performs it");
+
+    let scheduled = |uid: &str| report(1, uid, "SCHEDULED");
+    assert_eq!(
+        events(&mut hospital_watch, 8).await,
+        [
+            scheduled("2.25.61"),
+            report(5, "2.25.61", ""),
+            scheduled("2.25.62"),
+            report(1, "2.25.61", "IN PROGRESS"),
+            report(1, "2.25.61", "COMPLETED"),
+            scheduled("2.25.64"),
+            report(5, "2.25.64", ""),
+            report(5, "2.25.64", ""),
+        ],
+        "the requester hears of everything it requested"
+    );
+    assert_eq!(
+        events(&mut b_watch, 6).await,
+        [
+            scheduled("2.25.61"),
+            report(5, "2.25.61", ""),
+            report(1, "2.25.61", "IN PROGRESS"),
+            report(1, "2.25.61", "COMPLETED"),
+            scheduled("2.25.64"),
+            report(5, "2.25.64", ""),
+        ],
+        "the performer hears of what it performs, from when it performs it"
+    );
+    assert_eq!(
+        events(&mut c_watch, 3).await,
+        [scheduled("2.25.63"), scheduled("2.25.64"), report(5, "2.25.64", "")],
+        "C hears of its own and of what it performed for a while, nothing else"
+    );
+    no_event(&mut c_watch, Duration::from_millis(300)).await;
+    no_event(&mut b_watch, Duration::from_millis(100)).await;
+    no_event(&mut hospital_watch, Duration::from_millis(100)).await;
+    drop((hospital_watch, b_watch, c_watch));
+    server.terminate();
 }

@@ -12,6 +12,15 @@
 //!
 //! The Transaction UID is kept beside the data set, never in it, so that no retrieve or search
 //! can disclose it (CC.2.7.3).
+//!
+//! Institutions: a workitem belongs to the institution that requested it (the creator's, kept
+//! beside the data set like the Transaction UID) and to its performing institutions (the Human
+//! Performer's Organization (0040,4036) of each Scheduled Human Performers Sequence item,
+//! derived again after every Update). A caller acting for an institution sees, changes and
+//! subscribes to the workitems its institution requested or performs; any other answers as an
+//! unknown workitem. Subscribers are AE titles of an institution ([`Subscriber`]): a worklist
+//! subscription covers the workitems its institution sees (every workitem when the
+//! deployment-wide principal made it).
 
 pub mod dataset;
 pub mod events;
@@ -28,7 +37,8 @@ use tokio::sync::watch;
 use self::dataset::{Dataset, MatchKey, string_element};
 pub use self::state::ProcedureStepState;
 use self::state::Transition;
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
+pub use crate::store::worklist::Subscriber;
 use crate::store::worklist::{WorklistBatch, WorklistStore};
 use crate::store::{Store, StoreError};
 
@@ -44,11 +54,17 @@ pub const FILTERED_SUBSCRIPTION_UID: &str = "1.2.840.10008.5.1.4.34.5.1";
 pub const MAX_WORKITEM_BYTES: usize = 64 * 1024;
 /// Events queued per subscriber; the oldest go first when more arrive.
 pub const MAX_QUEUED_EVENTS: usize = 1000;
-/// AE titles with any subscription.
+/// AE titles with any subscription, per institution.
 pub const MAX_SUBSCRIBERS: usize = 64;
 /// Most events one read of a queue returns.
 pub const EVENT_BATCH: usize = 64;
-const RECORD_VERSION: u32 = 1;
+/// 2: the requesting and performing institutions beside the data set.
+const RECORD_VERSION: u32 = 2;
+/// The institution of the records written before workitems and subscribers had one: the local
+/// principal's (`Principal::local`), so that only it (and callers of an institution named
+/// `local`) sees them; nothing that was shared with every caller becomes visible to an
+/// institution by guesswork.
+pub const LEGACY_INSTITUTION: &str = "local";
 const SEQ_COUNTER: &str = "seq";
 
 /// Why a worklist request was refused: the DIMSE status of PS3.4 Annex CC in its name, the
@@ -134,16 +150,58 @@ struct WorkitemRecord {
     finished: Option<u64>,
     /// DICOM JSON text.
     dataset: String,
+    /// The institution of the principal that created it (version 1 records: none, read as
+    /// [`LEGACY_INSTITUTION`]).
+    #[serde(default)]
+    requester: Option<String>,
+    /// The performing institutions: [`performer_institutions`] of the data set, sorted (version 1
+    /// records: derived when read).
+    #[serde(default)]
+    performers: Vec<String>,
 }
 
 impl WorkitemRecord {
     fn decode(bytes: &[u8]) -> Result<WorkitemRecord, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("workitem record: {e}")))
+        let mut record: WorkitemRecord =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("workitem record: {e}")))?;
+        if record.version < 2 {
+            record.performers = performer_institutions(&record.dataset()?);
+        }
+        Ok(record)
+    }
+
+    fn requester(&self) -> &str {
+        self.requester.as_deref().unwrap_or(LEGACY_INSTITUTION)
+    }
+
+    /// Whether `institution` requested or performs the workitem (exact comparison).
+    fn involves(&self, institution: &str) -> bool {
+        self.requester() == institution || self.performers.iter().any(|p| p == institution)
+    }
+
+    /// Whether `principal` may see (and act on) the workitem.
+    fn visible_to(&self, principal: &Principal) -> bool {
+        match principal.scope {
+            Scope::Deployment => true,
+            Scope::Institution => self.involves(&principal.institution),
+            Scope::Link(_) => false,
+        }
     }
 
     fn dataset(&self) -> Result<Dataset, StoreError> {
         serde_json::from_str(&self.dataset).map_err(|e| StoreError::Corrupt(format!("workitem data set: {e}")))
     }
+}
+
+/// The performing institutions of a workitem: the Human Performer's Organization (0040,4036)
+/// values of the Scheduled Human Performers Sequence (0040,4034) items, sorted, without
+/// duplicates or empty values. They are compared exactly with principals' institution ids.
+pub fn performer_institutions(workitem: &Dataset) -> Vec<String> {
+    let found: BTreeSet<String> = dataset::items(workitem, tags::SCHEDULED_HUMAN_PERFORMERS_SEQUENCE)
+        .filter_map(|performer| dataset::first_text(performer, tags::HUMAN_PERFORMER_ORGANIZATION))
+        .filter(|organization| !organization.is_empty())
+        .collect();
+    found.into_iter().collect()
 }
 
 /// A worklist subscription as stored.
@@ -154,6 +212,18 @@ struct GlobalRecord {
     filter: Option<Vec<MatchKey>>,
     /// Suspended: new workitems are no longer subscribed to (PS3.4 CC.2.3.1).
     suspended: bool,
+    /// Made by the deployment-wide principal: covers every workitem, not only its
+    /// institution's.
+    #[serde(default)]
+    everything: bool,
+}
+
+impl GlobalRecord {
+    /// Whether the subscription covers `record` (whose data set is `workitem`) for `subscriber`.
+    fn covers(&self, subscriber: &Subscriber, record: &WorkitemRecord, workitem: &Dataset) -> bool {
+        (self.everything || record.involves(&subscriber.institution))
+            && self.filter.as_ref().is_none_or(|keys| dataset::matches_all(workitem, keys))
+    }
 }
 
 /// What the worklist keeps in memory (all of it bounded: subscribers by [`MAX_SUBSCRIBERS`],
@@ -161,80 +231,120 @@ struct GlobalRecord {
 #[derive(Default)]
 struct State {
     n_workitems: usize,
-    globals: BTreeMap<String, GlobalRecord>,
-    /// Workitem UID → subscribed AE titles.
-    by_workitem: HashMap<String, BTreeSet<String>>,
-    /// AE title → subscribed workitem UIDs.
-    by_ae: HashMap<String, BTreeSet<String>>,
-    /// AE title → sequence numbers of its queued events, oldest first.
-    queues: HashMap<String, VecDeque<u64>>,
+    globals: BTreeMap<Subscriber, GlobalRecord>,
+    /// Workitem UID → its subscribers.
+    by_workitem: HashMap<String, BTreeSet<Subscriber>>,
+    /// Subscriber → subscribed workitem UIDs.
+    by_subscriber: HashMap<Subscriber, BTreeSet<String>>,
+    /// Subscriber → sequence numbers of its queued events, oldest first.
+    queues: HashMap<Subscriber, VecDeque<u64>>,
     next_seq: u64,
-    /// AE title → the generation of its current notification connection.
-    connections: HashMap<String, u64>,
+    /// Subscriber → the generation of its current notification connection.
+    connections: HashMap<Subscriber, u64>,
     open_connections: usize,
     generation: u64,
 }
 
 impl State {
-    fn is_subscriber(&self, ae: &str) -> bool {
-        self.globals.contains_key(ae) || self.by_ae.get(ae).is_some_and(|s| !s.is_empty())
+    fn is_subscriber(&self, subscriber: &Subscriber) -> bool {
+        self.globals.contains_key(subscriber) || self.by_subscriber.get(subscriber).is_some_and(|s| !s.is_empty())
     }
 
-    fn n_subscribers(&self) -> usize {
-        let mut all: BTreeSet<&str> = self.globals.keys().map(String::as_str).collect();
-        all.extend(self.by_ae.iter().filter(|(_, s)| !s.is_empty()).map(|(ae, _)| ae.as_str()));
-        all.len()
+    /// How many subscribers `institution` has.
+    fn n_subscribers(&self, institution: &str) -> usize {
+        let mut all: BTreeSet<&Subscriber> = self.globals.keys().collect();
+        all.extend(self.by_subscriber.iter().filter(|(_, s)| !s.is_empty()).map(|(who, _)| who));
+        all.into_iter().filter(|who| who.institution == institution).count()
     }
 
-    fn subscribe_item(&mut self, batch: &mut WorklistBatch, ae: &str, uid: &str) -> bool {
-        let added = self.by_workitem.entry(uid.to_string()).or_default().insert(ae.to_string());
-        self.by_ae.entry(ae.to_string()).or_default().insert(uid.to_string());
+    fn subscribe_item(&mut self, batch: &mut WorklistBatch, subscriber: &Subscriber, uid: &str) -> bool {
+        let added = self.by_workitem.entry(uid.to_string()).or_default().insert(subscriber.clone());
+        self.by_subscriber.entry(subscriber.clone()).or_default().insert(uid.to_string());
         if added {
-            batch.put_subscription(ae, uid);
+            batch.put_subscription(subscriber, uid);
         }
         added
     }
 
-    fn unsubscribe_item(&mut self, batch: &mut WorklistBatch, ae: &str, uid: &str) {
-        if let Some(aes) = self.by_workitem.get_mut(uid) {
-            aes.remove(ae);
-            if aes.is_empty() {
+    fn unsubscribe_item(&mut self, batch: &mut WorklistBatch, subscriber: &Subscriber, uid: &str) {
+        if let Some(subscribers) = self.by_workitem.get_mut(uid) {
+            subscribers.remove(subscriber);
+            if subscribers.is_empty() {
                 self.by_workitem.remove(uid);
             }
         }
-        if let Some(uids) = self.by_ae.get_mut(ae) {
+        if let Some(uids) = self.by_subscriber.get_mut(subscriber) {
             uids.remove(uid);
             if uids.is_empty() {
-                self.by_ae.remove(ae);
+                self.by_subscriber.remove(subscriber);
             }
         }
-        batch.remove_subscription(ae, uid);
+        batch.remove_subscription(subscriber, uid);
     }
 
     /// Queues `event` for each of `recipients`, in one sequence; drops a queue's oldest events
     /// beyond the bound.
-    fn emit(&mut self, batch: &mut WorklistBatch, recipients: &BTreeSet<String>, event: &Value) {
+    fn emit(&mut self, batch: &mut WorklistBatch, recipients: &BTreeSet<Subscriber>, event: &Value) {
         if recipients.is_empty() {
             return;
         }
         let bytes = event.to_string().into_bytes();
-        for ae in recipients {
+        for subscriber in recipients {
             self.next_seq += 1;
             let seq = self.next_seq;
-            batch.enqueue(ae, seq, bytes.clone());
-            let queue = self.queues.entry(ae.clone()).or_default();
+            batch.enqueue(subscriber, seq, bytes.clone());
+            let queue = self.queues.entry(subscriber.clone()).or_default();
             queue.push_back(seq);
             while queue.len() > MAX_QUEUED_EVENTS {
                 if let Some(oldest) = queue.pop_front() {
-                    batch.dequeue(ae, oldest);
+                    batch.dequeue(subscriber, oldest);
                 }
             }
         }
         batch.set_counter(SEQ_COUNTER, self.next_seq);
     }
 
-    fn subscribers_of(&self, uid: &str) -> BTreeSet<String> {
+    fn subscribers_of(&self, uid: &str) -> BTreeSet<Subscriber> {
         self.by_workitem.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Whether `subscriber` may hear of `record`: its institution requested or performs it, or
+    /// its worklist subscription was made by the deployment-wide principal.
+    fn may_hear(&self, subscriber: &Subscriber, record: &WorkitemRecord) -> bool {
+        record.involves(&subscriber.institution) || self.globals.get(subscriber).is_some_and(|g| g.everything)
+    }
+
+    /// After the performing institutions of `uid` changed from `before`: drops the
+    /// subscriptions of subscribers that may no longer hear of it, and subscribes the active
+    /// worklist subscriptions that cover it now and did not before. Returns those newly
+    /// subscribed.
+    fn follow_performers(
+        &mut self,
+        batch: &mut WorklistBatch,
+        uid: &str,
+        before: &WorkitemRecord,
+        record: &WorkitemRecord,
+        workitem: &Dataset,
+    ) -> BTreeSet<Subscriber> {
+        for subscriber in self.subscribers_of(uid) {
+            if !self.may_hear(&subscriber, record) {
+                self.unsubscribe_item(batch, &subscriber, uid);
+            }
+        }
+        let mut added = BTreeSet::new();
+        let globals: Vec<(Subscriber, GlobalRecord)> =
+            self.globals.iter().map(|(who, g)| (who.clone(), g.clone())).collect();
+        for (subscriber, global) in globals {
+            let newly = !global.everything && !before.involves(&subscriber.institution);
+            if newly
+                && !global.suspended
+                && global.covers(&subscriber, record, workitem)
+                && self.subscribe_item(batch, &subscriber, uid)
+            {
+                added.insert(subscriber);
+            }
+        }
+        added
     }
 }
 
@@ -293,23 +403,33 @@ impl Worklist {
         records: Arc<dyn WorklistStore>,
         options: WorklistOptions,
     ) -> Result<Arc<Worklist>, UpsError> {
+        // Subscriptions and queues of the format keyed by AE title alone: the legacy
+        // institution's, made durable by the commit below.
+        let adopted = records.adopt_legacy(LEGACY_INSTITUTION)?;
+        if adopted > 0 {
+            tracing::info!(
+                records = adopted,
+                institution = LEGACY_INSTITUTION,
+                "worklist subscriptions given an institution"
+            );
+        }
         let mut state = State { next_seq: records.counter(SEQ_COUNTER)?, ..State::default() };
         state.n_workitems = records.workitems()?.len();
-        for (ae, bytes) in records.globals()? {
+        for (subscriber, bytes) in records.globals()? {
             let record: GlobalRecord =
                 serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("subscription: {e}")))?;
-            state.globals.insert(ae, record);
+            state.globals.insert(subscriber, record);
         }
-        for (ae, uid) in records.subscriptions()? {
-            state.by_workitem.entry(uid.clone()).or_default().insert(ae.clone());
-            state.by_ae.entry(ae).or_default().insert(uid);
+        for (subscriber, uid) in records.subscriptions()? {
+            state.by_workitem.entry(uid.clone()).or_default().insert(subscriber.clone());
+            state.by_subscriber.entry(subscriber).or_default().insert(uid);
         }
-        for (ae, seq) in records.queued_seqs()? {
-            state.queues.entry(ae).or_default().push_back(seq);
+        for (subscriber, seq) in records.queued_seqs()? {
+            state.queues.entry(subscriber).or_default().push_back(seq);
         }
         let mut batch = WorklistBatch::default();
-        let mut subscribers: BTreeSet<String> = state.globals.keys().cloned().collect();
-        subscribers.extend(state.by_ae.keys().cloned());
+        let mut subscribers: BTreeSet<Subscriber> = state.globals.keys().cloned().collect();
+        subscribers.extend(state.by_subscriber.keys().cloned());
         state.emit(&mut batch, &subscribers, &events::restarted());
         let durable = state.next_seq;
         records.apply(batch)?;
@@ -322,9 +442,13 @@ impl Worklist {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, uid: &str) -> Result<WorkitemRecord, UpsError> {
-        let bytes = self.records.workitem(uid)?.ok_or_else(|| UpsError::NotFound("no such workitem".into()))?;
-        Ok(WorkitemRecord::decode(&bytes)?)
+    /// The workitem `uid` when `principal` may see it; otherwise exactly what an unknown
+    /// workitem gives.
+    fn record(&self, principal: &Principal, uid: &str) -> Result<WorkitemRecord, UpsError> {
+        let unknown = || UpsError::NotFound("no such workitem".into());
+        let bytes = self.records.workitem(uid)?.ok_or_else(unknown)?;
+        let record = WorkitemRecord::decode(&bytes)?;
+        if record.visible_to(principal) { Ok(record) } else { Err(unknown()) }
     }
 
     /// Writes `batch` (under the state lock, so that sequence order is write order) and
@@ -407,6 +531,8 @@ impl Worklist {
                 created: now_unix(),
                 finished: None,
                 dataset: Value::Object(workitem.clone()).to_string(),
+                requester: Some(principal.institution.clone()),
+                performers: performer_institutions(&workitem),
             };
             let mut batch = WorklistBatch::default();
             Self::put(&mut batch, &uid, &record)?;
@@ -422,13 +548,12 @@ impl Worklist {
             }
             state.n_workitems += 1;
             let mut recipients = BTreeSet::new();
-            let globals: Vec<(String, GlobalRecord)> =
-                state.globals.iter().map(|(ae, g)| (ae.clone(), g.clone())).collect();
-            for (ae, global) in globals {
-                let wanted = global.filter.as_ref().is_none_or(|keys| dataset::matches_all(&workitem, keys));
-                if !global.suspended && wanted {
-                    state.subscribe_item(&mut batch, &ae, &uid);
-                    recipients.insert(ae);
+            let globals: Vec<(Subscriber, GlobalRecord)> =
+                state.globals.iter().map(|(who, g)| (who.clone(), g.clone())).collect();
+            for (subscriber, global) in globals {
+                if !global.suspended && global.covers(&subscriber, &record, &workitem) {
+                    state.subscribe_item(&mut batch, &subscriber, &uid);
+                    recipients.insert(subscriber);
                 }
             }
             state.emit(&mut batch, &recipients, &events::state_report(&uid, ProcedureStepState::Scheduled, &workitem));
@@ -443,8 +568,9 @@ impl Worklist {
     }
 
     /// Retrieve (PS3.18 §11.5, N-GET): the data set, never with the Transaction UID.
-    pub fn retrieve(&self, _principal: &Principal, uid: &str) -> Result<Dataset, UpsError> {
-        Ok(self.record(uid)?.dataset()?)
+    /// A workitem the caller may not see is unknown (C307).
+    pub fn retrieve(&self, principal: &Principal, uid: &str) -> Result<Dataset, UpsError> {
+        Ok(self.record(principal, uid)?.dataset()?)
     }
 
     /// Update (PS3.18 §11.6, N-SET; PS3.4 CC.2.6): replaces the attributes the request carries
@@ -461,7 +587,7 @@ impl Worklist {
         let (result, written) = (|| -> Result<_, UpsError> {
             dataset::check_shape(&changes, 8).map_err(UpsError::Invalid)?;
             let mut state = self.lock();
-            let mut record = self.record(uid)?;
+            let mut record = self.record(principal, uid)?;
             match (record.state, transaction_uid) {
                 (current, _) if current.is_final() => return Err(UpsError::UpdateFinal(current.as_str())),
                 (ProcedureStepState::Scheduled, Some(_)) => {
@@ -512,9 +638,16 @@ impl Worklist {
             for (name, value) in changes {
                 workitem.insert(name, value);
             }
+            let before = record.clone();
             record.dataset = Value::Object(workitem.clone()).to_string();
+            record.performers = performer_institutions(&workitem);
             let mut batch = WorklistBatch::default();
             Self::put(&mut batch, uid, &record)?;
+            if record.performers != before.performers {
+                let added = state.follow_performers(&mut batch, uid, &before, &record, &workitem);
+                // A worklist subscriber that now sees the workitem hears of it as on subscribing.
+                state.emit(&mut batch, &added, &events::state_report(uid, record.state, &workitem));
+            }
             let recipients = state.subscribers_of(uid);
             if readiness {
                 state.emit(&mut batch, &recipients, &events::state_report(uid, record.state, &workitem));
@@ -552,7 +685,7 @@ impl Worklist {
                 check_uid(given, "the Transaction UID")?;
             }
             let mut state = self.lock();
-            let mut record = self.record(uid)?;
+            let mut record = self.record(principal, uid)?;
             let transition =
                 state::change_state(record.state, record.transaction_uid.as_deref(), target, transaction_uid)?;
             let mut workitem = record.dataset()?;
@@ -601,7 +734,7 @@ impl Worklist {
         let (result, written) = (|| -> Result<_, UpsError> {
             dataset::check_shape(&request, 8).map_err(UpsError::Invalid)?;
             let mut state = self.lock();
-            let mut record = self.record(uid)?;
+            let mut record = self.record(principal, uid)?;
             let mut batch = WorklistBatch::default();
             let recipients = state.subscribers_of(uid);
             match record.state {
@@ -643,9 +776,10 @@ impl Worklist {
     /// Search (PS3.18 §11.9, C-FIND): the workitems matching every key, in UID order, from
     /// `offset`, at most `limit`, and how many matched in all. Runs over the stored workitems
     /// (at most `--max-workitems`), parsing each: no index.
+    /// Only the workitems `principal` may see are matched, so the total counts them only.
     pub fn search(
         &self,
-        _principal: &Principal,
+        principal: &Principal,
         keys: &[MatchKey],
         offset: usize,
         limit: usize,
@@ -653,7 +787,11 @@ impl Worklist {
         let mut total = 0;
         let mut page = Vec::new();
         for (_, bytes) in self.records.workitems()? {
-            let workitem = WorkitemRecord::decode(&bytes)?.dataset()?;
+            let record = WorkitemRecord::decode(&bytes)?;
+            if !record.visible_to(principal) {
+                continue;
+            }
+            let workitem = record.dataset()?;
             if dataset::matches_all(&workitem, keys) {
                 if total >= offset && page.len() < limit {
                     page.push(workitem);
@@ -677,35 +815,37 @@ impl Worklist {
         deletion_lock: bool,
     ) -> Result<bool, UpsError> {
         let (result, written) = (|| -> Result<_, UpsError> {
-            validate_ae(ae)?;
+            let subscriber = Self::subscriber(principal, ae)?;
             let mut state = self.lock();
-            if !state.is_subscriber(ae) && state.n_subscribers() >= MAX_SUBSCRIBERS {
-                return Err(UpsError::Full(format!("the worklist has its maximum of {MAX_SUBSCRIBERS} subscribers")));
+            if !state.is_subscriber(&subscriber) && state.n_subscribers(&subscriber.institution) >= MAX_SUBSCRIBERS {
+                return Err(UpsError::Full(format!(
+                    "the institution has the worklist's maximum of {MAX_SUBSCRIBERS} subscribers"
+                )));
             }
             let mut batch = WorklistBatch::default();
             let mut reports = Vec::new();
             match scope {
                 SubscriptionScope::Workitem(uid) => {
-                    let record = self.record(&uid)?;
-                    state.subscribe_item(&mut batch, ae, &uid);
+                    let record = self.record(principal, &uid)?;
+                    state.subscribe_item(&mut batch, &subscriber, &uid);
                     reports.push(events::state_report(&uid, record.state, &record.dataset()?));
                 }
                 SubscriptionScope::Worklist | SubscriptionScope::FilteredWorklist => {
-                    let global = GlobalRecord { version: RECORD_VERSION, filter, suspended: false };
-                    batch.put_global(ae, serde_json::to_vec(&global).expect("serialises"));
+                    let everything = principal.scope == Scope::Deployment;
+                    let global = GlobalRecord { version: RECORD_VERSION, filter, suspended: false, everything };
+                    batch.put_global(&subscriber, serde_json::to_vec(&global).expect("serialises"));
                     for (uid, bytes) in self.records.workitems()? {
                         let record = WorkitemRecord::decode(&bytes)?;
                         let workitem = record.dataset()?;
-                        let wanted = global.filter.as_ref().is_none_or(|keys| dataset::matches_all(&workitem, keys));
-                        if !record.state.is_final() && wanted {
-                            state.subscribe_item(&mut batch, ae, &uid);
+                        if !record.state.is_final() && global.covers(&subscriber, &record, &workitem) {
+                            state.subscribe_item(&mut batch, &subscriber, &uid);
                             reports.push(events::state_report(&uid, record.state, &workitem));
                         }
                     }
-                    state.globals.insert(ae.to_string(), global);
+                    state.globals.insert(subscriber.clone(), global);
                 }
             }
-            let recipient = BTreeSet::from([ae.to_string()]);
+            let recipient = BTreeSet::from([subscriber]);
             for report in reports {
                 state.emit(&mut batch, &recipient, &report);
             }
@@ -720,24 +860,24 @@ impl Worklist {
     /// subscription of the AE goes, its workitem subscriptions too (CC.2.3 note).
     pub async fn unsubscribe(&self, principal: &Principal, ae: &str, scope: SubscriptionScope) -> Result<(), UpsError> {
         let (result, written) = (|| -> Result<_, UpsError> {
-            validate_ae(ae)?;
+            let subscriber = Self::subscriber(principal, ae)?;
             let mut state = self.lock();
             let mut batch = WorklistBatch::default();
             match scope {
                 SubscriptionScope::Workitem(uid) => {
-                    self.record(&uid)?;
-                    state.unsubscribe_item(&mut batch, ae, &uid);
+                    self.record(principal, &uid)?;
+                    state.unsubscribe_item(&mut batch, &subscriber, &uid);
                 }
                 SubscriptionScope::Worklist | SubscriptionScope::FilteredWorklist => {
-                    if !state.is_subscriber(ae) {
+                    if !state.is_subscriber(&subscriber) {
                         return Err(UpsError::NotFound(format!("{ae} has no subscription")));
                     }
-                    state.globals.remove(ae);
-                    batch.remove_global(ae);
+                    state.globals.remove(&subscriber);
+                    batch.remove_global(&subscriber);
                     let uids: Vec<String> =
-                        state.by_ae.get(ae).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+                        state.by_subscriber.get(&subscriber).map(|s| s.iter().cloned().collect()).unwrap_or_default();
                     for uid in uids {
-                        state.unsubscribe_item(&mut batch, ae, &uid);
+                        state.unsubscribe_item(&mut batch, &subscriber, &uid);
                     }
                 }
             }
@@ -752,15 +892,15 @@ impl Worklist {
     /// longer subscribed to; the existing subscriptions stay.
     pub async fn suspend(&self, principal: &Principal, ae: &str) -> Result<(), UpsError> {
         let (result, written) = (|| -> Result<_, UpsError> {
-            validate_ae(ae)?;
+            let subscriber = Self::subscriber(principal, ae)?;
             let mut state = self.lock();
-            let Some(global) = state.globals.get_mut(ae) else {
+            let Some(global) = state.globals.get_mut(&subscriber) else {
                 return Err(UpsError::NotFound(format!("{ae} has no worklist subscription")));
             };
             global.suspended = true;
             let bytes = serde_json::to_vec(&*global).expect("serialises");
             let mut batch = WorklistBatch::default();
-            batch.put_global(ae, bytes);
+            batch.put_global(&subscriber, bytes);
             tracing::debug!(caller = %principal.subject, "worklist subscription suspended");
             Ok(((), self.write(state, batch)?))
         })()?;
@@ -780,8 +920,8 @@ impl Worklist {
                 let record = WorkitemRecord::decode(&bytes)?;
                 if record.state.is_final() && record.finished.is_some_and(|finished| finished <= cutoff) {
                     batch.remove_workitem(&uid);
-                    for ae in state.subscribers_of(&uid) {
-                        state.unsubscribe_item(&mut batch, &ae, &uid);
+                    for subscriber in state.subscribers_of(&uid) {
+                        state.unsubscribe_item(&mut batch, &subscriber, &uid);
                     }
                     removed += 1;
                 }
@@ -801,10 +941,11 @@ impl Worklist {
         (self.options.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
-    /// Opens a notification connection for `ae` (PS3.18 §8.10). A newer connection of the same
-    /// AE supersedes an older one. Refused beyond the configured number of open connections.
-    pub fn connect(self: &Arc<Self>, ae: &str) -> Result<NotificationConnection, UpsError> {
-        validate_ae(ae)?;
+    /// Opens the notification connection of `principal`'s institution's `ae` (PS3.18 §8.10):
+    /// it carries that subscriber's queue. A newer connection of the same subscriber supersedes
+    /// an older one. Refused beyond the configured number of open connections.
+    pub fn connect(self: &Arc<Self>, principal: &Principal, ae: &str) -> Result<NotificationConnection, UpsError> {
+        let subscriber = Self::subscriber(principal, ae)?;
         let mut state = self.lock();
         if state.open_connections >= self.options.max_connections {
             return Err(UpsError::Full(format!(
@@ -815,11 +956,21 @@ impl Worklist {
         state.open_connections += 1;
         state.generation += 1;
         let generation = state.generation;
-        state.connections.insert(ae.to_string(), generation);
+        state.connections.insert(subscriber.clone(), generation);
         drop(state);
         // Wake the connection this one supersedes.
         self.durable.send_modify(|_| {});
-        Ok(NotificationConnection { worklist: self.clone(), ae: ae.to_string(), generation })
+        Ok(NotificationConnection { worklist: self.clone(), subscriber, generation })
+    }
+
+    /// The subscriber `ae` names for `principal`: that AE title of its institution.
+    fn subscriber(principal: &Principal, ae: &str) -> Result<Subscriber, UpsError> {
+        validate_ae(ae)?;
+        if matches!(principal.scope, Scope::Link(_)) {
+            // The service refuses UPS-RS under a share link before this; a link has no institution.
+            return Err(UpsError::NotFound("no such subscriber".into()));
+        }
+        Ok(Subscriber::new(&principal.institution, ae))
     }
 }
 
@@ -908,18 +1059,18 @@ fn check_create_requirements(workitem: &Dataset) -> Result<(), UpsError> {
 /// Dropping it closes its slot.
 pub struct NotificationConnection {
     worklist: Arc<Worklist>,
-    ae: String,
+    subscriber: Subscriber,
     generation: u64,
 }
 
 impl NotificationConnection {
-    pub fn ae(&self) -> &str {
-        &self.ae
+    pub fn subscriber(&self) -> &Subscriber {
+        &self.subscriber
     }
 
-    /// Whether a newer connection of the same AE has taken over.
+    /// Whether a newer connection of the same subscriber has taken over.
     pub fn is_superseded(&self) -> bool {
-        self.worklist.lock().connections.get(&self.ae) != Some(&self.generation)
+        self.worklist.lock().connections.get(&self.subscriber) != Some(&self.generation)
     }
 
     /// Wakes when events become durable (or the connection may be superseded).
@@ -930,7 +1081,7 @@ impl NotificationConnection {
     /// Queued events above `after` whose change is durable, oldest first, as DICOM JSON text.
     pub fn pending(&self, after: u64) -> Result<Vec<(u64, String)>, UpsError> {
         let durable = *self.worklist.durable.borrow();
-        let events = self.worklist.records.queued(&self.ae, after, EVENT_BATCH)?;
+        let events = self.worklist.records.queued(&self.subscriber, after, EVENT_BATCH)?;
         Ok(events
             .into_iter()
             .filter(|(seq, _)| *seq <= durable)
@@ -944,10 +1095,10 @@ impl NotificationConnection {
     pub fn acknowledge(&self, seq: u64) -> Result<(), UpsError> {
         let mut state = self.worklist.lock();
         let mut batch = WorklistBatch::default();
-        if let Some(queue) = state.queues.get_mut(&self.ae) {
+        if let Some(queue) = state.queues.get_mut(&self.subscriber) {
             while queue.front().is_some_and(|front| *front <= seq) {
                 if let Some(done) = queue.pop_front() {
-                    batch.dequeue(&self.ae, done);
+                    batch.dequeue(&self.subscriber, done);
                 }
             }
         }
@@ -962,8 +1113,38 @@ impl Drop for NotificationConnection {
     fn drop(&mut self) {
         let mut state = self.worklist.lock();
         state.open_connections = state.open_connections.saturating_sub(1);
-        if state.connections.get(&self.ae) == Some(&self.generation) {
-            state.connections.remove(&self.ae);
+        if state.connections.get(&self.subscriber) == Some(&self.generation) {
+            state.connections.remove(&self.subscriber);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Roles;
+
+    fn principal(institution: &str, scope: Scope) -> Principal {
+        Principal { subject: "t".into(), institution: institution.into(), roles: Roles::all(), key_id: None, scope }
+    }
+
+    #[test]
+    fn version_1_records_belong_to_local_and_their_named_performers() {
+        let dataset = serde_json::json!({"00404034": {"vr": "SQ", "Value": [
+            {"00404036": {"vr": "LO", "Value": ["reading-b"]}},
+            {"00404036": {"vr": "LO", "Value": [""]}},
+            {"00404036": {"vr": "LO", "Value": ["reading-b"]}},
+            {"00404009": {"vr": "SQ", "Value": []}}]}});
+        let stored = serde_json::json!({"version": 1, "state": "Scheduled", "transaction_uid": null,
+            "created": 0, "finished": null, "dataset": dataset.to_string()});
+        let record = WorkitemRecord::decode(stored.to_string().as_bytes()).unwrap();
+        assert_eq!(record.requester(), LEGACY_INSTITUTION);
+        assert_eq!(record.performers, ["reading-b"]);
+        assert!(record.visible_to(&Principal::local()));
+        assert!(record.visible_to(&principal("local", Scope::Institution)));
+        assert!(record.visible_to(&principal("reading-b", Scope::Institution)));
+        assert!(!record.visible_to(&principal("Reading-B", Scope::Institution)), "compared exactly");
+        assert!(!record.visible_to(&principal("hospital", Scope::Institution)));
+        assert!(!record.visible_to(&Principal::link("s1")));
     }
 }
