@@ -32,7 +32,7 @@ fn open_offline(dir: &std::path::Path) -> anyhow::Result<(KeyStore, AuditLog)> {
     Ok((keys, audit))
 }
 
-/// A key change made with the CLI, for the audit trail.
+/// A key or share change made with the CLI, for the audit trail.
 fn cli_event(action: &str, detail: String) -> AuditEvent {
     AuditEvent {
         action: action.into(),
@@ -94,6 +94,7 @@ async fn key_command(command: KeyCommand) -> anyhow::Result<()> {
 /// command has the data directory).
 async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
     use kura::archive::{Grantee, NewShare};
+    use kura::store::Store;
     let open = |dir: &std::path::Path| kura::archive::shares::open_offline(dir).map_err(anyhow::Error::new);
     match command {
         ShareCommand::Create { data, study, series, institution, user, link, expires_in_secs } => {
@@ -114,6 +115,14 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
             }
             let share = NewShare { study_uid: study, series_uid: series, grantee, expires_in_secs };
             let created = shares.create(share, &owner, "cli").await?;
+            // As the HTTP API records it (`server::admin`): the share, its target and grantee.
+            let event = AuditEvent {
+                institution: Some(created.info.owner.clone()),
+                studies: vec![created.info.study.clone()],
+                series: created.info.series.clone(),
+                ..cli_event("share-create", created.info.audit_text())
+            };
+            kura::audit::open_offline(&store)?.record(event).await?;
             eprintln!(
                 "created share {} of {} for {}, expires {}",
                 created.info.id,
@@ -154,8 +163,15 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
             }
         }
         ShareCommand::Revoke { data, id } => {
-            let (shares, _) = open(&data.data_dir)?;
+            let (shares, store) = open(&data.data_dir)?;
             let share = shares.revoke(&id, None).await?;
+            let event = AuditEvent {
+                institution: Some(share.owner.clone()),
+                studies: vec![share.study.clone()],
+                series: share.series.clone(),
+                ..cli_event("share-revoke", format!("share {}", share.id))
+            };
+            kura::audit::open_offline(&store)?.record(event).await?;
             println!("revoked share {} ({})", share.id, share.grantee_text());
         }
     }

@@ -108,6 +108,16 @@ impl ShareInfo {
             Grantee::Link => "link".into(),
         }
     }
+
+    /// `share {id} of {study}[/{series}] for {grantee}`: what the audit trail says of a new
+    /// share (never its token).
+    pub fn audit_text(&self) -> String {
+        let target = match &self.series {
+            Some(series) => format!("{}/{series}", self.study),
+            None => self.study.clone(),
+        };
+        format!("share {} of {target} for {}", self.id, self.grantee_text())
+    }
 }
 
 /// What a new share is.
@@ -347,7 +357,7 @@ impl ShareStore {
 
 /// The share store of the data directory `data_dir` and its catalog, for `kura share` while the
 /// server is stopped (sled lets one process open a database).
-pub fn open_offline(data_dir: &std::path::Path) -> Result<(ShareStore, Arc<dyn Store>), ShareError> {
+pub fn open_offline(data_dir: &std::path::Path) -> Result<(ShareStore, Arc<crate::store::SledStore>), ShareError> {
     let sled = crate::store::SledStore::open(&data_dir.join("store"), Default::default()).map_err(|error| {
         ShareError::Invalid(format!(
             "cannot open the store in {} ({error}); if `kura serve` is running on it, stop it or use the \
@@ -356,8 +366,7 @@ pub fn open_offline(data_dir: &std::path::Path) -> Result<(ShareStore, Arc<dyn S
         ))
     })?;
     let tree = sled.tree(TREE)?;
-    let store: Arc<dyn Store> = sled;
-    Ok((ShareStore::new(tree, store.clone()), store))
+    Ok((ShareStore::new(tree, sled.clone()), sled))
 }
 
 #[cfg(test)]

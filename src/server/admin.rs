@@ -199,14 +199,9 @@ where
             // The trail names what was shared, with whom, by the share's id (as a key creation
             // names the key): without this note a share-create record said neither, so the
             // trail could not tell which study an administrator had opened to whom.
-            let info = &created.info;
-            let target = match &info.series {
-                Some(series) => format!("{}/{series}", info.study),
-                None => info.study.clone(),
-            };
             response.extensions_mut().insert(crate::audit::AuditNote {
-                studies: vec![info.study.clone()],
-                detail: Some(format!("share {} of {target} for {}", info.id, info.grantee_text())),
+                studies: vec![created.info.study.clone()],
+                detail: Some(created.info.audit_text()),
             });
             Ok(response)
         }

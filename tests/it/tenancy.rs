@@ -878,4 +878,23 @@ async fn share_cli_creates_lists_and_revokes() {
     let root = server.base.replace("/dicomweb", &link_path);
     assert_eq!(get(&format!("{root}/studies"), "application/dicom+json").await.status, StatusCode::NOT_FOUND);
     server.terminate();
+
+    // Share changes made with the CLI are on the trail like those over HTTP, never the token.
+    let export = kura(&["audit", "export", "--data", data_arg]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let export = String::from_utf8(export.stdout).unwrap();
+    assert!(!export.contains("kshare_"), "a link token in the trail");
+    let records: Vec<serde_json::Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (action, detail) in [
+        ("share-create", format!("share {id} of {} for link", spec.study_uid())),
+        ("share-revoke", format!("share {id}")),
+    ] {
+        let record =
+            records.iter().find(|r| r["action"] == action).unwrap_or_else(|| panic!("{action} missing: {export}"));
+        assert_eq!(record["subject"], "cli", "{record}");
+        assert_eq!(record["detail"], detail.as_str(), "{record}");
+        assert_eq!(record["studies"][0], spec.study_uid().as_str(), "{record}");
+        assert_eq!(record["institution"], "local", "the owner of a study stored by the local caller: {record}");
+    }
+    assert!(kura(&["audit", "verify", "--data", data_arg]).status.success());
 }
