@@ -1145,6 +1145,6 @@ mod tests {
         assert!(record.visible_to(&principal("reading-b", Scope::Institution)));
         assert!(!record.visible_to(&principal("Reading-B", Scope::Institution)), "compared exactly");
         assert!(!record.visible_to(&principal("hospital", Scope::Institution)));
-        assert!(!record.visible_to(&Principal::link("s1")));
+        assert!(!record.visible_to(&Principal::link("s1", "hosp-a")));
     }
 }
