@@ -117,7 +117,6 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
             let created = shares.create(share, &owner, "cli").await?;
             // As the HTTP API records it (`server::admin`): the share, its target and grantee.
             let event = AuditEvent {
-                institution: Some(created.info.owner.clone()),
                 studies: vec![created.info.study.clone()],
                 series: created.info.series.clone(),
                 ..cli_event("share-create", created.info.audit_text())
@@ -166,7 +165,6 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
             let (shares, store) = open(&data.data_dir)?;
             let share = shares.revoke(&id, None).await?;
             let event = AuditEvent {
-                institution: Some(share.owner.clone()),
                 studies: vec![share.study.clone()],
                 series: share.series.clone(),
                 ..cli_event("share-revoke", format!("share {}", share.id))

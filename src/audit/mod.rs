@@ -132,9 +132,8 @@ pub struct ChainSummary {
 /// A query of the trail (`GET /admin/audit`); every filter optional.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
-    /// Only records of callers acting for this institution, and those acting for none (failed
-    /// authentications); set from the caller, never from the query string: an administrator
-    /// reads its own institution's part of the trail.
+    /// Only records of callers acting for this institution; set from the caller, never from
+    /// the query string: an administrator reads its own institution's part of the trail.
     pub institution: Option<String>,
     pub study: Option<String>,
     /// A subject (`key:…`, `oidc:…`) or a key id.
@@ -401,9 +400,9 @@ impl AuditLog {
                 .is_none_or(|p| record.subject.as_ref() == Some(p) || record.key_id.as_ref() == Some(p));
             let study_ok = query.study.as_ref().is_none_or(|s| record.studies.contains(s));
             let action_ok = query.action.as_ref().is_none_or(|a| &record.action == a);
-            // Failed authentications act for no institution: every administrator sees them.
-            let institution_ok =
-                query.institution.as_ref().is_none_or(|i| record.institution.as_ref().is_none_or(|r| r == i));
+            // Records that act for no institution (failed authentications, the command line)
+            // are the deployment's: only the export and the local caller read them.
+            let institution_ok = query.institution.as_ref().is_none_or(|i| record.institution.as_ref() == Some(i));
             if principal_ok && study_ok && action_ok && institution_ok {
                 records.push(record);
             }
