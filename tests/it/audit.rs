@@ -199,19 +199,8 @@ async fn every_access_is_recorded_queried_and_survives_kill_9() {
 
 /// A TLS syslog collector: reads RFC 5425 frames (`LEN SP MSG`) into `messages`.
 async fn syslog_collector(dir: &std::path::Path) -> (u16, std::path::PathBuf, Arc<Mutex<Vec<String>>>) {
-    use rustls::pki_types::pem::PemObject;
     let ca = TestCa::new(dir, "syslog");
-    let (cert, key) = ca.server("syslog");
-    let chain: Vec<_> =
-        rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor("syslog");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let messages = Arc::new(Mutex::new(Vec::new()));

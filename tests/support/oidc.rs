@@ -111,19 +111,8 @@ pub struct JwksServer {
 }
 
 pub async fn serve_jwks(dir: &Path, keys: &[&SigningKey]) -> JwksServer {
-    use rustls::pki_types::pem::PemObject;
     let ca = TestCa::new(dir, "idp");
-    let (cert, key) = ca.server("idp");
-    let chain: Vec<_> =
-        rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor("idp");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let document = Arc::new(Mutex::new(json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})));

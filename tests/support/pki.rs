@@ -52,6 +52,21 @@ impl TestCa {
         std::fs::write(&paths.1, key).expect("write key");
         paths
     }
+
+    /// A TLS acceptor for a test server (a JWKS endpoint, a syslog collector) with a server
+    /// certificate of this CA named `stem`.
+    pub fn acceptor(&self, stem: &str) -> tokio_rustls::TlsAcceptor {
+        let (cert, key) = self.server(stem);
+        let chain: Vec<_> = CertificateDer::pem_file_iter(&cert).unwrap().collect::<Result<_, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 /// How the test client connects.
