@@ -39,10 +39,9 @@ fn document_chunk(from: u64, to: u64) -> Vec<u8> {
     (from..to).map(document_byte).collect()
 }
 
-/// An Encapsulated PDF instance whose Encapsulated Document (0042,0011) has `length` bytes,
-/// streamed as a one-part STOW-RS body in pieces of 1 MiB: the head (File Meta and the data set
-/// up to the document), the document generated piece by piece, then (0042,0012) after it.
-fn encapsulated_document_body(spec: &Spec, length: u64) -> impl futures_util::Stream<Item = Bytes> + Send + use<> {
+/// The fixture data set of `spec` without Pixel Data and the Image Pixel attributes: the base
+/// of the document instances below.
+fn dataset_without_image(spec: &Spec) -> dicom_object::InMemDicomObject {
     let mut object = dataset(spec);
     for tag in [
         tags::PIXEL_DATA,
@@ -57,6 +56,14 @@ fn encapsulated_document_body(spec: &Spec, length: u64) -> impl futures_util::St
     ] {
         object.remove_element(tag);
     }
+    object
+}
+
+/// An Encapsulated PDF instance whose Encapsulated Document (0042,0011) has `length` bytes,
+/// streamed as a one-part STOW-RS body in pieces of 1 MiB: the head (File Meta and the data set
+/// up to the document), the document generated piece by piece, then (0042,0012) after it.
+fn encapsulated_document_body(spec: &Spec, length: u64) -> impl futures_util::Stream<Item = Bytes> + Send + use<> {
+    let mut object = dataset_without_image(spec);
     put(&mut object, tags::SOP_CLASS_UID, dicom_core::VR::UI, "1.2.840.10008.5.1.4.1.1.104.1");
     let mut head = format!("--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n").into_bytes();
     head.extend(part10(object));
@@ -169,20 +176,7 @@ fn item_header(length: u32) -> Vec<u8> {
 /// holds a Value Type, an Encapsulated Document (0042,0011) of `length` bytes and its MIME type;
 /// after the outer sequence, a top-level MIME type. Three defined lengths enclose the document.
 fn nested_document_body(spec: &Spec, length: u64) -> impl futures_util::Stream<Item = Bytes> + Send + use<> {
-    let mut object = dataset(spec);
-    for tag in [
-        tags::PIXEL_DATA,
-        tags::ROWS,
-        tags::COLUMNS,
-        tags::BITS_ALLOCATED,
-        tags::BITS_STORED,
-        tags::HIGH_BIT,
-        tags::PIXEL_REPRESENTATION,
-        tags::SAMPLES_PER_PIXEL,
-        tags::PHOTOMETRIC_INTERPRETATION,
-    ] {
-        object.remove_element(tag);
-    }
+    let mut object = dataset_without_image(spec);
     put(&mut object, tags::SOP_CLASS_UID, dicom_core::VR::UI, "1.2.840.10008.5.1.4.1.1.88.11");
     let n = length as u32;
     let value_type: &[u8] = &[0x40, 0x00, 0x40, 0xA0, b'C', b'S', 4, 0, b'T', b'E', b'X', b'T'];
