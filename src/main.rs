@@ -28,7 +28,7 @@ fn limit_malloc_arenas() {
 fn open_offline(dir: &std::path::Path) -> anyhow::Result<(KeyStore, AuditLog)> {
     let store = kura::auth::keys::open_offline_store(dir)?;
     let keys = KeyStore::new(store.tree(kura::auth::keys::TREE)?, store.clone());
-    let audit = kura::audit::open_offline(&store)?;
+    let audit = kura::audit::open_offline(&store, dir)?;
     Ok((keys, audit))
 }
 
@@ -121,7 +121,7 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
                 series: created.info.series.clone(),
                 ..cli_event("share-create", created.info.audit_text())
             };
-            kura::audit::open_offline(&store)?.record(event).await?;
+            kura::audit::open_offline(&store, &data.data_dir)?.record(event).await?;
             eprintln!(
                 "created share {} of {} for {}, expires {}",
                 created.info.id,
@@ -169,7 +169,7 @@ async fn share_command(command: ShareCommand) -> anyhow::Result<()> {
                 series: share.series.clone(),
                 ..cli_event("share-revoke", format!("share {}", share.id))
             };
-            kura::audit::open_offline(&store)?.record(event).await?;
+            kura::audit::open_offline(&store, &data.data_dir)?.record(event).await?;
             println!("revoked share {} ({})", share.id, share.grantee_text());
         }
     }

@@ -122,7 +122,12 @@ impl Archive {
         let worklist = worklist::Worklist::open(store.clone(), worklist_records, options.worklist.clone()).await?;
         spawn_worklist_sweep(&worklist);
         let shares = Arc::new(ShareStore::new(share_tree, store.clone()));
-        let audit = Arc::new(crate::audit::AuditLog::open(audit_tree, store.clone(), options.audit)?);
+        let audit = Arc::new(crate::audit::AuditLog::open(
+            audit_tree,
+            store.clone(),
+            &crate::audit::journal_dir(data_dir),
+            options.audit,
+        )?);
         if unclean {
             let swept = sweep_unreferenced(store.as_ref(), blobs.as_ref()).await?;
             if swept > 0 {

@@ -10,10 +10,13 @@
 //! may carry a patient name), never a token, key or share secret.
 //!
 //! # Durability
-//! Records live in a sled tree of their own (`audit`) on the catalog's database, so
-//! [`crate::store::Store::commit`] — the same group commit and real fsync as instance records —
-//! makes them durable. [`AuditLog::record`] returns after that commit: the server answers a
-//! request only once its record would survive a power cut.
+//! Records live in a sled tree of their own (`audit`) on the catalog's database, where queries,
+//! `verify` and `export` read them, and each is also appended to the trail's journal
+//! (`{data}/audit/`, [`journal`]) before it goes to the tree. [`AuditLog::record`] returns once
+//! the journal's `fdatasync` covers the record: the server answers a request only once its
+//! record would survive a power cut. The catalog's own commits make the tree durable later; at
+//! open, the journal's records that the tree lacks are put back, and a journal file is removed
+//! only after a catalog commit covers it.
 //!
 //! # Tamper evidence
 //! Records are numbered from 1 without gaps, and each carries the SHA-256 of the previous
@@ -26,6 +29,7 @@
 //! exports kept elsewhere are the outside witnesses.
 
 pub mod atna;
+pub mod journal;
 pub mod syslog;
 
 use std::sync::{Arc, Mutex};
@@ -165,6 +169,7 @@ struct State {
 pub struct AuditLog {
     tree: sled::Tree,
     store: Arc<dyn Store>,
+    journal: journal::Journal,
     enabled: bool,
     state: Mutex<State>,
     /// Copies for the syslog collector, when one is configured.
@@ -176,6 +181,15 @@ fn record_key(seq: u64) -> [u8; 9] {
     key[0] = RECORD_PREFIX;
     key[1..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// Writes a record's stored bytes and the head that names it, atomically.
+fn insert(tree: &sled::Tree, bytes: &[u8], state: &State) -> Result<(), StoreError> {
+    let head = Head { seq: state.seq, hash: state.hash.clone(), time: state.time };
+    let mut batch = sled::Batch::default();
+    batch.insert(&record_key(state.seq), bytes);
+    batch.insert(HEAD_KEY, serde_json::to_vec(&head).expect("head serialises"));
+    tree.apply_batch(batch).map_err(backend)
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
@@ -193,10 +207,28 @@ fn bounded(text: Option<String>) -> Option<String> {
 }
 
 impl AuditLog {
-    /// The trail on `tree`, made durable by `store`'s commit (the catalog on the same
-    /// database). `enabled: false` (--no-audit) records nothing.
-    pub fn open(tree: sled::Tree, store: Arc<dyn Store>, enabled: bool) -> Result<AuditLog, StoreError> {
-        let state = match tree.get(HEAD_KEY).map_err(backend)? {
+    /// The trail on `tree`, with its journal in `journal_dir`, the tree made durable by `store`'s
+    /// commit (the catalog on the same database). The journal's records that the tree lacks (a
+    /// power cut came before the catalog's commit) are put back first. `enabled: false`
+    /// (--no-audit) records nothing.
+    pub fn open(
+        tree: sled::Tree,
+        store: Arc<dyn Store>,
+        journal_dir: &std::path::Path,
+        enabled: bool,
+    ) -> Result<AuditLog, StoreError> {
+        Self::open_with(tree, store, journal_dir, enabled, journal::ROTATE_BYTES)
+    }
+
+    /// [`AuditLog::open`] with journal files retired past `rotate_bytes`.
+    pub fn open_with(
+        tree: sled::Tree,
+        store: Arc<dyn Store>,
+        journal_dir: &std::path::Path,
+        enabled: bool,
+        rotate_bytes: u64,
+    ) -> Result<AuditLog, StoreError> {
+        let mut state = match tree.get(HEAD_KEY).map_err(backend)? {
             Some(bytes) => {
                 let head: Head =
                     serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("audit head: {e}")))?;
@@ -204,7 +236,24 @@ impl AuditLog {
             }
             None => State { seq: 0, hash: GENESIS.into(), time: 0 },
         };
-        Ok(AuditLog { tree, store, enabled, state: Mutex::new(state), forward: Mutex::new(None) })
+        let journal = journal::Journal::open(journal_dir, rotate_bytes).map_err(StoreError::Corrupt)?;
+        let mut recovered = 0u64;
+        for line in journal.replay().map_err(StoreError::Corrupt)? {
+            // Only the records that continue the chain: older ones are in the tree already,
+            // and a torn or foreign line was never acknowledged.
+            let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) else { continue };
+            if record.seq != state.seq + 1 || record.prev != state.hash {
+                continue;
+            }
+            let next = State { seq: record.seq, hash: hex_sha256(&line), time: record.time.max(state.time) };
+            insert(&tree, &line, &next)?;
+            state = next;
+            recovered += 1;
+        }
+        if recovered > 0 {
+            tracing::info!(records = recovered, "audit records recovered from the journal");
+        }
+        Ok(AuditLog { tree, store, journal, enabled, state: Mutex::new(state), forward: Mutex::new(None) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -217,17 +266,40 @@ impl AuditLog {
         *self.forward.lock().unwrap_or_else(|p| p.into_inner()) = Some(forwarder);
     }
 
-    /// Records `event` and makes it durable (group commit) before returning.
+    /// Records `event` and returns once it is durable (its journal line synced).
     pub async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
         if !self.enabled {
             return Ok(());
         }
-        self.append(event)?;
-        self.store.commit().await
+        let last = self.append(event)?.last().map_or(0, |record| record.seq);
+        self.journal.wait_durable(last).await.map_err(|e| StoreError::Backend(e.into()))?;
+        if self.journal.has_retired() {
+            self.checkpoint().await;
+        }
+        Ok(())
+    }
+
+    /// Removes the journal files that a catalog commit starting now covers (every record in
+    /// them is in the tree already).
+    async fn checkpoint(&self) {
+        let files = self.journal.take_retired();
+        if files.is_empty() {
+            return;
+        }
+        let outcome = match self.store.commit().await {
+            Ok(()) => self.journal.remove(&files),
+            Err(error) => {
+                self.journal.keep(files);
+                Err(error.to_string())
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(%error, "retired audit journal files are kept for now");
+        }
     }
 
     /// Appends `event` (several records when it names more than [`MAX_STUDIES_PER_RECORD`]
-    /// studies), durable at the next commit.
+    /// studies) to the journal and the tree; durable once the journal is synced.
     pub fn append(&self, event: AuditEvent) -> Result<Vec<AuditRecord>, StoreError> {
         let mut chunks: Vec<Vec<String>> =
             event.studies.chunks(MAX_STUDIES_PER_RECORD).map(|chunk| chunk.to_vec()).collect();
@@ -253,13 +325,15 @@ impl AuditLog {
                 detail: bounded(event.detail.clone()),
             };
             let bytes = serde_json::to_vec(&record).expect("records serialise");
-            let hash = hex_sha256(&bytes);
-            let head = Head { seq: record.seq, hash: hash.clone(), time: record.time };
-            let mut batch = sled::Batch::default();
-            batch.insert(&record_key(record.seq), bytes);
-            batch.insert(HEAD_KEY, serde_json::to_vec(&head).expect("head serialises"));
-            self.tree.apply_batch(batch).map_err(backend)?;
-            *state = State { seq: head.seq, hash, time: head.time };
+            let next = State { seq: record.seq, hash: hex_sha256(&bytes), time: record.time };
+            self.journal.append(record.seq, &bytes).map_err(|e| StoreError::Backend(e.into()))?;
+            if let Err(error) = insert(&self.tree, &bytes, &next) {
+                // The journal holds a record the tree does not: the next one would reuse its
+                // number. Refuse every later record rather than fork the chain.
+                self.journal.fail(format!("audit tree: {error}"));
+                return Err(error);
+            }
+            *state = next;
             written.push(record);
         }
         drop(state);
@@ -411,10 +485,15 @@ impl AuditLog {
     }
 }
 
-/// `kura audit …` while the server is stopped: the trail of `data_dir`'s store.
-pub fn open_offline(store: &Arc<crate::store::SledStore>) -> Result<AuditLog, StoreError> {
+/// Where the trail's journal lives in a data directory.
+pub fn journal_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("audit")
+}
+
+/// `kura audit …` while the server is stopped: the trail of `data_dir`, whose catalog `store` is.
+pub fn open_offline(store: &Arc<crate::store::SledStore>, data_dir: &std::path::Path) -> Result<AuditLog, StoreError> {
     let tree = store.tree(TREE)?;
-    AuditLog::open(tree, store.clone(), true)
+    AuditLog::open(tree, store.clone(), &journal_dir(data_dir), true)
 }
 
 #[cfg(test)]

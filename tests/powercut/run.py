@@ -114,6 +114,9 @@ class Ledger:
         self.studies: dict[str, Study] = {}
         self.deletes: list[Delete] = []
         self.stow_status: Counter = Counter()
+        # Acknowledged STOW-RS requests per study: each answered only once its audit record was
+        # durable (issue 18), so each must still have its record after a cut.
+        self.audited_stows: Counter = Counter()
         self.delete_status: Counter = Counter()
         self.client_errors: Counter = Counter()
 
@@ -319,6 +322,8 @@ class Load:
                     referenced = set()
             with self.ledger.lock:
                 self.ledger.stow_status[response.status_code] += 1
+                if response.status_code in (200, 202):
+                    self.ledger.audited_stows[study.uid] += 1
                 for inst in batch:
                     if inst.sop in referenced:
                         inst.state, inst.acked_at = PRESENT, now
@@ -428,6 +433,8 @@ def verify(ledger: Ledger, url: str, report: CycleReport, rng: random.Random, sa
     for study_uid in set(by_study) - {tag_value(row, STUDY_TAG) for row in studies}:
         report.failures.append(f"QIDO lists instances of study {study_uid} but not the study")
 
+    verify_audit(ledger, session, url, report)
+
     with ledger.lock:
         instances = list(ledger.instances.values())
     foreign = set(visible) - {i.sop for i in instances}
@@ -484,6 +491,33 @@ def verify(ledger: Ledger, url: str, report: CycleReport, rng: random.Random, sa
             inst.state = PRESENT if present[inst.sop] else ABSENT
         for study in ledger.studies.values():
             study.deleted = not any(i.state == PRESENT for i in instances if i.study == study.uid)
+
+
+def verify_audit(ledger: Ledger, session: requests.Session, url: str, report: CycleReport) -> None:
+    """Every acknowledged STOW-RS request has its audit record (the answer waited for it)."""
+    root = url.removesuffix("/dicomweb")
+    recorded: Counter = Counter()
+    after = 0
+    while True:
+        reply = session.get(f"{root}/admin/audit", params={"action": "stow", "after": after, "limit": 1000},
+                            timeout=60)
+        if reply.status_code == 404 and after == 0:
+            return  # a stand-in server (fake_kura.py) keeps no trail
+        reply.raise_for_status()
+        page = reply.json()
+        for record in page["records"]:
+            if record["status"] in (200, 202):
+                recorded.update(set(record["studies"]))
+        if page["next"] is None:
+            break
+        after = page["next"]
+    with ledger.lock:
+        expected = dict(ledger.audited_stows)
+    for study_uid, count in sorted(expected.items()):
+        # A request may touch one study only here, so one record per acknowledged request.
+        if recorded.get(study_uid, 0) < count:
+            report.failures.append(f"audit: {count} acknowledged STOW-RS requests to study {study_uid}, "
+                                   f"but {recorded.get(study_uid, 0)} records of them after the cut")
 
 
 def fetch_exact(session: requests.Session, url: str, inst: Instance, report: CycleReport) -> bool:
