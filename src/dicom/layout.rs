@@ -53,8 +53,11 @@ pub struct PixelDataLayout {
 pub struct Layout {
     /// Offset of the first data set element (just past the File Meta group).
     pub dataset_offset: u64,
-    /// Whether the File Meta group carries its Group Length (0002,0000).
-    pub meta_has_group_length: bool,
+    /// Offset of the File Meta elements that follow a leading File Meta Information Group Length
+    /// (0002,0000) of 4 bytes, or of the first element when there is none: the parse hands
+    /// dicom-rs a group length of its own, counted from here to `dataset_offset` (see
+    /// [`super::part10::parse`]).
+    pub meta_elements_offset: u64,
     /// The Transfer Syntax UID found in the File Meta group.
     pub transfer_syntax_uid: String,
     /// Whether the data set is big endian (Explicit VR Big Endian, retired).
@@ -484,8 +487,10 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
         elements: 0,
         captured_bytes: 0,
     };
-    // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1).
-    let mut meta_has_group_length = false;
+    // File Meta: explicit VR little endian, every element of group 0002 (PS3.10 §7.1). The walk
+    // ends it where group 0002 ends, whatever its Group Length (0002,0000) says: the parse hands
+    // dicom-rs a group length counted the same way, so that both frame the data set alike.
+    let mut meta_elements_offset = HEADER_LEN as u64;
     let mut transfer_syntax_uid = String::new();
     loop {
         if walker.position + 4 > total {
@@ -503,12 +508,26 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
             return Err(LayoutError::Invalid("undefined length in the file meta group"));
         }
         match element {
-            0x0000 => meta_has_group_length = true,
-            0x0010 if length <= 64 => {
+            0x0000 if length == 4 && walker.position == HEADER_LEN as u64 + 8 => {
+                walker.skip(4)?;
+                meta_elements_offset = walker.position;
+                continue;
+            }
+            0x0010 => {
+                // A UI value is at most 64 bytes (PS3.5 Table 6.2-1). A longer one would go
+                // unread here while dicom-rs read it, and the two could frame the data set in
+                // different byte orders or VR forms.
+                if length > 64 {
+                    return Err(LayoutError::Invalid("the Transfer Syntax UID is longer than 64 bytes (PS3.5 6.2)"));
+                }
                 let mut value = vec![0u8; length as usize];
                 walker.reader.read_exact(&mut value).map_err(|_| LayoutError::Truncated)?;
                 walker.position += u64::from(length);
-                transfer_syntax_uid = String::from_utf8_lossy(&value).trim_end_matches(['\0', ' ']).to_string();
+                // Trimmed as dicom-rs trims it (`FileMetaTable::transfer_syntax`), so that both
+                // take the same transfer syntax.
+                transfer_syntax_uid = String::from_utf8_lossy(&value)
+                    .trim_end_matches(|c: char| c.is_whitespace() || c == '\0')
+                    .to_string();
                 continue;
             }
             _ => {}
@@ -523,7 +542,7 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
         "1.2.840.10008.1.2.1.99" => {
             return Ok(Layout {
                 dataset_offset,
-                meta_has_group_length,
+                meta_elements_offset,
                 transfer_syntax_uid,
                 big_endian: false,
                 pixel_data: None,
@@ -549,7 +568,7 @@ pub fn walk<R: Read + Seek>(reader: &mut R, total: u64, capture: bool) -> Result
     length_patches.sort_unstable_by_key(|patch| patch.offset);
     Ok(Layout {
         dataset_offset,
-        meta_has_group_length,
+        meta_elements_offset,
         transfer_syntax_uid,
         big_endian: walker.big_endian,
         pixel_data,
@@ -596,7 +615,7 @@ mod tests {
         dataset.extend(element(PIXEL_DATA, b"OW", &[7u8; 64]));
         let bytes = file(&dataset);
         let layout = walk(&mut Cursor::new(&bytes), bytes.len() as u64, false).unwrap();
-        assert!(!layout.meta_has_group_length);
+        assert_eq!(layout.meta_elements_offset, HEADER_LEN as u64, "no group length");
         assert_eq!(layout.transfer_syntax_uid, "1.2.840.10008.1.2.1");
         let pixels = layout.pixel_data.unwrap();
         assert_eq!(pixels.length, Some(64));
@@ -723,6 +742,46 @@ mod tests {
         un.extend(nested(MAX_SEQUENCE_DEPTH as usize, true, true));
         un.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert!(matches!(walk_bytes(&file_in(explicit, &un)), Err(LayoutError::TooDeep)));
+    }
+
+    /// A File Meta group led by its Group Length (0002,0000) holding `group_length`, then the
+    /// Transfer Syntax UID `transfer_syntax`.
+    fn file_with_group_length(group_length: u32, transfer_syntax: &[u8], dataset: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        out.extend(element((2, 0), b"UL", &group_length.to_le_bytes()));
+        out.extend(element((2, 0x10), b"UI", transfer_syntax));
+        out.extend_from_slice(dataset);
+        out
+    }
+
+    #[test]
+    fn the_file_meta_group_ends_where_its_elements_end_whatever_its_group_length_says() {
+        let dataset = element((0x0010, 0x0010), b"PN", b"Doe^J ");
+        let transfer_syntax = b"1.2.840.10008.1.2.1\0";
+        let right = 8 + transfer_syntax.len() as u32;
+        for group_length in [right, right + 32, right - 8, 0, u32::MAX] {
+            let bytes = file_with_group_length(group_length, transfer_syntax, &dataset);
+            let layout = walk_bytes(&bytes).unwrap();
+            assert_eq!(layout.meta_elements_offset, HEADER_LEN as u64 + 12, "group length {group_length}");
+            assert_eq!(layout.dataset_offset, HEADER_LEN as u64 + 12 + u64::from(right), "group length {group_length}");
+        }
+    }
+
+    #[test]
+    fn the_transfer_syntax_is_read_as_dicom_rs_reads_it_or_refused() {
+        // Trailing white space of any kind is trimmed, as dicom-rs trims it: big endian here.
+        let mut dataset = Vec::new();
+        dataset.extend_from_slice(&[0x00, 0x10, 0x00, 0x10, b'P', b'N', 0x00, 0x06]);
+        dataset.extend_from_slice(b"Doe^J ");
+        let bytes = file_in(b"1.2.840.10008.1.2.2\t", &dataset);
+        let layout = walk_bytes(&bytes).unwrap();
+        assert!(layout.big_endian);
+        assert_eq!(layout.transfer_syntax_uid, "1.2.840.10008.1.2.2");
+        // Longer than a UI value may be (PS3.5 Table 6.2-1): refused, not read past.
+        let mut long = b"1.2.840.10008.1.2.2".to_vec();
+        long.resize(66, b' ');
+        assert!(matches!(walk_bytes(&file_in(&long, &dataset)), Err(LayoutError::Invalid(_))));
     }
 
     #[test]

@@ -185,20 +185,28 @@ pub fn parse_within<R: Read + Seek>(
         .map(|value| (value.offset, value.length))
         .chain(nested.iter().map(|value| (value.offset, value.length)))
         .collect();
-    let reader = WithoutLargeValues::new(reader, HEADER_LEN as u64, total, &places, &patches, framing.big_endian)
-        .map_err(|e| ParseError::Malformed(e.to_string()))?;
+    // dicom-rs reads from the File Meta elements after the file's own group length (if any): it
+    // is handed one below.
+    let reader =
+        WithoutLargeValues::new(reader, framing.meta_elements_offset, total, &places, &patches, framing.big_endian)
+            .map_err(|e| ParseError::Malformed(e.to_string()))?;
     let mut nested_paths: Vec<Vec<u32>> = nested.iter().map(|value| value.path.clone()).collect();
     nested_paths.sort_unstable();
     let mut hidden_tags: Vec<u32> = hidden.iter().map(|value| value.tag).collect();
     hidden_tags.sort_unstable();
     // dicom-object reads the "DICM" magic itself, and insists on the File Meta Information
-    // Group Length, which some writers omit: hand it both.
+    // Group Length, which some writers omit: hand it both. The group length is always the one
+    // the walk counted, never the file's: dicom-rs ends the File Meta group where that length
+    // says, and a wrong one (found by fuzzing: 32 bytes too many in a big-endian file) made it
+    // read the data set from another place than the walk checked, take Pixel Data bytes for an
+    // element and allocate the 18.8 MB length they spelled, for a 9,708-byte part. Read by
+    // group, as the walk reads it, every declared length dicom-rs meets is one the walk proved
+    // fits in the file (dcmtk and pydicom also end the group by its elements, not its length).
     let mut prefix = b"DICM".to_vec();
-    if !framing.meta_has_group_length {
-        let meta_length = (framing.dataset_offset - HEADER_LEN as u64) as u32;
-        prefix.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
-        prefix.extend_from_slice(&meta_length.to_le_bytes());
-    }
+    let meta_length = u32::try_from(framing.dataset_offset - framing.meta_elements_offset)
+        .map_err(|_| ParseError::Malformed("the File Meta group is longer than 4 GiB".into()))?;
+    prefix.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
+    prefix.extend_from_slice(&meta_length.to_le_bytes());
     let reader = std::io::Cursor::new(prefix).chain(reader);
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
@@ -426,5 +434,79 @@ fn classify_open_error(message: &str) -> ParseError {
         ParseError::UnsupportedTransferSyntax(message.to_string())
     } else {
         ParseError::Malformed(message.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// An Explicit VR element (16-bit length form for the VRs used here), in either byte order.
+    fn element(tag: (u16, u16), vr: &[u8; 2], value: &[u8], big_endian: bool) -> Vec<u8> {
+        let u16_bytes = |v: u16| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+        let mut out = Vec::new();
+        out.extend_from_slice(&u16_bytes(tag.0));
+        out.extend_from_slice(&u16_bytes(tag.1));
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&u16_bytes(value.len() as u16));
+        out.extend_from_slice(value);
+        out
+    }
+
+    /// A PS3.10 file whose File Meta group starts with a Group Length of `group_length` (the
+    /// right one when `None`).
+    fn instance(transfer_syntax: &[u8], big_endian: bool, group_length: Option<u32>) -> Vec<u8> {
+        let meta = meta(transfer_syntax);
+        let mut dataset = element((0x0008, 0x0016), b"UI", b"1.2.840.10008.5.1.4.1.1.7\0", big_endian);
+        dataset.extend(element((0x0008, 0x0018), b"UI", b"1.2.3.4.5.6\0", big_endian));
+        dataset.extend(element((0x0010, 0x0010), b"PN", b"Doe^Jane", big_endian));
+        dataset.extend(element((0x0020, 0x000D), b"UI", b"1.2.3.4\0", big_endian));
+        dataset.extend(element((0x0020, 0x000E), b"UI", b"1.2.3.4.5\0", big_endian));
+        dataset.extend(element((0x0028, 0x0010), b"US", &if big_endian { [0, 8] } else { [8, 0] }, big_endian));
+        let mut out = vec![0u8; PREAMBLE_LEN];
+        out.extend_from_slice(b"DICM");
+        let length = group_length.unwrap_or(meta.len() as u32);
+        out.extend(element((2, 0), b"UL", &length.to_le_bytes(), false));
+        out.extend(meta);
+        out.extend(dataset);
+        out
+    }
+
+    /// The File Meta elements after the Group Length.
+    fn meta(transfer_syntax: &[u8]) -> Vec<u8> {
+        let mut meta = element((2, 0x02), b"UI", b"1.2.840.10008.5.1.4.1.1.7\0", false);
+        meta.extend(element((2, 0x03), b"UI", b"1.2.3.4.5.6\0", false));
+        meta.extend(element((2, 0x10), b"UI", transfer_syntax, false));
+        meta
+    }
+
+    fn parse_bytes(bytes: &[u8]) -> Result<ParsedInstance, ParseError> {
+        parse(Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    /// dicom-rs ends the File Meta group where its Group Length says; the walk, where group 0002
+    /// ends. A wrong group length made dicom-rs read the data set from elsewhere than the walk
+    /// checked (fuzzing: a big-endian file with 32 bytes too many allocated an 18.8 MB length
+    /// read from Pixel Data). The parse hands dicom-rs the walk's length: a file with a wrong
+    /// one reads exactly as the same file with the right one.
+    #[test]
+    fn a_wrong_file_meta_group_length_reads_as_the_right_one() {
+        for (transfer_syntax, big_endian) in
+            [(&b"1.2.840.10008.1.2.1\0"[..], false), (&b"1.2.840.10008.1.2.2\0"[..], true)]
+        {
+            let right = parse_bytes(&instance(transfer_syntax, big_endian, None)).unwrap();
+            assert_eq!(right.study_uid, "1.2.3.4");
+            let metadata: serde_json::Value = serde_json::from_slice(&right.metadata).unwrap();
+            assert_eq!(metadata["00280010"]["Value"][0], 8, "big endian {big_endian}");
+            assert_eq!(metadata["00100010"]["Value"][0]["Alphabetic"], "Doe^Jane");
+            let meta_length = meta(transfer_syntax).len() as u32;
+            for wrong in [meta_length + 8, meta_length + 32, meta_length - 20, 1, u32::MAX] {
+                let parsed = parse_bytes(&instance(transfer_syntax, big_endian, Some(wrong)))
+                    .unwrap_or_else(|e| panic!("group length {wrong} (big endian {big_endian}): {e}"));
+                assert_eq!(parsed.metadata, right.metadata, "group length {wrong}, big endian {big_endian}");
+                assert_eq!(parsed.attributes, right.attributes);
+            }
+        }
     }
 }

@@ -25,6 +25,12 @@ fn tag_hex(tag: Tag) -> String {
     format!("{:04X}{:04X}", tag.group(), tag.element())
 }
 
+/// VRs whose values are numbers, written as numbers in JSON: their text is written trimmed, in
+/// JSON and XML alike, so that both documents of one data set carry the same value.
+fn is_number(vr: VR) -> bool {
+    matches!(vr, VR::US | VR::UL | VR::SS | VR::SL | VR::FL | VR::FD | VR::IS | VR::DS)
+}
+
 /// Numbers in JSON where the VR is numeric and the text is a valid JSON number (F.2.3);
 /// otherwise the original string, which F.2.3 allows for IS and DS.
 fn json_value(vr: VR, value: &str) -> Json {
@@ -32,7 +38,7 @@ fn json_value(vr: VR, value: &str) -> Json {
         return Json::Null;
     }
     match vr {
-        VR::US | VR::UL | VR::SS | VR::SL | VR::FL | VR::FD | VR::IS | VR::DS => {
+        _ if is_number(vr) => {
             let trimmed = value.trim();
             if let Ok(integer) = trimmed.parse::<i64>() {
                 return json!(integer);
@@ -150,7 +156,9 @@ impl Dataset {
                             write_person_name(out, number, COMPONENT_GROUPS.iter().copied().zip(value.split('=')));
                         } else {
                             let _ = write!(out, "<Value number=\"{number}\">");
-                            escape_xml(value, out);
+                            // Trimmed as `json_value` trims it (found by the metadata_writers
+                            // fuzz target: an IS of one form feed was "" in JSON, U+FFFD here).
+                            escape_xml(if is_number(*vr) { value.trim() } else { value }, out);
                             out.push_str("</Value>");
                         }
                     }
@@ -303,6 +311,22 @@ mod tests {
         let mut dataset = Dataset::new();
         dataset.put_str(tags::STUDY_DESCRIPTION, VR::LO, "x\u{7}y");
         assert!(dataset.to_xml().contains("<Value number=\"1\">x\u{FFFD}y</Value>"));
+    }
+
+    /// A number's text is trimmed in XML as in JSON (fuzz target `metadata_writers`: an IS of
+    /// one form feed, white space to `trim`, was "" in the JSON and U+FFFD in the XML).
+    #[test]
+    fn numbers_read_the_same_in_json_and_xml() {
+        let mut dataset = Dataset::new();
+        dataset.put_strings(tags::NUMBER_OF_FRAMES, VR::IS, vec!["\u{c}".into()]);
+        dataset.put_str(tags::SERIES_NUMBER, VR::IS, " 12 \u{c}");
+        dataset.put_str(tags::STUDY_DESCRIPTION, VR::LO, " x ");
+        assert_eq!(dataset.to_json()["00280008"]["Value"][0], "");
+        assert_eq!(dataset.to_json()["00200011"]["Value"][0], 12);
+        let xml = dataset.to_xml();
+        assert!(xml.contains("keyword=\"NumberOfFrames\"><Value number=\"1\"></Value>"), "{xml}");
+        assert!(xml.contains("<Value number=\"1\">12</Value>"), "{xml}");
+        assert!(xml.contains("<Value number=\"1\"> x </Value>"), "text keeps its spaces: {xml}");
     }
 
     #[test]

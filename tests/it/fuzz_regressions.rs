@@ -4,7 +4,7 @@
 
 use http::StatusCode;
 
-use crate::support::client::{qido, stow};
+use crate::support::client::{get, qido, stow};
 use crate::support::server::ChildServer;
 
 /// Peak resident set of a process (VmHWM), in bytes.
@@ -61,4 +61,36 @@ async fn answered_without_gigabytes(part: Vec<u8>) {
 async fn fuzz_part10_short_sl_value_is_answered_without_allocating_gigabytes() {
     let part = include_bytes!("../fuzz/regressions/part10/short-sl-value.dcm").to_vec();
     answered_without_gigabytes(part).await;
+}
+
+/// part10 finding of the short mode (mutation 33413 of pydicom's `MR_small_bigendian.dcm`, in
+/// the metadata_writers target): its File Meta Information Group Length says 238 where the group
+/// holds 206 bytes. dicom-rs ended the group by that length, 32 bytes into the big-endian data
+/// set, and so read the data set from elsewhere than the layout walk had checked: from inside
+/// Pixel Data, where an "element" of unknown VR spelled a length of 18,809,147, which dicom-rs
+/// allocated and zeroed for the 9,708-byte part (18.8 MB of heap at once, measured by the fuzz
+/// bodies' allocator). The parse now hands dicom-rs the group length the walk counted (group
+/// 0002 read by its elements, as dcmtk and pydicom read it), so the instance reads as the file
+/// it was mutated from: stored, with the attributes pydicom reads from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn fuzz_part10_wrong_meta_group_length_is_read_as_the_walk_framed_it() {
+    let part = include_bytes!("../fuzz/regressions/part10/mr-small-bigendian-18mb.dcm").to_vec();
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(data.path());
+    let reply = stow(&server.base, None, &[part]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let study = "1.3.6.1.4.1.5962.1.2.4.20040826185059.5457";
+    let found = qido(&server.base, &format!("/studies?StudyInstanceUID={study}")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["00100010"]["Value"][0]["Alphabetic"], "CompressedSamples^MR1");
+    let metadata = get(&format!("{}/studies/{study}/metadata", server.base), "application/dicom+json").await;
+    assert_eq!(metadata.status, StatusCode::OK, "{}", metadata.text());
+    let instance = &metadata.json()[0];
+    assert_eq!(instance["00280010"]["Value"][0], 64, "Rows, read in big endian");
+    assert_eq!(instance["00280011"]["Value"][0], 64, "Columns");
+    assert_eq!(
+        instance["00080018"]["Value"][0], "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457",
+        "SOP Instance UID, from the data set read at the right place"
+    );
+    server.terminate();
 }
