@@ -7,6 +7,10 @@ mod support;
 /// STOW-RS: storing, per-part failures, duplicates, preamble, limits.
 mod stow;
 
+/// STOW-RS bodies with a content coding: gzip, deflate, brotli; bombs, corruption, unknown
+/// codings.
+mod stow_coding;
+
 /// QIDO-RS: search resources and matching, through the running server.
 mod qido;
 
