@@ -26,6 +26,9 @@ mod format;
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 
+/// HTTP caching of retrieved content: ETag, If-None-Match, Cache-Control.
+mod caching;
+
 /// Hostile DICOM content: nesting, frame counts, contradictory pixel descriptions.
 mod hostile;
 
