@@ -73,8 +73,9 @@ async fn every_retrieve_resource_has_an_etag_a_304_and_cache_control() {
         (format!("{instance_url}/frames/1"), octets, IMMUTABLE),
         (format!("{instance_url}/frames/2"), octets, IMMUTABLE),
         (format!("{instance_url}/bulkdata/7FE00010"), "application/octet-stream", IMMUTABLE),
-        (format!("{instance_url}/rendered"), "image/jpeg", IMMUTABLE),
-        (format!("{instance_url}/rendered"), "image/png", IMMUTABLE),
+        // Three frames: several images, so multipart.
+        (format!("{instance_url}/rendered"), "multipart/related; type=\"image/jpeg\"", IMMUTABLE),
+        (format!("{instance_url}/rendered"), "multipart/related; type=\"image/png\"", IMMUTABLE),
         (format!("{instance_url}/frames/2/rendered?window=100,200,linear"), "image/png", IMMUTABLE),
         (format!("{instance_url}/thumbnail"), "image/jpeg", IMMUTABLE),
         (format!("{}/thumbnail", spec.study_url(base)), "image/jpeg", REVALIDATE),
