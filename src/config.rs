@@ -165,6 +165,11 @@ pub struct ServeArgs {
     /// Largest STOW-RS request body, in bytes.
     #[arg(long, env = "KURA_MAX_REQUEST_BYTES", default_value_t = default_max_request_bytes())]
     pub max_request_bytes: u64,
+    /// Most bytes a compressed STOW-RS body (Content-Encoding gzip, deflate or br) may inflate
+    /// to per compressed byte, checked as it inflates (a deflate bomb guard; 0: no ratio check,
+    /// the inflated body is still held to --max-request-bytes).
+    #[arg(long, env = "KURA_MAX_INFLATE_RATIO", default_value_t = crate::media::inflate::DEFAULT_MAX_INFLATE_RATIO)]
+    pub max_inflate_ratio: u64,
     /// Largest single instance (one multipart part), in bytes.
     #[arg(long, env = "KURA_MAX_INSTANCE_BYTES", default_value_t = default_max_instance_bytes())]
     pub max_instance_bytes: u64,
@@ -386,6 +391,8 @@ pub struct Config {
     pub wado_uri_path: String,
     pub public_url: Option<String>,
     pub max_request_bytes: u64,
+    /// Inflated bytes per compressed byte of a coded STOW-RS body; 0: unchecked.
+    pub max_inflate_ratio: u64,
     pub max_parts: usize,
     pub max_part_header_bytes: u64,
     pub qido_max_results: usize,
@@ -564,6 +571,7 @@ impl Config {
             wado_uri_path: format!("/{}", args.wado_uri_path.trim_matches('/')),
             public_url,
             max_request_bytes: args.max_request_bytes,
+            max_inflate_ratio: args.max_inflate_ratio,
             max_parts: args.max_parts,
             max_part_header_bytes: args.max_part_header_bytes,
             qido_max_results: args.qido_max_results,

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     NotAcceptable,
     /// Request Content-Type not supported (§10.5.3: 415).
     UnsupportedMediaType,
+    /// Request Content-Encoding not supported (415 with the accepted codings in
+    /// `Accept-Encoding`, RFC 9110 §15.5.16, §12.5.3).
+    UnsupportedContentCoding,
     /// Request larger than the configured limits (413).
     PayloadTooLarge,
     /// A Range outside the value (416).
@@ -52,7 +55,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::UnsupportedMediaType | ErrorKind::UnsupportedContentCoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -57,6 +57,14 @@ pub struct ArchiveOptions {
     pub audit: bool,
 }
 
+impl ArchiveOptions {
+    /// Whether a stored instance can be replaced by a different object under its SOP Instance
+    /// UID (`--duplicates overwrite`): then what an instance URL names can change.
+    pub fn replaces_instances(&self) -> bool {
+        self.duplicate_policy != DuplicatePolicy::Reject
+    }
+}
+
 impl Default for ArchiveOptions {
     fn default() -> Self {
         ArchiveOptions {

@@ -1,6 +1,7 @@
 //! DICOMweb transactions (PS3.18): one module per transaction, each parsing the request,
 //! calling the archive and rendering the response. Shared vocabulary lives here.
 
+pub mod cache;
 pub mod capabilities;
 pub mod dataset;
 pub mod delete;
@@ -80,6 +81,8 @@ where
     B::Error: std::fmt::Display + Send + Sync,
 {
     check_charset_parameter(request.uri().query())?;
+    // Instance-level content never changes under its URL unless stored instances can be replaced.
+    let immutable = !config.archive.replaces_instances();
     // The URI service names its media types with contentType instead (§9.1.2.2.1).
     if endpoint != Endpoint::WadoUri {
         let query = request.uri().query().map(str::to_string);
@@ -94,7 +97,14 @@ where
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await
         }
         Endpoint::Retrieve { study, series, instance } => {
-            wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers()).await
+            let level = wado::target_level(series.as_deref(), instance.as_deref());
+            let records =
+                archive.instances_of(&context.principal, level, &study, series.as_deref(), instance.as_deref())?;
+            let immutable = immutable && level == crate::dicom::attrs::Level::Instance;
+            let validator = cache::Validator::new(&records, context, request.uri(), request.headers(), immutable);
+            let respond =
+                wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers());
+            cache::conditional(request.headers(), Some(validator), respond).await
         }
         Endpoint::Metadata { study, series, instance } => {
             wado::metadata::retrieve(
@@ -109,7 +119,15 @@ where
         }
         Endpoint::Frames { study, series, instance, frames } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            wado::frames::frames(archive, context, &record, &frames, request.headers()).await
+            let validator = cache::Validator::new(
+                std::slice::from_ref(&record),
+                context,
+                request.uri(),
+                request.headers(),
+                immutable,
+            );
+            let respond = wado::frames::frames(archive, context, &record, &frames, request.headers());
+            cache::conditional(request.headers(), Some(validator), respond).await
         }
         Endpoint::Rendered { study, series, instance, frames, thumbnail } => {
             let kind = if thumbnail { wado::rendered::Kind::Thumbnail } else { wado::rendered::Kind::Rendered };
@@ -119,16 +137,49 @@ where
                 instance: instance.as_deref(),
                 frames: frames.as_deref(),
             };
-            wado::rendered::retrieve(archive, context, kind, target, request.uri().query(), request.headers()).await
+            let level = wado::target_level(series.as_deref(), instance.as_deref());
+            let records =
+                archive.instances_of(&context.principal, level, &study, series.as_deref(), instance.as_deref())?;
+            let immutable = immutable && level == crate::dicom::attrs::Level::Instance;
+            let validator = cache::Validator::new(&records, context, request.uri(), request.headers(), immutable);
+            let respond =
+                wado::rendered::retrieve(archive, context, kind, target, request.uri().query(), request.headers());
+            cache::conditional(request.headers(), Some(validator), respond).await
         }
         Endpoint::Capabilities { path } => capabilities::describe(context, &path, request.headers()),
-        Endpoint::WadoUri => wado::uri::retrieve(archive, context, request.uri().query(), request.headers()).await,
+        Endpoint::WadoUri => {
+            // Tagged when the parameters name an instance the caller may read; otherwise the
+            // handler gives the error.
+            let validator = wado::uri::target(request.uri().query())
+                .and_then(|(study, series, object)| {
+                    archive.instance_in(&context.principal, &study, &series, &object).ok()
+                })
+                .map(|record| {
+                    cache::Validator::new(
+                        std::slice::from_ref(&record),
+                        context,
+                        request.uri(),
+                        request.headers(),
+                        immutable,
+                    )
+                });
+            let respond = wado::uri::retrieve(archive, context, request.uri().query(), request.headers());
+            cache::conditional(request.headers(), validator, respond).await
+        }
         Endpoint::Delete { study, series, instance } => {
             delete::delete(archive, context, &study, series.as_deref(), instance.as_deref()).await
         }
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            wado::frames::bulkdata(archive, context, &record, &tag, request.headers()).await
+            let validator = cache::Validator::new(
+                std::slice::from_ref(&record),
+                context,
+                request.uri(),
+                request.headers(),
+                immutable,
+            );
+            let respond = wado::frames::bulkdata(archive, context, &record, &tag, request.headers());
+            cache::conditional(request.headers(), Some(validator), respond).await
         }
     }
 }

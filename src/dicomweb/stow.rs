@@ -19,6 +19,7 @@ use super::{RequestContext, ResponseBody, accepted_types, full_body};
 use crate::archive::{Archive, InstanceFailure, StoreBatch, StoredInstance};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, FailureReason};
+use crate::media::inflate::{self, Inflate, InflateLimits, RequestCoding};
 use crate::media::mime::{APPLICATION_DICOM, APPLICATION_DICOM_XML, MULTIPART_RELATED, MediaType};
 use crate::media::multipart::{self, BodyError, GuardedBody};
 
@@ -33,12 +34,14 @@ struct Outcome {
 
 fn body_error(error: BodyError) -> Error {
     match error {
-        BodyError::RequestTooLarge(_) | BodyError::PartHeaderTooLarge(_) => {
-            Error::new(ErrorKind::PayloadTooLarge, error.to_string())
-        }
-        BodyError::PreambleTooLarge(_) | BodyError::EpilogueTooLarge(_) | BodyError::Transport(_) => {
-            Error::bad_request(error.to_string())
-        }
+        BodyError::RequestTooLarge(_)
+        | BodyError::PartHeaderTooLarge(_)
+        | BodyError::InflatedTooLarge(_)
+        | BodyError::InflateRatio { .. } => Error::new(ErrorKind::PayloadTooLarge, error.to_string()),
+        BodyError::PreambleTooLarge(_)
+        | BodyError::EpilogueTooLarge(_)
+        | BodyError::Transport(_)
+        | BodyError::Coding(_) => Error::bad_request(error.to_string()),
     }
 }
 
@@ -88,9 +91,15 @@ where
             ));
         }
     }
-    if request.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity") {
-        return Err(Error::new(ErrorKind::UnsupportedMediaType, "Content-Encoding is not supported for STOW-RS"));
-    }
+    // RFC 9110 §8.4: a coded body is inflated as it arrives (`media::inflate`), under the
+    // request limit and the inflate ratio; everything after sees the inflated bytes.
+    let coding = inflate::request_coding(request.headers())
+        .map_err(|e| Error::new(ErrorKind::UnsupportedContentCoding, e.to_string()))?;
+    let permit = match coding {
+        // Brotli's window (up to 16 MiB) is the one decoder state worth counting.
+        RequestCoding::Brotli => Some(archive.reserve_memory(inflate::BROTLI_MEMORY).await?),
+        _ => None,
+    };
 
     let related = if content_type.is(MULTIPART_RELATED) {
         Some(multipart::related(&content_type).map_err(|e| Error::bad_request(e.to_string()))?)
@@ -98,8 +107,9 @@ where
         None
     };
     let raw = Shared(Arc::new(std::sync::Mutex::new(request.into_body().into_data_stream())));
+    let limits = InflateLimits { max_bytes: config.max_request_bytes, max_ratio: config.max_inflate_ratio };
     let body = GuardedBody::new(
-        Shared(raw.0.clone()),
+        Inflate::new(Shared(raw.0.clone()), coding, limits, permit),
         related.as_ref().map(|r| r.boundary.as_str()),
         config.max_request_bytes,
         config.max_part_header_bytes,
@@ -130,11 +140,13 @@ where
     };
 
     if let Some(error) = &outcome.request_error
-        && error.kind != ErrorKind::PayloadTooLarge
+        && (error.kind != ErrorKind::PayloadTooLarge || coding != RequestCoding::Identity)
     {
         // A client still sending when the server answers and closes gets a reset, and with it
         // no response at all (a malformed part header at the start of a large body did that):
-        // the rest of the body, bounded by the request limit, is read and dropped first.
+        // the rest of the body, bounded by the request limit, is read and dropped first. A
+        // coded body over a limit is drained too: its limits count inflated bytes, so what is
+        // left of the coded body is small beside them (a deflate bomb is a megabyte).
         drain(raw, config.max_request_bytes).await;
     }
     if !outcome.stored.is_empty() {
@@ -364,7 +376,11 @@ fn render(
     } else {
         ("application/dicom+json".to_string(), serde_json::to_vec(&response.to_json()).expect("json"))
     };
-    let mut builder = Response::builder().status(status).header(header::CONTENT_TYPE, content_type);
+    // RFC 9110 §12.5.3: the codings a STOW-RS body may use, for clients that look.
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT_ENCODING, inflate::ACCEPTED_CODINGS);
     if let Some(uid) = study_url
         && !outcome.stored.is_empty()
     {

@@ -2,6 +2,7 @@
 //! ZIP archives.
 
 pub mod compress;
+pub mod inflate;
 pub mod mime;
 pub mod multipart;
 pub mod zip;

@@ -68,6 +68,38 @@ pub enum BodyError {
     EpilogueTooLarge(u64),
     #[error("reading the request body failed: {0}")]
     Transport(String),
+    /// The body is not valid in its Content-Encoding (`media::inflate`).
+    #[error("{0}")]
+    Coding(String),
+    #[error(
+        "the decompressed request body is larger than the limit of {0} bytes (--max-request-bytes); \
+         send fewer instances per request"
+    )]
+    InflatedTooLarge(u64),
+    #[error(
+        "the {coding} request body decompresses to more than {ratio} times the size of its compressed \
+         bytes (a deflate bomb guard, --max-inflate-ratio); send this data uncompressed, or ask the \
+         administrator to raise the limit"
+    )]
+    InflateRatio { ratio: u64, coding: &'static str },
+}
+
+impl From<std::convert::Infallible> for BodyError {
+    fn from(never: std::convert::Infallible) -> BodyError {
+        match never {}
+    }
+}
+
+impl From<String> for BodyError {
+    fn from(error: String) -> BodyError {
+        BodyError::Transport(error)
+    }
+}
+
+impl From<std::io::Error> for BodyError {
+    fn from(error: std::io::Error) -> BodyError {
+        BodyError::Transport(error.to_string())
+    }
 }
 
 /// Where the guard is in the multipart structure.
@@ -232,7 +264,7 @@ impl<S> GuardedBody<S> {
 impl<S, E> Stream for GuardedBody<S>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: Into<BodyError>,
 {
     type Item = Result<Bytes, BodyError>;
 
@@ -257,7 +289,7 @@ where
                 Ok(bytes) => bytes,
                 Err(error) => {
                     self.failed = true;
-                    return Poll::Ready(Some(Err(BodyError::Transport(error.to_string()))));
+                    return Poll::Ready(Some(Err(error.into())));
                 }
             };
             self.seen += bytes.len() as u64;

@@ -425,6 +425,10 @@ pub fn render_error(error: &Error) -> Response<ResponseBody> {
         ErrorKind::TooManyRequests => {
             builder = builder.header(header::RETRY_AFTER, crate::auth::limiter::REFILL.as_secs().to_string())
         }
+        // RFC 9110 §12.5.3: a 415 for a content coding names the codings accepted.
+        ErrorKind::UnsupportedContentCoding => {
+            builder = builder.header(header::ACCEPT_ENCODING, crate::media::inflate::ACCEPTED_CODINGS)
+        }
         _ => {}
     }
     if matches!(error.kind, ErrorKind::Unavailable | ErrorKind::Busy) {

@@ -7,6 +7,10 @@ mod support;
 /// STOW-RS: storing, per-part failures, duplicates, preamble, limits.
 mod stow;
 
+/// STOW-RS bodies with a content coding: gzip, deflate, brotli; bombs, corruption, unknown
+/// codings.
+mod stow_coding;
+
 /// QIDO-RS: search resources and matching, through the running server.
 mod qido;
 
@@ -21,6 +25,9 @@ mod format;
 
 /// WADO-RS retrieval of stored bytes.
 mod wado;
+
+/// HTTP caching of retrieved content: ETag, If-None-Match, Cache-Control.
+mod caching;
 
 /// Hostile DICOM content: nesting, frame counts, contradictory pixel descriptions.
 mod hostile;

@@ -29,6 +29,18 @@ const RENDERED_ONLY: &[&str] = &[
     "presentationSeriesUID",
 ];
 
+/// The study, series and object UIDs a WADO-URI query names, when it names each once
+/// (for the cache validator; `retrieve` checks the query in full).
+pub(crate) fn target(raw_query: Option<&str>) -> Option<(String, String, String)> {
+    let params = pairs(raw_query).ok()?;
+    let one = |name: &str| {
+        let mut values = params.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let first = values.next();
+        if values.next().is_some() { None } else { first }
+    };
+    Some((one("studyUID")?, one("seriesUID")?, one("objectUID")?))
+}
+
 /// `GET {wado path}?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…[&contentType=…][&transferSyntax=…]`.
 pub async fn retrieve(
     archive: &Arc<Archive>,
