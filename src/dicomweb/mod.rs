@@ -24,6 +24,7 @@ use crate::archive::Archive;
 use crate::auth::Principal;
 use crate::config::Config;
 use crate::error::Error;
+use crate::model::records::InstanceRecord;
 use crate::server::router::Endpoint;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,11 +98,15 @@ where
             qido::search(archive, config, context, &endpoint, request.uri().query(), request.headers()).await
         }
         Endpoint::Retrieve { study, series, instance } => {
-            let level = wado::target_level(series.as_deref(), instance.as_deref());
-            let records =
-                archive.instances_of(&context.principal, level, &study, series.as_deref(), instance.as_deref())?;
-            let immutable = immutable && level == crate::dicom::attrs::Level::Instance;
-            let validator = cache::Validator::new(&records, context, request.uri(), request.headers(), immutable);
+            let validator = target_validator(
+                archive,
+                context,
+                &request,
+                immutable,
+                &study,
+                series.as_deref(),
+                instance.as_deref(),
+            )?;
             let respond =
                 wado::retrieve(archive, context, &study, series.as_deref(), instance.as_deref(), request.headers());
             cache::conditional(request.headers(), Some(validator), respond).await
@@ -119,13 +124,7 @@ where
         }
         Endpoint::Frames { study, series, instance, frames } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            let validator = cache::Validator::new(
-                std::slice::from_ref(&record),
-                context,
-                request.uri(),
-                request.headers(),
-                immutable,
-            );
+            let validator = instance_validator(&record, context, &request, immutable);
             let respond = wado::frames::frames(archive, context, &record, &frames, request.headers());
             cache::conditional(request.headers(), Some(validator), respond).await
         }
@@ -137,11 +136,15 @@ where
                 instance: instance.as_deref(),
                 frames: frames.as_deref(),
             };
-            let level = wado::target_level(series.as_deref(), instance.as_deref());
-            let records =
-                archive.instances_of(&context.principal, level, &study, series.as_deref(), instance.as_deref())?;
-            let immutable = immutable && level == crate::dicom::attrs::Level::Instance;
-            let validator = cache::Validator::new(&records, context, request.uri(), request.headers(), immutable);
+            let validator = target_validator(
+                archive,
+                context,
+                &request,
+                immutable,
+                &study,
+                series.as_deref(),
+                instance.as_deref(),
+            )?;
             let respond =
                 wado::rendered::retrieve(archive, context, kind, target, request.uri().query(), request.headers());
             cache::conditional(request.headers(), Some(validator), respond).await
@@ -154,15 +157,7 @@ where
                 .and_then(|(study, series, object)| {
                     archive.instance_in(&context.principal, &study, &series, &object).ok()
                 })
-                .map(|record| {
-                    cache::Validator::new(
-                        std::slice::from_ref(&record),
-                        context,
-                        request.uri(),
-                        request.headers(),
-                        immutable,
-                    )
-                });
+                .map(|record| instance_validator(&record, context, &request, immutable));
             let respond = wado::uri::retrieve(archive, context, request.uri().query(), request.headers());
             cache::conditional(request.headers(), validator, respond).await
         }
@@ -171,17 +166,38 @@ where
         }
         Endpoint::Bulkdata { study, series, instance, tag } => {
             let record = archive.instance_in(&context.principal, &study, &series, &instance)?;
-            let validator = cache::Validator::new(
-                std::slice::from_ref(&record),
-                context,
-                request.uri(),
-                request.headers(),
-                immutable,
-            );
+            let validator = instance_validator(&record, context, &request, immutable);
             let respond = wado::frames::bulkdata(archive, context, &record, &tag, request.headers());
             cache::conditional(request.headers(), Some(validator), respond).await
         }
     }
+}
+
+/// The cache validator of a response made from one instance.
+fn instance_validator<B>(
+    record: &InstanceRecord,
+    context: &RequestContext,
+    request: &Request<B>,
+    immutable: bool,
+) -> cache::Validator {
+    cache::Validator::new(std::slice::from_ref(record), context, request.uri(), request.headers(), immutable)
+}
+
+/// The cache validator of a response made from the instances of a study, series or instance:
+/// only an instance-level one can be immutable (a series or study gains instances).
+fn target_validator<B>(
+    archive: &Archive,
+    context: &RequestContext,
+    request: &Request<B>,
+    immutable: bool,
+    study: &str,
+    series: Option<&str>,
+    instance: Option<&str>,
+) -> Result<cache::Validator, Error> {
+    let level = wado::target_level(series, instance);
+    let records = archive.instances_of(&context.principal, level, study, series, instance)?;
+    let immutable = immutable && level == crate::dicom::attrs::Level::Instance;
+    Ok(cache::Validator::new(&records, context, request.uri(), request.headers(), immutable))
 }
 
 /// Folds the `accept` query parameter (PS3.18 §8.3.3.1) into the Accept header: the selection
