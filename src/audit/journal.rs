@@ -240,11 +240,6 @@ impl Journal {
         lock(&self.retired).extend(files);
     }
 
-    /// Whether files wait for a catalog commit to be removed.
-    pub fn has_retired(&self) -> bool {
-        !lock(&self.retired).is_empty()
-    }
-
     /// Removes retired files after the catalog commit that covers them.
     pub fn remove(&self, files: &[PathBuf]) -> Result<(), String> {
         for path in files {

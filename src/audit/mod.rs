@@ -273,14 +273,12 @@ impl AuditLog {
         }
         let last = self.append(event)?.last().map_or(0, |record| record.seq);
         self.journal.wait_durable(last).await.map_err(|e| StoreError::Backend(e.into()))?;
-        if self.journal.has_retired() {
-            self.checkpoint().await;
-        }
+        self.checkpoint().await;
         Ok(())
     }
 
     /// Removes the journal files that a catalog commit starting now covers (every record in
-    /// them is in the tree already).
+    /// them is in the tree already); nothing to do, and no commit, when none is retired.
     async fn checkpoint(&self) {
         let files = self.journal.take_retired();
         if files.is_empty() {
