@@ -193,6 +193,14 @@ pub struct ServeArgs {
     /// 250 MiB RSS and renders a 4096 × 3328 16-bit image.
     #[arg(long, env = "KURA_MEMORY_BUDGET_MIB", default_value_t = crate::memory::DEFAULT_BUDGET_MIB)]
     pub memory_budget_mib: u64,
+    /// Disk, in MiB, for rendered images kept for the next reader (thumbnails, previews,
+    /// rendered frames; `{data}/derived`), least recently used first out; 0 keeps none.
+    #[arg(long, env = "KURA_RENDITION_CACHE_MIB", default_value_t = 1024)]
+    pub rendition_cache_mib: u64,
+    /// Do not make thumbnails and previews after each store (they are then made, and kept, on
+    /// the first request).
+    #[arg(long, env = "KURA_NO_PRECOMPUTE_RENDITIONS")]
+    pub no_precompute_renditions: bool,
     /// How long, in seconds, work that fits the memory budget waits for other work to give it
     /// back before the request is answered 503 with Retry-After (a STOW-RS part: A700).
     #[arg(long, env = "KURA_MEMORY_WAIT_SECS", default_value_t = crate::memory::DEFAULT_WAIT.as_secs())]
@@ -603,6 +611,8 @@ impl Config {
                     max_connections: args.max_notification_connections,
                 },
                 audit: !args.no_audit,
+                rendition_cache_bytes: args.rendition_cache_mib.saturating_mul(1024 * 1024),
+                precompute_renditions: !args.no_precompute_renditions,
             },
             security,
             audit: AuditSettings { syslog: args.audit_syslog.clone(), syslog_ca: args.audit_syslog_ca.clone() },

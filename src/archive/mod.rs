@@ -6,6 +6,7 @@ mod indexing;
 pub mod ingest;
 mod migrate;
 pub mod reindex;
+pub mod renditions;
 pub mod shares;
 pub mod tenancy;
 mod visibility;
@@ -23,6 +24,7 @@ pub use tenancy::Grants;
 
 use crate::auth::Principal;
 use crate::auth::keys::KeyStore;
+use crate::blob::derived::DerivedStore;
 use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
 use crate::dicom::frames::{FrameError, FrameMap};
@@ -55,6 +57,10 @@ pub struct ArchiveOptions {
     pub worklist: worklist::WorklistOptions,
     /// Keep the audit trail (`crate::audit`); off only with --no-audit.
     pub audit: bool,
+    /// The bytes of rendered images kept for the next reader (`renditions`); 0 keeps none.
+    pub rendition_cache_bytes: u64,
+    /// Make thumbnails and previews after each store (`renditions`).
+    pub precompute_renditions: bool,
 }
 
 impl ArchiveOptions {
@@ -77,6 +83,8 @@ impl Default for ArchiveOptions {
             memory_wait: crate::memory::DEFAULT_WAIT,
             worklist: worklist::WorklistOptions::default(),
             audit: true,
+            rendition_cache_bytes: 1024 * 1024 * 1024,
+            precompute_renditions: true,
         }
     }
 }
@@ -105,6 +113,11 @@ pub struct Archive {
     shares: Arc<ShareStore>,
     /// The audit trail, on the catalog's database (`crate::audit`).
     audit: Arc<crate::audit::AuditLog>,
+    /// Rendered images kept for the next reader (`renditions`).
+    derived: Arc<DerivedStore>,
+    /// Instances waiting for their store-time renditions.
+    renditions: renditions::Queue,
+    precompute_renditions: bool,
 }
 
 impl Archive {
@@ -164,6 +177,12 @@ impl Archive {
             worklist,
             shares,
             audit,
+            derived: Arc::new(
+                DerivedStore::open(&data_dir.join("derived"), options.rendition_cache_bytes)
+                    .map_err(Error::internal)?,
+            ),
+            renditions: renditions::Queue::new(),
+            precompute_renditions: options.precompute_renditions,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -486,21 +505,6 @@ impl Archive {
         Ok(crate::memory::attach_all(permit, decoded))
     }
 
-    /// The given frames (0-based) of an instance rendered as consumer images, holding their
-    /// share of the memory budget.
-    pub async fn rendered_frames(
-        &self,
-        record: &InstanceRecord,
-        frames: Vec<u32>,
-        options: crate::dicom::render::RenderOptions,
-    ) -> Result<Vec<Bytes>, Error> {
-        let reader = self.blobs.reader(record.payload.id)?;
-        let estimate = costs::render(record, frames.len(), &options);
-        let (images, permit) =
-            self.run_codec(estimate, move || crate::dicom::render::render_frames(reader, &frames, &options)).await?;
-        Ok(crate::memory::attach_all(permit, images))
-    }
-
     /// Reserves `bytes` of the memory budget for work the caller does itself (ZIP and metadata
     /// responses); 406 when they can never fit, 503 when the budget stays busy.
     pub async fn reserve_memory(&self, bytes: u64) -> Result<MemoryPermit, Error> {
@@ -607,6 +611,11 @@ impl Archive {
         let garbage = self.commit_catalog().await?;
         self.follower.catch_up().await?;
         delete_blobs(self.store.as_ref(), self.blobs.as_ref(), &garbage).await?;
+        let derived = self.derived.clone();
+        let gone: Vec<String> = removed.iter().map(|record| record.sop_instance_uid.clone()).collect();
+        tokio::task::spawn_blocking(move || gone.iter().for_each(|sop_uid| derived.forget_instance(sop_uid)))
+            .await
+            .map_err(Error::internal)?;
         Ok(removed.len())
     }
 
@@ -697,6 +706,9 @@ impl StoreBatch<'_> {
         let results = ingest::record(&archive.store, &archive.blobs, &archive.limits, batch).await;
         if results.iter().any(|r| r.as_ref().is_ok_and(|stored| !stored.already_stored)) {
             archive.follower.changed();
+        }
+        for stored in results.iter().flatten().filter(|stored| !stored.already_stored) {
+            archive.queue_renditions(&stored.sop_instance_uid);
         }
         self.results.extend(results);
     }

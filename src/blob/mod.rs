@@ -21,6 +21,7 @@
 //!   exist succeeds (deletes are retried after a crash).
 //! - Blobs are immutable once finished: readers never see a blob change.
 
+pub mod derived;
 mod local;
 mod pack;
 

@@ -40,6 +40,7 @@ impl App {
     /// The application, or why the security configuration cannot be used.
     pub fn try_new(archive: Arc<Archive>, config: Arc<Config>) -> Result<App, String> {
         let access = Arc::new(Access::new(archive.keys().clone(), &config.security)?);
+        archive.start_background_work();
         Ok(App { archive, config, access })
     }
 

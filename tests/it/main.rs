@@ -29,6 +29,9 @@ mod wado;
 /// HTTP caching of retrieved content: ETag, If-None-Match, Cache-Control.
 mod caching;
 
+/// Rendered images kept for the next reader, thumbnails and previews made at store time.
+mod renditions;
+
 /// Hostile DICOM content: nesting, frame counts, contradictory pixel descriptions.
 mod hostile;
 

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use super::target_level;
 use crate::archive::Archive;
+use crate::archive::renditions::{DEFAULT_QUALITY, thumbnail_options};
 use crate::dicom::render::{ImageFormat, RenderOptions, Viewport};
 use crate::dicomweb::query::pairs;
 use crate::dicomweb::{RequestContext, ResponseBody, accepted_types, full_body, stream_body};
@@ -24,9 +25,6 @@ use crate::media::mime::MULTIPART_RELATED;
 use crate::media::multipart;
 use crate::model::records::InstanceRecord;
 
-/// The default size of a thumbnail's longer side (the server's choice, §10.4.1.1.4).
-pub const THUMBNAIL_SIZE: u32 = 128;
-const DEFAULT_QUALITY: u8 = 90;
 /// Frames rendered per codec job when streaming a multipart response.
 const FRAMES_PER_JOB: usize = 8;
 
@@ -112,8 +110,8 @@ pub fn options(query: Option<&str>, kind: Kind) -> Result<(RenderOptions, bool),
         }
     }
     if kind == Kind::Thumbnail && options.viewport.is_none() {
-        options.viewport =
-            Some(Viewport { width: THUMBNAIL_SIZE, height: THUMBNAIL_SIZE, sx: 0, sy: 0, sw: None, sh: None });
+        // The server's size (§10.4.1.1.4), the one made at store time (`archive::renditions`).
+        options.viewport = thumbnail_options().viewport;
     }
     Ok((options, annotated))
 }
