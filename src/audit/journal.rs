@@ -11,6 +11,14 @@
 //! where queries, `verify` and `export` read them; the catalog makes them durable at its own
 //! pace, and the journal covers the gap.
 //!
+//! # Pre-zeroed files
+//! A journal file is filled with zeros a mebibyte at a time, and fsynced, ahead of the lines,
+//! which are then written over the zeros in place. `fdatasync` of a file that grows must
+//! also commit its new size (a file-system journal commit); of bytes overwritten inside a file
+//! whose size and blocks are already durable, only the data. Measured here (benches/README.md):
+//! 2.27 ms against 0.074 ms p50 for a 181-byte line under load — the trick of PostgreSQL's
+//! pre-allocated WAL segments. Recovery reads a file up to its first zero byte.
+//!
 //! # Durability contract
 //! [`Journal::append`] writes a record's line; [`Journal::wait_durable`] returns once a
 //! `fdatasync` that started after that write has finished (concurrent waiters share one: the
@@ -27,7 +35,8 @@
 //! catalog plus the journal is exactly the chain of every acknowledged record.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -49,10 +58,15 @@ struct Synced {
     error: Option<Arc<str>>,
 }
 
+/// Zeros added to a journal file at a time (see "Pre-zeroed files").
+const FILL_BYTES: u64 = 1 << 20;
+
 struct Writer {
     file: Arc<File>,
     path: PathBuf,
     len: u64,
+    /// How far the file holds durable zeros (or lines).
+    filled: u64,
     /// The sequence number of the last line written.
     seq: u64,
 }
@@ -80,6 +94,19 @@ fn io_text(what: &str, path: &Path, error: std::io::Error) -> String {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Writer {
+    /// Adds [`FILL_BYTES`] of zeros to the file and makes them, and the new size, durable. Zeros
+    /// are written (not a hole, nor fallocate's unwritten extents: the first write into either
+    /// is still a change the file system must journal).
+    fn fill(&mut self) -> Result<(), String> {
+        let zeros = vec![0u8; FILL_BYTES as usize];
+        self.file.write_all_at(&zeros, self.filled).map_err(|e| io_text("cannot fill", &self.path, e))?;
+        self.file.sync_all().map_err(|e| io_text("cannot sync", &self.path, e))?;
+        self.filled += FILL_BYTES;
+        Ok(())
+    }
 }
 
 /// The syncer: one thread that `fdatasync`s the current file whenever lines were written since
@@ -153,7 +180,10 @@ impl Journal {
             File::open(path)
                 .and_then(|file| file.take(MAX_READ_BYTES).read_to_end(&mut bytes))
                 .map_err(|e| io_text("cannot read", path, e))?;
-            lines.extend(bytes.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec));
+            // The zeros a file was filled with end its lines (a line never holds a zero byte:
+            // it is JSON).
+            let written = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            lines.extend(bytes[..written].split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec));
         }
         Ok(lines)
     }
@@ -180,10 +210,13 @@ impl Journal {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
-        if let Err(error) = (&*current.file).write_all(&bytes) {
-            // A partial line would hide every later one from recovery: cut it off again.
+        while current.len + bytes.len() as u64 > current.filled {
+            current.fill()?;
+        }
+        if let Err(error) = current.file.write_all_at(&bytes, current.len) {
+            // A partial line would hide every later one from recovery: zero it again.
             let text = io_text("cannot write", &current.path, error);
-            return match current.file.set_len(current.len) {
+            return match current.file.write_all_at(&vec![0; bytes.len()], current.len) {
                 Ok(()) => Err(text),
                 Err(_) => Err(self.fail(text)),
             };
@@ -208,12 +241,14 @@ impl Journal {
         let path = self.dir.join(format!("{PREFIX}{:020}", *number));
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| io_text("cannot create", &path, e))?;
+        let mut writer = Writer { file: Arc::new(file), path, len: 0, filled: 0, seq: 0 };
+        writer.fill()?;
         crate::durable_fs::sync_dir(&self.dir).map_err(|e| io_text("cannot sync", &self.dir, e))?;
         *number += 1;
-        Ok(Writer { file: Arc::new(file), path, len: 0, seq: 0 })
+        Ok(writer)
     }
 
     /// Waits until the line of record `seq` is durable.
