@@ -225,12 +225,21 @@ def first_value(item, tag):
     return item[tag]["Value"][0]
 
 
+async def fetch(client, url, **options):
+    """GET, once more on a fresh connection when the server closed a kept-alive one under it
+    (Orthanc closes after some refusals), as a browser does."""
+    try:
+        return await client.get(url, **options)
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        return await client.get(url, **options)
+
+
 async def rendered(client, url, params):
     """A rendered JPEG with `params`; without them when the server refuses them (Orthanc 1.10's
     DICOMweb plugin answers 400 to `viewport`), as a viewer would fall back."""
-    reply = await client.get(url, params=params, headers={"accept": "image/jpeg"})
+    reply = await fetch(client, url, params=params, headers={"accept": "image/jpeg"})
     if reply.status_code == 400:
-        reply = await client.get(url, headers={"accept": "image/jpeg"})
+        reply = await fetch(client, url, headers={"accept": "image/jpeg"})
     return reply
 
 
@@ -260,15 +269,16 @@ async def step_list(server, root):
 async def step_first_image(server, root, study, series, first_sop):
     async with client_for(server, server.http2) as client:
         start = time.monotonic()
-        metadata = await client.get(f"{root}/studies/{study}/series/{series}/metadata",
-                                    headers={"accept": "application/dicom+json"})
+        metadata = await fetch(client, f"{root}/studies/{study}/series/{series}/metadata",
+                               headers={"accept": "application/dicom+json"})
         metadata.raise_for_status()
         count = len(metadata.json())
         image = await client.get(f"{root}/studies/{study}/series/{series}/instances/{first_sop}/rendered",
                                  headers={"accept": "image/jpeg"})
         image.raise_for_status()
         return time.monotonic() - start, (f"metadata of {count} instances "
-                                          f"({metadata.headers.get('content-encoding', 'identity')}), "
+                                          f"({metadata.headers.get('content-encoding', 'identity')} "
+                                          f"{metadata.num_bytes_downloaded} bytes), "
                                           f"JPEG {len(image.content)} bytes")
 
 
@@ -277,8 +287,8 @@ async def step_lossless(server, root, study, series, first_sop):
         start = time.monotonic()
         tried = []
         for name, accept in LOSSLESS:
-            reply = await client.get(f"{root}/studies/{study}/series/{series}/instances/{first_sop}/frames/1",
-                                     headers={"accept": accept})
+            reply = await fetch(client, f"{root}/studies/{study}/series/{series}/instances/{first_sop}/frames/1",
+                                headers={"accept": accept})
             tried.append(f"{name}:{reply.status_code}")
             if reply.status_code == 200:
                 return time.monotonic() - start, name, f"{len(reply.content)} bytes; tried {' '.join(tried)}"

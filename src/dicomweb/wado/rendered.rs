@@ -82,8 +82,14 @@ impl Selection {
 /// Parses the rendering parameters of §8.3.5.1; returns them and whether `annotation` was given
 /// (accepted, not applied).
 pub fn options(query: Option<&str>, kind: Kind) -> Result<(RenderOptions, bool), Error> {
-    let mut options =
-        RenderOptions { format: ImageFormat::Jpeg, quality: DEFAULT_QUALITY, viewport: None, window: None };
+    // A thumbnail starts from the server's size and quality (§10.4.1.1.4), those made at store
+    // time (`archive::renditions`); `viewport` may change its size.
+    let mut options = match kind {
+        Kind::Thumbnail => thumbnail_options(),
+        Kind::Rendered => {
+            RenderOptions { format: ImageFormat::Jpeg, quality: DEFAULT_QUALITY, viewport: None, window: None }
+        }
+    };
     let mut annotated = false;
     for (name, value) in pairs(query)? {
         match name.as_str() {
@@ -108,10 +114,6 @@ pub fn options(query: Option<&str>, kind: Kind) -> Result<(RenderOptions, bool),
             // Others (accept, iccprofile, charset, …) are handled elsewhere or ignored (§8.3).
             _ => {}
         }
-    }
-    if kind == Kind::Thumbnail && options.viewport.is_none() {
-        // The server's size (§10.4.1.1.4), the one made at store time (`archive::renditions`).
-        options.viewport = thumbnail_options().viewport;
     }
     Ok((options, annotated))
 }
