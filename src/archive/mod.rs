@@ -541,7 +541,7 @@ impl Archive {
         let stored_form = "; the stored form is available with transfer-syntax=*";
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error @ TranscodeError::TooLarge(_))) => {
+            Ok(Err(error @ (TranscodeError::TooLarge(_) | TranscodeError::Unsupported(_)))) => {
                 Err(Error::new(crate::error::ErrorKind::NotAcceptable, error.to_string()))
             }
             Ok(Err(error @ TranscodeError::Undecodable(_))) => {
