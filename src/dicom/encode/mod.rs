@@ -419,17 +419,33 @@ pub fn encode_frames(reader: impl Read, frames: &[u32], codec: Codec) -> Result<
 /// colour (§8.2.3, §8.2.4 make it irrelevant to the codestream and fix it at 0), Photometric
 /// Interpretation unchanged (no colour transform is applied), Lossy Image Compression kept when
 /// set ("00" when absent: the pixels are exactly the original's).
-pub fn encode_instance(reader: impl Read, codec: Codec) -> Result<Vec<u8>, TranscodeError> {
+///
+/// `known[n]`, when present, is frame n's codestream from an earlier encoding (the cache); the
+/// frames this call had to encode come back beside the object, for the cache.
+pub fn encode_instance(
+    reader: impl Read,
+    codec: Codec,
+    known: Vec<Option<Vec<u8>>>,
+) -> Result<(Vec<u8>, Vec<(u32, Vec<u8>)>), TranscodeError> {
     let mut object = open(reader)?;
     let count = number_of_frames(&object);
-    admit(&object, codec, u64::from(count))?;
+    let missing = (0..count).filter(|n| known.get(*n as usize).is_none_or(Option::is_none)).count();
+    let format = admit(&object, codec, missing as u64)?;
+    let mut known = known.into_iter();
     let mut fragments = Vec::with_capacity(count as usize);
     let mut offsets = Vec::with_capacity(count as usize);
+    let mut encoded = Vec::new();
     let mut position: u64 = 0;
-    let mut first_format = None;
     for frame in 0..count {
-        let (format, native) = native_frame(&object, frame)?;
-        let mut codestream = encode_frame(codec, &format, &native)?;
+        let mut codestream = match known.next().flatten() {
+            Some(codestream) => codestream,
+            None => {
+                let (frame_format, native) = native_frame(&object, frame)?;
+                let codestream = encode_frame(codec, &frame_format, &native)?;
+                encoded.push((frame, codestream.clone()));
+                codestream
+            }
+        };
         // Fragments have an even length (PS3.5 §A.4): a trailing zero pads an odd one.
         if codestream.len() % 2 == 1 {
             codestream.push(0);
@@ -437,9 +453,7 @@ pub fn encode_instance(reader: impl Read, codec: Codec) -> Result<Vec<u8>, Trans
         offsets.push(u32::try_from(position).map_err(|_| TranscodeError::TooLarge(position))?);
         position += 8 + codestream.len() as u64;
         fragments.push(codestream);
-        first_format.get_or_insert(format);
     }
-    let format = first_format.ok_or_else(|| TranscodeError::Failed("no frames".into()))?;
     // A Basic Offset Table cannot point past 4 GiB; the Extended one is not written, so refuse.
     u32::try_from(position).map_err(|_| TranscodeError::TooLarge(position))?;
     object.put(DataElement::new(
@@ -468,7 +482,7 @@ pub fn encode_instance(reader: impl Read, codec: Codec) -> Result<Vec<u8>, Trans
     object.meta_mut().update_information_group_length();
     let mut out = Vec::new();
     object.write_all(&mut out).map_err(|e| TranscodeError::Failed(e.to_string()))?;
-    Ok(out)
+    Ok((out, encoded))
 }
 
 #[cfg(test)]

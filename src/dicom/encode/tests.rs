@@ -105,7 +105,9 @@ fn decoded_samples(encoded: &[u8], frame: u32) -> (PixelFormat, Vec<i32>) {
 fn round_trip(codec: Codec, format: &PixelFormat, frames: u32) {
     let native = pixels(format, frames);
     let stored = object(format, frames, native.clone());
-    let encoded = encode_instance(stored.as_slice(), codec).unwrap_or_else(|e| panic!("{codec:?} {format:?}: {e}"));
+    let encoded = encode_instance(stored.as_slice(), codec, Vec::new())
+        .map(|(o, _)| o)
+        .unwrap_or_else(|e| panic!("{codec:?} {format:?}: {e}"));
     let frame_bytes = format.frame_bytes();
     for frame in 0..frames {
         let original = expected(format, &native[frame as usize * frame_bytes..][..frame_bytes]);
@@ -141,7 +143,7 @@ fn every_codec_is_lossless_on_every_supported_format() {
 fn the_encapsulation_follows_ps3_5() {
     let f = PixelFormat { planar: true, ..format(16, 20, 3, 8, 8, false, "RGB") };
     let stored = object(&f, 3, pixels(&f, 3));
-    let encoded = encode_instance(stored.as_slice(), Codec::Jpeg2000).expect("encodes");
+    let encoded = encode_instance(stored.as_slice(), Codec::Jpeg2000, Vec::new()).expect("encodes").0;
     let object = OpenFileOptions::new().read_preamble(ReadPreamble::Always).from_reader(encoded.as_slice()).unwrap();
     assert_eq!(object.meta().transfer_syntax().trim_end_matches('\0'), "1.2.840.10008.1.2.4.90");
     let pixel_data = object.element(tags::PIXEL_DATA).unwrap();
@@ -197,7 +199,10 @@ fn unsupported_formats_are_refused_not_mangled() {
             .contains("lossy")
     );
     let stored = object(&ybr, 1, pixels(&ybr, 1));
-    assert!(matches!(encode_instance(stored.as_slice(), Codec::Htj2k), Err(TranscodeError::Unsupported(_))));
+    assert!(matches!(
+        encode_instance(stored.as_slice(), Codec::Htj2k, Vec::new()),
+        Err(TranscodeError::Unsupported(_))
+    ));
 }
 
 #[test]
