@@ -30,19 +30,21 @@ pub enum Flavour {
     HighThroughput,
 }
 
-/// Encodes `samples` (width × height per component, component after component, each already
-/// within `bits` bits, signed or not) reversibly, with `levels` wavelet decompositions, in
+/// One frame's samples: width × height per component, component after component, each already
+/// within `bits` bits, signed or not.
+pub struct Planes<'a> {
+    pub samples: &'a [i32],
+    pub width: u32,
+    pub height: u32,
+    pub components: u32,
+    pub bits: u32,
+    pub signed: bool,
+}
+
+/// Encodes the planes reversibly, with `levels` wavelet decompositions, in
 /// resolution-position-component-layer (RPCL) order.
-pub fn encode(
-    flavour: Flavour,
-    samples: &[i32],
-    width: u32,
-    height: u32,
-    components: u32,
-    bits: u32,
-    signed: bool,
-    levels: u32,
-) -> Result<Vec<u8>, String> {
+pub fn encode(flavour: Flavour, planes: &Planes<'_>, levels: u32) -> Result<Vec<u8>, String> {
+    let Planes { samples, width, height, components, bits, signed } = *planes;
     let expected = (width as usize).checked_mul(height as usize).and_then(|n| n.checked_mul(components as usize));
     if width == 0 || height == 0 || expected != Some(samples.len()) || !(1..=16).contains(&bits) {
         return Err(format!("{width}×{height}×{components} samples of {bits} bits do not match the buffer"));
