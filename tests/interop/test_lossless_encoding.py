@@ -204,3 +204,37 @@ def test_q_values_and_406(kura_factory):
     reply = requests.get(frame_url(server.url, lossy, "1"),
                          headers={"Accept": 'multipart/related; type="image/jphc"'}, timeout=60)
     assert reply.status_code == 406, reply.text
+
+
+@pytest.mark.skipif(shutil.which("opj_decompress") is None, reason="OpenJPEG's opj_decompress is not installed")
+@pytest.mark.parametrize("media_type", ["image/jphc", "image/jp2"])
+def test_the_first_bytes_decode_to_a_reduced_image(kura_factory, tmp_path, media_type):
+    """RPCL order: a short prefix of a frame already holds every packet of the lowest resolutions.
+
+    OpenJPEG's opj_decompress (non-strict, `-allow-partial`) decodes the first 5% of the
+    codestream at 1/8 scale (`-r 3`) to exactly what the whole codestream gives at that scale.
+    """
+    from PIL import Image
+
+    ds = read_sample("examples_overlay.dcm")  # 484×300, 12-bit
+    server = kura_factory()
+    assert stow(server.url, [to_bytes(ds)]).status_code == 200
+    reply = requests.get(frame_url(server.url, ds, "1"),
+                         headers={"Accept": f'multipart/related; type="{media_type}"'}, timeout=60)
+    codestream = parse_multipart(reply)[0].content
+
+    def decode(data: bytes, reduce: int) -> np.ndarray:
+        source, target = tmp_path / "frame.j2k", tmp_path / "frame.pgm"
+        source.write_bytes(data)
+        target.unlink(missing_ok=True)
+        subprocess.run(["opj_decompress", "-quiet", "-allow-partial", "-i", str(source), "-o", str(target),
+                        "-r", str(reduce)], check=True, capture_output=True)
+        return np.array(Image.open(target))
+
+    eighth = decode(codestream, 3)
+    assert eighth.shape == (38, 61)  # ⌈300/8⌉ × ⌈484/8⌉
+    prefix = codestream[: len(codestream) // 20]
+    assert np.array_equal(decode(prefix, 3), eighth), "the first 5% do not hold the 1/8-scale image"
+    # The codestream's COD marker says RPCL (progression order 2).
+    at = codestream.find(b"\xff\x52")
+    assert codestream[at + 5] == 2
