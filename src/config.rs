@@ -205,6 +205,11 @@ pub struct ServeArgs {
     /// back before the request is answered 503 with Retry-After (a STOW-RS part: A700).
     #[arg(long, env = "KURA_MEMORY_WAIT_SECS", default_value_t = crate::memory::DEFAULT_WAIT.as_secs())]
     pub memory_wait_secs: u64,
+    /// Bytes of frames encoded on request (JPEG-LS, JPEG XL, JPEG 2000, HTJ2K) kept for the next
+    /// reader, least recently used evicted first; 0 disables the cache. Held in
+    /// `<data-dir>/encode-cache`, emptied at start.
+    #[arg(long, env = "KURA_ENCODE_CACHE_BYTES", default_value_t = crate::archive::encode_cache::DEFAULT_BYTES)]
+    pub encode_cache_bytes: u64,
     /// How long COMPLETED and CANCELED UPS workitems are kept, in hours (fractions allowed),
     /// before they are removed.
     #[arg(long, env = "KURA_WORKITEM_RETENTION_HOURS", default_value_t = 168.0)]
@@ -613,6 +618,7 @@ impl Config {
                 audit: !args.no_audit,
                 rendition_cache_bytes: args.rendition_cache_mib.saturating_mul(1024 * 1024),
                 precompute_renditions: !args.no_precompute_renditions,
+                encode_cache_bytes: args.encode_cache_bytes,
             },
             security,
             audit: AuditSettings { syslog: args.audit_syslog.clone(), syslog_ca: args.audit_syslog_ca.clone() },

@@ -58,3 +58,12 @@ pub fn render(record: &InstanceRecord, n: usize, options: &RenderOptions) -> u64
     let per_frame = frame_bytes(record).saturating_add(frame_samples(record).saturating_mul(5)).saturating_add(output);
     object(record).saturating_add(per_frame.saturating_mul(n as u64))
 }
+
+/// `n` frames encoded losslessly (`dicom::encode`): per frame the decoded frame, its samples as
+/// 32-bit integers twice (interleaved, then by component for JPEG 2000) and the codestream (at
+/// most about the decoded size); the whole instance's output on top when it is assembled.
+pub fn encode(record: &InstanceRecord, n: usize, whole_instance: bool) -> u64 {
+    let per_frame = frame_bytes(record).saturating_mul(2).saturating_add(frame_samples(record).saturating_mul(8));
+    let output = if whole_instance { frames(record).saturating_mul(frame_bytes(record)) } else { 0 };
+    object(record).saturating_add(per_frame.saturating_mul(n as u64)).saturating_add(output)
+}

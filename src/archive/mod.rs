@@ -2,6 +2,7 @@
 //! (derived). HTTP handlers and, later, DIMSE services call only this.
 
 mod costs;
+pub mod encode_cache;
 mod indexing;
 pub mod ingest;
 mod migrate;
@@ -27,6 +28,7 @@ use crate::auth::keys::KeyStore;
 use crate::blob::derived::DerivedStore;
 use crate::blob::{BlobError, BlobStore, LocalBlobStore, SharedBlobStore};
 use crate::dicom::attrs::Level;
+use crate::dicom::encode::{Codec, PixelFormat};
 use crate::dicom::frames::{FrameError, FrameMap};
 use crate::dicom::part10::AttributeValue;
 use crate::dicom::pixels::PixelDescription;
@@ -34,6 +36,7 @@ use crate::error::Error;
 use crate::index::{Index, SearchHits, SearchQuery, TantivyIndex};
 use crate::memory::{MemoryBudget, MemoryPermit};
 use crate::store::{DuplicatePolicy, InstanceRecord, SeriesRecord, SledStore, SledStoreOptions, Store, StudyRecord};
+use encode_cache::{CacheStats, EncodeCache};
 
 /// Present while an index rebuild is under way.
 const REBUILD_MARKER: &str = "index-rebuild-in-progress";
@@ -61,6 +64,8 @@ pub struct ArchiveOptions {
     pub rendition_cache_bytes: u64,
     /// Make thumbnails and previews after each store (`renditions`).
     pub precompute_renditions: bool,
+    /// Bytes the cache of encoded frames may hold (`encode_cache`); 0 disables it.
+    pub encode_cache_bytes: u64,
 }
 
 impl ArchiveOptions {
@@ -85,6 +90,7 @@ impl Default for ArchiveOptions {
             audit: true,
             rendition_cache_bytes: 1024 * 1024 * 1024,
             precompute_renditions: true,
+            encode_cache_bytes: encode_cache::DEFAULT_BYTES,
         }
     }
 }
@@ -118,6 +124,8 @@ pub struct Archive {
     /// Instances waiting for their store-time renditions.
     renditions: renditions::Queue,
     precompute_renditions: bool,
+    /// Frames encoded on request, for the next reader (`encode_cache`).
+    encode_cache: Arc<EncodeCache>,
 }
 
 impl Archive {
@@ -159,6 +167,10 @@ impl Archive {
         let (index, needs_rebuild) = TantivyIndex::open(&data_dir.join("index"), &data_dir.join(REBUILD_MARKER))?;
         let needs_rebuild = needs_rebuild || data_dir.join(REBUILD_MARKER).exists();
         let budget = MemoryBudget::new(options.memory_budget_bytes, options.memory_wait);
+        let encode_cache = Arc::new(
+            EncodeCache::open(&data_dir.join("encode-cache"), options.encode_cache_bytes, options.min_free_bytes)
+                .await?,
+        );
         let archive = Archive {
             data_dir: data_dir.to_path_buf(),
             follower: visibility::IndexFollower::start(store.clone(), index.clone()),
@@ -183,6 +195,7 @@ impl Archive {
             ),
             renditions: renditions::Queue::new(),
             precompute_renditions: options.precompute_renditions,
+            encode_cache,
         };
         if needs_rebuild {
             tracing::info!("index schema changed; rebuilding from the store");
@@ -505,6 +518,88 @@ impl Archive {
         Ok(crate::memory::attach_all(permit, decoded))
     }
 
+    /// The Image Pixel attributes of each instance as an encoder would see them (read from the
+    /// stored header, not from Pixel Data), for deciding which lossless syntaxes can be offered
+    /// before a response starts. `None` for an instance without usable ones.
+    pub async fn pixel_formats(&self, records: &[InstanceRecord]) -> Result<Vec<Option<PixelFormat>>, Error> {
+        let readers: Vec<Option<Box<dyn crate::blob::BlobRead>>> =
+            records.iter().map(|r| r.pixel_data.as_ref().and_then(|_| self.blobs.reader(r.payload.id).ok())).collect();
+        // The header reads keep no more than one object's elements before Pixel Data at a time.
+        let _memory = self.reserve_memory(4 * 1024 * 1024).await?;
+        tokio::task::spawn_blocking(move || {
+            readers
+                .into_iter()
+                .map(|reader| reader.and_then(|r| crate::dicom::encode::read_pixel_format(r).map(|(_, f)| f)))
+                .collect()
+        })
+        .await
+        .map_err(Error::internal)
+    }
+
+    /// Frames (0-based) of an instance encoded losslessly with `codec`: from the cache of encoded
+    /// frames when it holds them, else encoded under the codec discipline (`run_codec`) and
+    /// cached. Each holds its share of the memory budget.
+    pub async fn encoded_frames(
+        &self,
+        record: &InstanceRecord,
+        frames: Vec<u32>,
+        codec: Codec,
+    ) -> Result<Vec<Bytes>, Error> {
+        let mut found: Vec<Option<Bytes>> = Vec::with_capacity(frames.len());
+        for frame in &frames {
+            found.push(self.encode_cache.get(record, *frame, codec).await);
+        }
+        let missing: Vec<u32> = frames.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
+        if missing.is_empty() {
+            // Served from the cache: only what the bytes themselves take.
+            return Ok(found.into_iter().flatten().collect());
+        }
+        self.encode_cache.missed(missing.len());
+        let reader = self.blobs.reader(record.payload.id)?;
+        let estimate = costs::encode(record, missing.len(), false);
+        let wanted = missing.clone();
+        let (encoded, permit) =
+            self.run_codec(estimate, move || crate::dicom::encode::encode_frames(reader, &wanted, codec)).await?;
+        for (frame, codestream) in missing.iter().zip(&encoded) {
+            self.encode_cache.put(record, *frame, codec, codestream).await;
+        }
+        let mut encoded = encoded.into_iter();
+        let all: Vec<Vec<u8>> = found
+            .into_iter()
+            .map(|f| f.map_or_else(|| encoded.next().expect("one per missing frame"), |b| b.to_vec()))
+            .collect();
+        Ok(crate::memory::attach_all(permit, all))
+    }
+
+    /// The whole instance in a lossless encapsulated syntax (`dicom::encode::encode_instance`),
+    /// its frames taken from the cache of encoded frames where it has them.
+    pub async fn encoded_instance(&self, record: &InstanceRecord, codec: Codec) -> Result<Bytes, Error> {
+        let frames = record.number(dicom_dictionary_std::tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+        let mut known = Vec::new();
+        if self.encode_cache.enabled() && frames <= u64::from(u16::MAX) {
+            for frame in 0..frames as u32 {
+                known.push(self.encode_cache.get(record, frame, codec).await.map(|b| b.to_vec()));
+            }
+        }
+        let missing = frames as usize - known.iter().filter(|k| k.is_some()).count();
+        if missing > 0 {
+            self.encode_cache.missed(missing);
+        }
+        let reader = self.blobs.reader(record.payload.id)?;
+        let estimate = costs::encode(record, missing, true);
+        let ((bytes, encoded), permit) =
+            self.run_codec(estimate, move || crate::dicom::encode::encode_instance(reader, codec, known)).await?;
+        for (frame, codestream) in &encoded {
+            self.encode_cache.put(record, *frame, codec, codestream).await;
+        }
+        Ok(crate::memory::attach_all(permit, vec![bytes]).swap_remove(0))
+    }
+
+    /// What the cache of encoded frames did since the archive opened.
+    pub fn encode_cache_stats(&self) -> CacheStats {
+        self.encode_cache.stats()
+    }
+
     /// Reserves `bytes` of the memory budget for work the caller does itself (ZIP and metadata
     /// responses); 406 when they can never fit, 503 when the budget stays busy.
     pub async fn reserve_memory(&self, bytes: u64) -> Result<MemoryPermit, Error> {
@@ -545,7 +640,7 @@ impl Archive {
         let stored_form = "; the stored form is available with transfer-syntax=*";
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error @ TranscodeError::TooLarge(_))) => {
+            Ok(Err(error @ (TranscodeError::TooLarge(_) | TranscodeError::Unsupported(_)))) => {
                 Err(Error::new(crate::error::ErrorKind::NotAcceptable, error.to_string()))
             }
             Ok(Err(error @ TranscodeError::Undecodable(_))) => {
@@ -616,6 +711,8 @@ impl Archive {
         tokio::task::spawn_blocking(move || gone.iter().for_each(|sop_uid| derived.forget_instance(sop_uid)))
             .await
             .map_err(Error::internal)?;
+        let uids: Vec<&str> = removed.iter().map(|r| r.sop_instance_uid.as_str()).collect();
+        self.encode_cache.forget(&uids).await;
         Ok(removed.len())
     }
 

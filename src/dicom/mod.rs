@@ -2,6 +2,7 @@
 
 pub mod attrs;
 pub mod charset;
+pub mod encode;
 pub mod frames;
 pub mod json;
 pub mod layout;

@@ -279,9 +279,30 @@ fn ranked_types<'a>(items: impl Iterator<Item = &'a str>) -> Vec<crate::media::m
             _ => {}
         }
     }
-    // A stable sort keeps the given order among equal q-values.
-    ranked.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    // Among equal q-values the smallest lossless syntax comes first (the server's choice on a
+    // tie, §8.7.8.1; the order is `Codec::SMALLEST_FIRST`), then the order given: a stable sort.
+    ranked.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(lossless_rank(&a.1).cmp(&lossless_rank(&b.1)))
+    });
     ranked.into_iter().map(|(_, media)| media).collect()
+}
+
+/// Where a media range's lossless syntax stands in `Codec::SMALLEST_FIRST` (after all of them
+/// when it names none): its transfer-syntax parameter, else the default syntax of its bulk data
+/// type (`type="image/jls"` …).
+fn lossless_rank(media: &crate::media::mime::MediaType) -> usize {
+    use crate::dicom::encode::Codec;
+    let codec = match media.param("transfer-syntax") {
+        Some(ts) => Codec::from_transfer_syntax(ts),
+        None => media.param("type").and_then(Codec::from_media_type),
+    };
+    codec.and_then(|c| Codec::SMALLEST_FIRST.iter().position(|s| *s == c)).unwrap_or(Codec::SMALLEST_FIRST.len())
+}
+
+/// Whether any acceptable range asks for a syntax Kura encodes on request (then the pixel
+/// formats of the instances are read to see which of them can be offered).
+pub(crate) fn asks_for_encoding(headers: &HeaderMap) -> bool {
+    accepted_types(headers).is_some_and(|accepted| accepted.iter().any(|m| lossless_rank(m) < 4))
 }
 
 /// The media ranges of the `Accept` header in preference order (see [`ranked_types`]). `None`

@@ -166,8 +166,10 @@ LOSSY_SYNTAXES = {
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
 }
+# JPEG-LS (.80) and JPEG XL (.110) since the CharLS and jxl-oxide codecs came in (issue 19).
 DECODED_SYNTAXES = {
-    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.90",
     "1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
     "1.2.840.10008.1.2.5",
 }
@@ -719,7 +721,7 @@ def test_dcmftest_and_dcmdump_reject_what_is_not_part10(archives, workdir):
     response = requests.get(archives.instance_url("JPEG2000.dcm"),
                             headers={"Accept": "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.80"},
                             timeout=30)
-    assert response.status_code == 406  # Kura does not compress to JPEG-LS
+    assert response.status_code == 406  # stored lossy (.91): never served as lossless JPEG-LS
     for label, data in [("error-body", response.content),
                         ("no-dicm-prefix", ITEMS["CT_small.dcm"][132:])]:
         path = _file(workdir, label, data)

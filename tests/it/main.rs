@@ -26,6 +26,9 @@ mod format;
 /// WADO-RS retrieval of stored bytes.
 mod wado;
 
+/// Lossless encoding on request: JPEG-LS, JPEG XL, JPEG 2000, HTJ2K; q-values, 406, the cache.
+mod encode;
+
 /// HTTP caching of retrieved content: ETag, If-None-Match, Cache-Control.
 mod caching;
 

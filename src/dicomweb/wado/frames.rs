@@ -11,6 +11,7 @@ use futures_util::{StreamExt, stream};
 use http::{HeaderMap, Response, StatusCode, header};
 
 use crate::archive::Archive;
+use crate::dicom::encode::{self, Codec};
 use crate::dicom::frames::{self, FrameError, FrameMap};
 use crate::dicom::pixels::{self, PixelDescription};
 use crate::dicom::transcode;
@@ -74,17 +75,45 @@ async fn all_frames(archive: &Arc<Archive>, record: &InstanceRecord) -> Result<F
     Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map) })
 }
 
-/// How frames go out: their stored bytes, or decoded to native pixels.
+/// How frames go out: their stored bytes, decoded to native pixels, or encoded losslessly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FrameForm {
     Stored,
     Decoded,
+    /// Encoded with the codec, labelled with the media type the client named (`image/jpx` may
+    /// carry JPEG 2000 Part 1 codestreams; the others are the codec's own, Table 8.7.3-5).
+    Encoded(Codec, &'static str),
+}
+
+/// The lossless codec a `multipart/related` range asks for: by its transfer-syntax parameter
+/// when the part type can carry it (`type="*/*"` carries any), else the default syntax of the
+/// part type (Table 8.7.3-5), with the label the parts will have.
+fn requested_codec(kind: &str, ts: Option<&str>) -> Option<(Codec, &'static str)> {
+    match ts {
+        Some(ts) => {
+            let codec = Codec::from_transfer_syntax(ts)?;
+            if kind == "*/*" || codec.carried_by(kind) {
+                Some((codec, if kind == "image/jpx" { "image/jpx" } else { codec.media_type() }))
+            } else {
+                None
+            }
+        }
+        None => Codec::from_media_type(kind).map(|codec| (codec, codec.media_type())),
+    }
 }
 
 /// The first form the Accept header admits, ranges in preference order (PS3.18 §8.7.8).
 /// `transfer-syntax=*` means "as stored"; `application/octet-stream` without it (or with Explicit
 /// VR Little Endian) asks compressed frames to be decoded, which Kura does when it has the codec.
-fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Option<FrameForm> {
+///
+/// `encodable` says whether a lossless codec can carry the instance's pixels (issue 19): a range
+/// that asks for one the stored frames are not in gets them encoded.
+fn choose_form(
+    headers: &HeaderMap,
+    frames: &Frames,
+    single_part: bool,
+    encodable: &dyn Fn(Codec) -> bool,
+) -> Option<FrameForm> {
     let Some(accepted) = accepted_types(headers) else { return Some(FrameForm::Stored) };
     let (media_type, stored_ts) = (frames.media_type, frames.transfer_syntax_uid.as_str());
     let decodable = media_type != OCTET_STREAM && transcode::can_decode(stored_ts);
@@ -103,6 +132,11 @@ fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Optio
                     Some(FrameForm::Stored)
                 } else if kind == OCTET_STREAM && decodable && ts.is_none_or(|ts| ts == EXPLICIT_VR_LITTLE_ENDIAN) {
                     Some(FrameForm::Decoded)
+                } else if let Some((codec, label)) = requested_codec(&kind, ts)
+                    && !frames.video
+                    && encodable(codec)
+                {
+                    Some(FrameForm::Encoded(codec, label))
                 } else {
                     None
                 }
@@ -113,17 +147,21 @@ fn choose_form(headers: &HeaderMap, frames: &Frames, single_part: bool) -> Optio
     })
 }
 
-fn not_acceptable(frames: &Frames) -> Error {
+fn not_acceptable(frames: &Frames, unencodable: Option<String>) -> Error {
     let decoded = if frames.media_type != OCTET_STREAM && transcode::can_decode(&frames.transfer_syntax_uid) {
         ", or decoded as multipart/related; type=\"application/octet-stream\""
     } else {
         ""
     };
+    let encoded = match unencodable {
+        Some(why) => format!("; no lossless encoding: {why}"),
+        None => ", or losslessly encoded as image/jls, image/jxl, image/jp2 or image/jphc".into(),
+    };
     Error::new(
         ErrorKind::NotAcceptable,
         format!(
             "the frames are available as multipart/related; type=\"{}\"; transfer-syntax={} (or ask with \
-             transfer-syntax=*){decoded}",
+             transfer-syntax=*){decoded}{encoded}",
             frames.media_type, frames.transfer_syntax_uid
         ),
     )
@@ -204,10 +242,16 @@ fn multipart_response(
 
 /// A multipart/related response of native pixel bytes decoded from compressed frames.
 fn decoded_response(parts: Vec<(String, Vec<Bytes>)>) -> Response<ResponseBody> {
+    computed_response(parts, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN)
+}
+
+/// A multipart/related response of frames computed on request (decoded or encoded), each part
+/// `media_type; transfer-syntax=…`.
+fn computed_response(parts: Vec<(String, Vec<Bytes>)>, media_type: &str, ts: &str) -> Response<ResponseBody> {
     // The decoded bytes are sent as they are, not copied into one body: they hold the memory
     // budget's reservation until the last of them has been sent (or the client has gone).
     let boundary = multipart::new_boundary();
-    let part_type = format!("{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}");
+    let part_type = format!("{media_type}; transfer-syntax={ts}");
     let mut pieces: Vec<Bytes> = Vec::with_capacity(parts.len() * 2 + 1);
     for (i, (location, chunks)) in parts.into_iter().enumerate() {
         let length = chunks.iter().map(|chunk| chunk.len() as u64).sum();
@@ -219,7 +263,7 @@ fn decoded_response(parts: Vec<(String, Vec<Bytes>)>) -> Response<ResponseBody> 
     pieces.push(multipart::closing(&boundary));
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{OCTET_STREAM}\"; boundary={boundary}"))
+        .header(header::CONTENT_TYPE, format!("{MULTIPART_RELATED}; type=\"{media_type}\"; boundary={boundary}"))
         .body(stream_body(stream::iter(pieces.into_iter().map(Ok::<_, std::convert::Infallible>))))
         .expect("valid response")
 }
@@ -234,8 +278,29 @@ pub async fn frames(
 ) -> Result<Response<ResponseBody>, Error> {
     let all = all_frames(archive, record).await?;
     let numbers = frame_numbers(list, all.map.len() as usize)?;
-    let form = choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))?;
+    // The pixel format is read from the stored header only when a lossless syntax is asked for.
+    let encodability = if crate::dicomweb::asks_for_encoding(headers) {
+        let format = archive.pixel_formats(std::slice::from_ref(record)).await?.pop().flatten();
+        let ts = record.transfer_syntax_uid.clone();
+        Some(move |codec| encode::can_encode(&ts, format.as_ref(), codec))
+    } else {
+        None
+    };
+    let encodable = |codec| encodability.as_ref().is_some_and(|check| check(codec).is_ok());
+    let form = choose_form(headers, &all, false, &encodable).ok_or_else(|| {
+        let why = encodability
+            .as_ref()
+            .and_then(|check| Codec::SMALLEST_FIRST.into_iter().find_map(|codec| check(codec).err()));
+        not_acceptable(&all, why)
+    })?;
     let instance_url = context.instance_url(&record.study_uid, &record.series_uid, &record.sop_instance_uid);
+    if let FrameForm::Encoded(codec, label) = form {
+        let indices = numbers.iter().map(|n| *n as u32 - 1).collect();
+        let encoded = archive.encoded_frames(record, indices, codec).await?;
+        let locations = numbers.iter().map(|n| format!("{instance_url}/frames/{n}"));
+        let parts = locations.zip(encoded.into_iter().map(|frame| vec![frame])).collect();
+        return Ok(computed_response(parts, label, codec.transfer_syntax()));
+    }
     if form == FrameForm::Decoded {
         let indices = numbers.iter().map(|n| *n as u32 - 1).collect();
         let decoded = archive.decoded_frames(record, indices).await?;
@@ -324,7 +389,8 @@ pub async fn bulkdata(
             Some(length) => (layout.offset, length),
             None => {
                 let all = all_frames(archive, record).await?;
-                if choose_form(headers, &all, false).ok_or_else(|| not_acceptable(&all))? == FrameForm::Decoded {
+                let form = choose_form(headers, &all, false, &|_| false).ok_or_else(|| not_acceptable(&all, None))?;
+                if form == FrameForm::Decoded {
                     let indices = (0..all.map.len()).collect();
                     let native = archive.decoded_frames(record, indices).await?;
                     return Ok(decoded_response(vec![(location, native)]));
@@ -351,7 +417,7 @@ pub async fn bulkdata(
             video: false,
             map: Arc::new(FrameMap::Single),
         };
-        if choose_form(headers, &native, false).is_none() {
+        if choose_form(headers, &native, false, &|_| false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
         }
         let parts = std::iter::once((location, Part::Value(offset, length)));

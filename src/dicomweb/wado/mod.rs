@@ -15,6 +15,7 @@ use http::{HeaderMap, Response, StatusCode, header};
 use super::{RequestContext, ResponseBody, accepted_types, stream_body};
 use crate::archive::Archive;
 use crate::dicom::attrs::Level;
+use crate::dicom::encode::{self, Codec, PixelFormat};
 use crate::dicom::transcode;
 use crate::error::{Error, ErrorKind};
 use crate::media::mime::{APPLICATION_DICOM, APPLICATION_ZIP, MULTIPART_RELATED};
@@ -42,6 +43,8 @@ pub(crate) enum Representation {
     Stored,
     /// Re-encoded in Explicit VR Little Endian (`dicom::transcode`).
     ExplicitLittleEndian,
+    /// Pixel data encoded losslessly on request (`dicom::encode`).
+    Encoded(Codec),
 }
 
 /// How a media range's transfer-syntax parameter can be met for an instance stored in
@@ -49,12 +52,26 @@ pub(crate) enum Representation {
 /// data held only in lossy form goes as stored unless Explicit VR Little Endian is named
 /// (§8.7.3.4 allows it; decompressing adds bytes, not quality). `lenient` (wildcard ranges, or
 /// no Accept) sends what cannot be converted as stored rather than 406.
+///
+/// A lossless syntax Kura encodes (`Codec`) is offered when `format` (the instance's Image Pixel
+/// attributes) says the codec reproduces the pixels exactly and they are not stored lossy
+/// (issue 19); an instance without Pixel Data goes in Explicit VR Little Endian instead, as each
+/// part may have its own transfer syntax (§8.7.8.2).
 pub(crate) fn representation(
     requested: Option<&str>,
     record: &InstanceRecord,
     lenient: bool,
+    format: Option<&PixelFormat>,
 ) -> Option<Representation> {
     let stored_ts = record.transfer_syntax_uid.as_str();
+    if let Some(codec) = requested.and_then(Codec::from_transfer_syntax)
+        && codec.transfer_syntax() != stored_ts
+    {
+        if record.pixel_data.is_none() {
+            return representation(Some(EXPLICIT_VR_LITTLE_ENDIAN), record, lenient, None);
+        }
+        return encode::can_encode(stored_ts, format, codec).is_ok().then_some(Representation::Encoded(codec));
+    }
     let convertible = transcode::can_convert_to_explicit_little_endian(stored_ts, record.bits_allocated());
     // Implicit VR Little Endian and Explicit VR Big Endian are never sent (§8.7.3).
     let forbidden = transcode::is_forbidden_on_the_web(stored_ts);
@@ -77,9 +94,14 @@ fn negotiate(
     headers: &HeaderMap,
     single_instance: bool,
     records: &[InstanceRecord],
+    formats: &[Option<PixelFormat>],
 ) -> Result<(Framing, Vec<Representation>), Error> {
     let plan = |requested: Option<&str>, lenient: bool| -> Option<Vec<Representation>> {
-        records.iter().map(|r| representation(requested, r, lenient)).collect()
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| representation(requested, r, lenient, formats.get(i).and_then(Option::as_ref)))
+            .collect()
     };
     let Some(accepted) = accepted_types(headers) else {
         return Ok((Framing::Multipart, plan(None, true).expect("lenient plans always succeed")));
@@ -100,10 +122,29 @@ fn negotiate(
             return Ok((framing, representations));
         }
     }
+    // Why a lossless syntax asked for cannot be produced, for the first instance it fails on.
+    let reason = accepted
+        .iter()
+        .filter_map(|m| m.param("transfer-syntax").and_then(Codec::from_transfer_syntax))
+        .find_map(|codec| {
+            records.iter().enumerate().find_map(|(i, r)| {
+                let format = formats.get(i).and_then(Option::as_ref);
+                let ts = r.transfer_syntax_uid.as_str();
+                (r.pixel_data.is_some() && ts != codec.transfer_syntax())
+                    .then(|| encode::can_encode(ts, format, codec).err())
+                    .flatten()
+                    .map(|why| format!("; {}: {why}", codec.name()))
+            })
+        })
+        .unwrap_or_default();
     Err(Error::new(
         ErrorKind::NotAcceptable,
-        "the instances can be served in their stored transfer syntax (ask with transfer-syntax=*) or in Explicit \
-         VR Little Endian; Kura does not compress, and cannot decode JPEG-LS, video or deflated data sets",
+        format!(
+            "the instances can be served in their stored transfer syntax (ask with transfer-syntax=*), in Explicit \
+             VR Little Endian, or losslessly encoded in JPEG-LS (1.2.840.10008.1.2.4.80), JPEG XL \
+             (1.2.840.10008.1.2.4.110), JPEG 2000 (1.2.840.10008.1.2.4.90) or HTJ2K (1.2.840.10008.1.2.4.201) \
+             when their pixels allow it{reason}"
+        ),
     ))
 }
 
@@ -125,6 +166,13 @@ fn instance_body(
                 archive.explicit_little_endian(&record).await.map_err(|e| -> crate::dicomweb::BoxError { Box::new(e) })
             });
             (EXPLICIT_VR_LITTLE_ENDIAN.to_string(), None, converted.boxed())
+        }
+        Representation::Encoded(codec) => {
+            let (archive, record) = (archive.clone(), record.clone());
+            let encoded = stream::once(async move {
+                archive.encoded_instance(&record, codec).await.map_err(|e| -> crate::dicomweb::BoxError { Box::new(e) })
+            });
+            (codec.transfer_syntax().to_string(), None, encoded.boxed())
         }
     }
 }
@@ -216,8 +264,12 @@ async fn zip_response(
                         }
                     }
                 }
-                Representation::ExplicitLittleEndian => {
-                    let bytes = match archive.explicit_little_endian(&record).await {
+                Representation::ExplicitLittleEndian | Representation::Encoded(_) => {
+                    let converted = match representation {
+                        Representation::Encoded(codec) => archive.encoded_instance(&record, codec).await,
+                        _ => archive.explicit_little_endian(&record).await,
+                    };
+                    let bytes = match converted {
                         Ok(bytes) => bytes,
                         Err(error) if error.kind == ErrorKind::NotFound => continue,
                         Err(error) => {
@@ -281,6 +333,11 @@ pub(crate) async fn single_instance(
             let length = bytes.len() as u64;
             (super::full_body(bytes), EXPLICIT_VR_LITTLE_ENDIAN.to_string(), length)
         }
+        Representation::Encoded(codec) => {
+            let bytes = archive.encoded_instance(record, codec).await?;
+            let length = bytes.len() as u64;
+            (super::full_body(bytes), codec.transfer_syntax().to_string(), length)
+        }
     };
     Ok(Response::builder()
         .status(StatusCode::OK)
@@ -306,7 +363,8 @@ pub async fn retrieve(
 ) -> Result<Response<ResponseBody>, Error> {
     let level = target_level(series, instance);
     let records = archive.instances_of(&context.principal, level, study, series, instance)?;
-    let (framing, representations) = negotiate(headers, level == Level::Instance, &records)?;
+    let formats = if super::asks_for_encoding(headers) { archive.pixel_formats(&records).await? } else { Vec::new() };
+    let (framing, representations) = negotiate(headers, level == Level::Instance, &records, &formats)?;
     tracing::debug!(instances = records.len(), "wado");
 
     if framing == Framing::Single {

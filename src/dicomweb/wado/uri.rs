@@ -119,7 +119,12 @@ pub async fn retrieve(
     }
 
     let record = archive.instance_in(&context.principal, &study, &series, &object)?;
-    let served = representation(requested_ts, &record, false).ok_or_else(|| {
+    // The lossless syntaxes Kura encodes are offered here too (`transferSyntax=1.2.840.10008.1.2.4.80`).
+    let format = match requested_ts.and_then(crate::dicom::encode::Codec::from_transfer_syntax) {
+        Some(_) => archive.pixel_formats(std::slice::from_ref(&record)).await?.pop().flatten(),
+        None => None,
+    };
+    let served = representation(requested_ts, &record, false, format.as_ref()).ok_or_else(|| {
         let requested_ts = requested_ts.unwrap_or(EXPLICIT_VR_LITTLE_ENDIAN);
         Error::new(
             ErrorKind::NotAcceptable,
