@@ -97,7 +97,7 @@ pub struct UploadArgs {
     /// Most inflated bytes per compressed byte of a ZIP entry (a zip-bomb guard).
     #[arg(long, default_value_t = crate::upload::inputs::DEFAULT_ZIP_MAX_RATIO)]
     pub zip_max_ratio: u64,
-    /// No progress lines on stderr (the summary is still printed).
+    /// No progress lines on stderr (retries, failures and the summary are still printed).
     #[arg(long, short)]
     pub quiet: bool,
 }

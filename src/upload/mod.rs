@@ -397,9 +397,8 @@ impl<'a> Upload<'a> {
                 return Err((Ending::GaveUp, format!("{what}: {why}; gave up after {} retries", self.options.retries)));
             }
             let wait = wait.unwrap_or_else(|| backoff(attempt));
-            if !self.options.quiet {
-                eprintln!("kura upload: {what}: {why}; retry {attempt} in {}", progress::duration_text(wait));
-            }
+            // Printed under --quiet too: a retry is worth knowing about, and rare.
+            eprintln!("kura upload: {what}: {why}; retry {attempt} in {}", progress::duration_text(wait));
             tokio::time::sleep(wait).await;
         }
     }

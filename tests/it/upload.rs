@@ -428,3 +428,121 @@ async fn refused_instances_are_reported_and_not_retried() {
     assert_eq!(posts.len(), 1, "413 is not retried");
     assert_eq!(posts[0].status, Some(413));
 }
+
+/// The upload benchmark (benches/README.md, "Uploading over a slow link"), run only with
+/// `KURA_UPLOAD_BENCH_DIR` naming a folder of instances (benches/make_ct_study.py): the
+/// uploader → benches/slowlink.py (2 Mbit/s, 75 ms each way) → the recording proxy → Kura. A
+/// whole upload, then on a fresh server a run cut at half of the first run's wire bytes
+/// (`--retries 0`: it stops) and a second run that resumes; the recording shows no
+/// acknowledged instance sent again, and every instance is read back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_over_a_slow_link_bench() {
+    let Some(dir) = std::env::var_os("KURA_UPLOAD_BENCH_DIR").map(PathBuf::from) else {
+        eprintln!("KURA_UPLOAD_BENCH_DIR not set: the slow-link upload benchmark is skipped");
+        return;
+    };
+    let extra: Vec<String> =
+        std::env::var("KURA_UPLOAD_BENCH_ARGS").unwrap_or_default().split_whitespace().map(String::from).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let native: u64 = files.iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let scratch = tempfile::tempdir().unwrap();
+    let slowlink = |to: std::net::SocketAddr, cut: Option<u64>| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = std::process::Command::new("python3");
+        command.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/slowlink.py")).args([
+            "--listen",
+            &port.to_string(),
+            "--to",
+            &to.to_string(),
+            "--rate-kbit",
+            "2000",
+            "--delay-ms",
+            "75",
+        ]);
+        if let Some(cut) = cut {
+            command.args(["--cut-after-bytes", &cut.to_string(), "--verbose"]);
+        }
+        let child = command.spawn().expect("python3 benches/slowlink.py");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "slowlink did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        (child, format!("http://127.0.0.1:{port}/dicomweb"))
+    };
+    let run_upload = |to: String, journal: PathBuf, more: Vec<String>| {
+        let dir = dir.clone();
+        let extra = extra.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut args: Vec<String> = extra;
+            args.extend(more);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut command = tokio::process::Command::new(kura_binary());
+            command.arg("upload").arg(&dir).args(["--to", &to, "--journal"]).arg(&journal).args(&args);
+            let output = command.output().await.unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            eprintln!("{}{stdout}", String::from_utf8_lossy(&output.stderr));
+            (output.status.code().unwrap_or(-1), stdout, started.elapsed())
+        }
+    };
+
+    // 1. The whole study.
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(data.path());
+    let proxy = CutProxy::start(server.address, Cut::Never).await;
+    let (mut link, to) = slowlink(proxy.address, None);
+    let (code, summary, elapsed) = run_upload(to, scratch.path().join("j1"), vec!["--quiet".into()]).await;
+    let _ = link.kill();
+    assert_eq!(code, 0);
+    let wire: u64 = proxy.exchanges().iter().map(|e| e.request_bytes).sum();
+    eprintln!(
+        "BENCH whole: {} instances, {native} native bytes, {wire} request bytes on the wire ({:.1}%), {:.1} s; {summary}",
+        files.len(),
+        100.0 * wire as f64 / native as f64,
+        elapsed.as_secs_f64()
+    );
+    drop(proxy);
+    drop(server);
+
+    // 2. Cut at half the wire bytes (the run stops), then resumed by a second run.
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(data.path());
+    let proxy = CutProxy::start(server.address, Cut::Never).await;
+    let (mut link, to) = slowlink(proxy.address, Some(wire / 2));
+    let journal = scratch.path().join("j2");
+    let (code, first, first_elapsed) =
+        run_upload(to.clone(), journal.clone(), vec!["--quiet".into(), "--retries".into(), "0".into()]).await;
+    assert_eq!(code, 3, "the cut stopped the run");
+    let (code, second, second_elapsed) = run_upload(to, journal, vec!["--quiet".into()]).await;
+    let _ = link.kill();
+    assert_eq!(code, 0);
+    let stows = proxy.stows();
+    let sent = assert_no_acknowledged_resent(&stows);
+    let acknowledged_first: usize =
+        first.split("sent ").nth(1).and_then(|rest| rest.split(',').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let wire_cut: u64 = proxy.exchanges().iter().map(|e| e.request_bytes).sum();
+    eprintln!(
+        "BENCH cut at {} bytes: first run {:.1} s ({acknowledged_first} acknowledged), resumed run {:.1} s; \
+         {} distinct instances in whole requests, {wire_cut} request bytes in whole requests \
+         (the uncut run: {wire}); no acknowledged instance sent again; second: {second}",
+        wire / 2,
+        first_elapsed.as_secs_f64(),
+        second_elapsed.as_secs_f64(),
+        sent.len(),
+    );
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        let parsed = kura::dicom::part10::parse(std::io::Cursor::new(&bytes), bytes.len() as u64).unwrap();
+        let url = format!(
+            "{}/studies/{}/series/{}/instances/{}",
+            server.base, parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid
+        );
+        let reply = get(&url, DICOM_ANY_TS).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let parts = split_multipart(reply.content_type(), &reply.body);
+        assert!(parts[0].1 == as_stored(&bytes), "{} arrived with other bytes", file.display());
+    }
+    eprintln!("BENCH all {} instances read back byte-exact", files.len());
+}
