@@ -270,8 +270,7 @@ struct Message {
 /// Complete HTTP/1.1 messages at the start of `bytes` (a message cut short is left out).
 fn parse_messages(mut bytes: &[u8], requests: bool) -> Vec<Message> {
     let mut messages = Vec::new();
-    loop {
-        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { break };
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let mut lines = head.split("\r\n");
         let start = lines.next().unwrap_or_default().to_string();
