@@ -36,6 +36,70 @@ pub enum Command {
     /// GET /admin/audit).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Send files, folders, DICOMDIRs and ZIP archives to a DICOMweb server (STOW-RS), compressed,
+    /// in bounded batches, resuming where a cut link left off (README.md, "Uploading from a
+    /// hospital").
+    Upload(UploadArgs),
+}
+
+/// `kura upload`: raw arguments, validated into `crate::upload::UploadOptions`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UploadArgs {
+    /// Files, folders (recursive), DICOMDIR files and ZIP archives to send.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The DICOMweb root, e.g. `https://pacs.example/dicomweb`.
+    #[arg(long = "to", env = "KURA_UPLOAD_TO")]
+    pub to: String,
+    /// Bearer token (an API key or a JWT) sent as `Authorization: Bearer`; never printed.
+    #[arg(long, env = "KURA_TOKEN", hide_env_values = true)]
+    pub token: Option<crate::upload::Secret>,
+    /// CA certificates (PEM) trusted for an https:// server besides the Mozilla roots.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Most bytes of instances (before compression) in one STOW-RS request; a larger instance
+    /// goes alone.
+    #[arg(long, default_value_t = crate::upload::DEFAULT_BATCH_BYTES)]
+    pub batch_bytes: u64,
+    /// Most instances in one STOW-RS request.
+    #[arg(long, default_value_t = crate::upload::DEFAULT_BATCH_INSTANCES)]
+    pub batch_instances: usize,
+    /// Send request bodies without a Content-Encoding.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// The request body's content coding (when compressing).
+    #[arg(long, value_enum, default_value_t = crate::upload::Coding::DEFAULT)]
+    pub coding: crate::upload::Coding,
+    /// The coding's level: gzip 1–9, br 0–11 (default: gzip 6, br 5).
+    #[arg(long)]
+    pub compression_level: Option<u32>,
+    /// The journal of instances the server acknowledged (append-only, fsynced); by default
+    /// `$XDG_STATE_HOME/kura/upload-journal` or `~/.local/state/kura/upload-journal`.
+    #[arg(long, env = "KURA_UPLOAD_JOURNAL")]
+    pub journal: Option<PathBuf>,
+    /// Attempts after the first for a request that met a connection error, a timeout, 429 or a
+    /// 5xx (exponential backoff with jitter, Retry-After honoured); 4xx are never retried.
+    #[arg(long, default_value_t = crate::upload::DEFAULT_RETRIES)]
+    pub retries: u32,
+    /// Seconds without progress (connecting, sending, or waiting for the answer) before a
+    /// request is abandoned and retried.
+    #[arg(long, default_value_t = crate::upload::DEFAULT_TIMEOUT_SECS)]
+    pub timeout_secs: u64,
+    /// Largest instance file (or ZIP entry) read, in bytes; larger ones are reported as failed.
+    #[arg(long, default_value_t = crate::upload::DEFAULT_MAX_INSTANCE_BYTES)]
+    pub max_instance_bytes: u64,
+    /// Most entries a ZIP archive may have.
+    #[arg(long, default_value_t = crate::upload::inputs::DEFAULT_ZIP_MAX_ENTRIES)]
+    pub zip_max_entries: u64,
+    /// Most bytes all entries of one ZIP archive may inflate to.
+    #[arg(long, default_value_t = crate::upload::inputs::DEFAULT_ZIP_MAX_TOTAL_BYTES)]
+    pub zip_max_total_bytes: u64,
+    /// Most inflated bytes per compressed byte of a ZIP entry (a zip-bomb guard).
+    #[arg(long, default_value_t = crate::upload::inputs::DEFAULT_ZIP_MAX_RATIO)]
+    pub zip_max_ratio: u64,
+    /// No progress lines on stderr (retries, failures and the summary are still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]

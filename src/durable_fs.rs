@@ -57,6 +57,21 @@ pub fn remove_file(path: &Path) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
+/// Opens `path` for appending, creating it (and its directories) durably when it is new: the
+/// new name is fsynced into its directory before any record is appended, so that an append
+/// later made durable by `sync_data` cannot be lost with the name.
+pub fn open_append(path: &Path) -> std::io::Result<File> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    create_dir_all(dir)?;
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path)?;
+    if !existed {
+        file.sync_all()?;
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
 /// fsyncs a directory only when its entries may have changed since the last fsync through it:
 /// adding, removing or renaming a name moves the directory's modification time. For a
 /// directory whose names change rarely (sled's, between snapshots) but whose files are synced

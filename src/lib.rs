@@ -23,6 +23,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod upload;
 
 pub use archive::{Archive, ArchiveOptions};
 pub use config::Config;

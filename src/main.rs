@@ -264,6 +264,26 @@ fn main() -> anyhow::Result<()> {
             Command::Key(command) => key_command(command).await,
             Command::Share(command) => share_command(command).await,
             Command::Audit(command) => audit_command(command).await,
+            Command::Upload(args) => {
+                let options = match kura::upload::UploadOptions::from_args(args) {
+                    Ok(options) => options,
+                    Err(message) => {
+                        eprintln!("kura upload: {message}");
+                        std::process::exit(kura::upload::Ending::BadInput.exit_code());
+                    }
+                };
+                let summary = kura::upload::run(options).await;
+                for failure in &summary.failures {
+                    let sop =
+                        failure.sop_uid.as_deref().map(|uid| format!(" (SOP Instance {uid})")).unwrap_or_default();
+                    eprintln!("kura upload: failed: {}{sop}: {}", failure.origin, failure.reason);
+                }
+                if let Some((_, message)) = &summary.stopped {
+                    eprintln!("kura upload: stopped: {message}");
+                }
+                println!("{}", summary.line());
+                std::process::exit(summary.ending().exit_code());
+            }
             Command::Reindex(args) => {
                 let archive = Archive::open(&args.data_dir, Default::default())
                     .await

@@ -74,3 +74,7 @@ mod ups;
 /// The audit trail: every access recorded and queried, kill -9, the hash chain, ATNA over TLS
 /// syslog.
 mod audit;
+
+/// `kura upload`: cut links resumed without re-sending acknowledged instances, ZIP and DICOMDIR
+/// inputs, zip bombs, refusals not retried, an uploader key that may not search.
+mod upload;

@@ -8,6 +8,7 @@ pub mod client;
 pub mod fixtures;
 pub mod oidc;
 pub mod pki;
+pub mod proxy;
 pub mod server;
 
 pub use client::*;
