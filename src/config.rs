@@ -73,6 +73,11 @@ pub struct UploadArgs {
     /// The coding's level: gzip 1–9, br 0–11 (default: gzip 6, br 5).
     #[arg(long)]
     pub compression_level: Option<u32>,
+    /// Re-encode uncompressed pixel data losslessly before it leaves (each instance is checked
+    /// to decode to exactly its original pixels first, else sent as it is): jpeg-ls (default),
+    /// htj2k, jpeg-xl, jpeg-2000, or none.
+    #[arg(long, value_enum, default_value_t = crate::upload::PixelCodec::JpegLs)]
+    pub pixel_codec: crate::upload::PixelCodec,
     /// The journal of instances the server acknowledged (append-only, fsynced); by default
     /// `$XDG_STATE_HOME/kura/upload-journal` or `~/.local/state/kura/upload-journal`.
     #[arg(long, env = "KURA_UPLOAD_JOURNAL")]

@@ -29,6 +29,7 @@ use http::{Method, StatusCode, header};
 use crate::config::UploadArgs;
 use client::{Client, Reply, Target};
 use inputs::{InputLimits, Scanned, SourceReader};
+pub use prepare::PixelCodec;
 use prepare::{PrepareLimits, Prepared};
 pub use stow::Coding;
 
@@ -88,6 +89,8 @@ pub struct UploadOptions {
     pub batch_instances: usize,
     /// The body's content coding and its level; `None`: sent as it is.
     pub coding: Option<(Coding, u32)>,
+    /// The lossless syntax uncompressed pixel data is re-encoded in (`prepare`); `None`: as read.
+    pub pixel_codec: Option<crate::dicom::encode::Codec>,
     pub journal: PathBuf,
     pub retries: u32,
     pub timeout: Duration,
@@ -120,6 +123,7 @@ impl UploadOptions {
             batch_instances: args.batch_instances,
             coding: (!args.no_compress)
                 .then(|| (args.coding, args.compression_level.unwrap_or_else(|| args.coding.default_level()))),
+            pixel_codec: args.pixel_codec.codec(),
             journal,
             retries: args.retries,
             timeout: Duration::from_secs(args.timeout_secs),
@@ -410,6 +414,7 @@ impl<'a> Upload<'a> {
         let limits = PrepareLimits {
             max_instance_bytes: self.options.limits.max_instance_bytes,
             zip_max_ratio: self.options.limits.zip_max_ratio,
+            pixel_codec: self.options.pixel_codec,
         };
         let coding = self.options.coding;
         tokio::task::spawn_blocking(move || {

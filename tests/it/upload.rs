@@ -21,10 +21,14 @@ struct UploadRun {
     stderr: String,
 }
 
-/// Runs `kura upload` to its end.
+/// Runs `kura upload` to its end. The transport tests compare bytes: unless `extra` names a
+/// `--pixel-codec`, the pixels go as read (`--pixel-codec none`).
 async fn upload(paths: &[&Path], to: &str, journal: &Path, extra: &[&str], token: Option<&str>) -> UploadRun {
     let mut command = tokio::process::Command::new(kura_binary());
     command.arg("upload").args(paths).args(["--to", to, "--journal"]).arg(journal).args(extra);
+    if !extra.contains(&"--pixel-codec") {
+        command.args(["--pixel-codec", "none"]);
+    }
     command.env_remove("KURA_TOKEN");
     if let Some(token) = token {
         command.env("KURA_TOKEN", token);
@@ -480,7 +484,9 @@ async fn upload_over_a_slow_link_bench() {
             args.extend(more);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut command = tokio::process::Command::new(kura_binary());
+            // Bytes are compared at the end: pixels as read (the codec's figures: benches/README.md).
             command.arg("upload").arg(&dir).args(["--to", &to, "--journal"]).arg(&journal).args(&args);
+            command.args(["--pixel-codec", "none"]);
             let output = command.output().await.unwrap();
             let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             eprintln!("{}{stdout}", String::from_utf8_lossy(&output.stderr));
@@ -545,4 +551,53 @@ async fn upload_over_a_slow_link_bench() {
         assert!(parts[0].1 == as_stored(&bytes), "{} arrived with other bytes", file.display());
     }
     eprintln!("BENCH all {} instances read back byte-exact", files.len());
+}
+
+/// Issue 19: uncompressed pixel data leaves re-encoded losslessly (JPEG-LS by default, each
+/// instance checked to decode to its pixels before it is sent): the server holds JPEG-LS, the
+/// request bodies are smaller than the files, and every frame decodes to the original pixels;
+/// `--pixel-codec none` sends the files as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncompressed_pixels_leave_in_jpeg_ls_and_arrive_pixel_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_study(dir.path(), 1931, 4);
+    let data = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(data.path());
+    let journal = dir.path().join("journal");
+    let run = upload(&[dir.path()], &server.base, &journal, &["--pixel-codec", "jpeg-ls", "--no-compress"], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(sent_and_present(&run.stdout), (4, 0));
+    let native: u64 = files.iter().map(|(_, bytes, _)| bytes.len() as u64).sum();
+    let on_wire: f64 = run
+        .stdout
+        .split("; ")
+        .nth(1)
+        .and_then(|text| text.split(" MiB on the wire").next())
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or_else(|| panic!("no wire figure in {}", run.stdout));
+    assert!(on_wire * 1024.0 * 1024.0 < native as f64 * 0.8, "{on_wire} MiB for {native} native bytes");
+    for (path, bytes, spec) in &files {
+        let stored =
+            get(&spec.instance_url(&server.base), "multipart/related; type=\"application/dicom\"; transfer-syntax=*")
+                .await;
+        let parts = split_multipart(stored.content_type(), &stored.body);
+        assert!(parts[0].0.contains("1.2.840.10008.1.2.4.80"), "{} is held as JPEG-LS: {}", path.display(), parts[0].0);
+        // Decoded by the server to native, the frame is the original's Pixel Data.
+        let frame = get(
+            &format!("{}/frames/1", spec.instance_url(&server.base)),
+            "multipart/related; type=\"application/octet-stream\"",
+        )
+        .await;
+        let frames = split_multipart(frame.content_type(), &frame.body);
+        let _ = bytes;
+        let original = dataset(spec);
+        let pixels = original.element(dicom_dictionary_std::tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+        assert!(frames[0].1 == pixels.as_ref(), "{} decodes to its original pixels", path.display());
+    }
+    // Without the codec the same files arrive byte for byte.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = write_study(plain_dir.path(), 1932, 2);
+    let run = upload(&[plain_dir.path()], &server.base, &plain_dir.path().join("journal"), &[], None).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_arrived_exact(&server.base, &plain, None).await;
 }
