@@ -364,7 +364,14 @@ pub fn read_pixel_format(reader: impl Read) -> Option<(String, PixelFormat)> {
 /// for benches/lossless_encode.rs).
 pub fn native_frame(object: &DefaultDicomObject, frame: u32) -> Result<(PixelFormat, Vec<u8>), TranscodeError> {
     let decoded = object.decode_pixel_data_frame(frame).map_err(|e| TranscodeError::Undecodable(e.to_string()))?;
-    let format = PixelFormat {
+    let format = decoded_format(&decoded);
+    let bytes = decoded.frame_data(0).map_err(|e| TranscodeError::Failed(e.to_string()))?.to_vec();
+    Ok((format, bytes))
+}
+
+/// The format of pixels as a decoder gave them.
+fn decoded_format(decoded: &dicom_pixeldata::DecodedPixelData<'_>) -> PixelFormat {
+    PixelFormat {
         rows: decoded.rows(),
         columns: decoded.columns(),
         samples_per_pixel: decoded.samples_per_pixel(),
@@ -374,9 +381,7 @@ pub fn native_frame(object: &DefaultDicomObject, frame: u32) -> Result<(PixelFor
         signed: decoded.pixel_representation() == PixelRepresentation::Signed,
         planar: decoded.planar_configuration() != PlanarConfiguration::Standard,
         photometric: decoded.photometric_interpretation().as_str().to_string(),
-    };
-    let bytes = decoded.frame_data(0).map_err(|e| TranscodeError::Failed(e.to_string()))?.to_vec();
-    Ok((format, bytes))
+    }
 }
 
 /// Checks the object's stored syntax and pixels against `codec` and its decoded size against

@@ -86,17 +86,8 @@ fn expected(format: &PixelFormat, bytes: &[u8]) -> Vec<i32> {
 fn decoded_samples(encoded: &[u8], frame: u32) -> (PixelFormat, Vec<i32>) {
     let object = OpenFileOptions::new().read_preamble(ReadPreamble::Always).from_reader(encoded).expect("reads back");
     let decoded = object.decode_pixel_data_frame(frame).expect("decodes");
-    let format = PixelFormat {
-        rows: decoded.rows(),
-        columns: decoded.columns(),
-        samples_per_pixel: decoded.samples_per_pixel(),
-        bits_allocated: decoded.bits_allocated(),
-        bits_stored: decoded.bits_stored(),
-        high_bit: decoded.high_bit(),
-        signed: decoded.pixel_representation() == PixelRepresentation::Signed,
-        planar: false,
-        photometric: decoded.photometric_interpretation().as_str().to_string(),
-    };
+    // Decoded pixels come interleaved whatever the stored Planar Configuration.
+    let format = PixelFormat { planar: false, ..decoded_format(&decoded) };
     let data = decoded.frame_data(0).expect("frame").to_vec();
     let samples = format.samples(&data).expect("samples");
     (format, samples)
