@@ -144,7 +144,7 @@ pub struct GuardedBody<S> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 impl<S> GuardedBody<S> {

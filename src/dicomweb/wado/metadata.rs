@@ -233,13 +233,13 @@ impl Pieces {
 /// Copies `json` into `out`, replacing each [`BASE_PLACEHOLDER`] with `base`.
 fn append_with_base(out: &mut Vec<u8>, json: &[u8], base: &[u8]) {
     let placeholder = BASE_PLACEHOLDER.as_bytes();
-    let mut rest = json;
-    while let Some(at) = rest.windows(placeholder.len()).position(|w| w == placeholder) {
-        out.extend_from_slice(&rest[..at]);
+    let mut copied = 0;
+    for at in memchr::memmem::find_iter(json, placeholder) {
+        out.extend_from_slice(&json[copied..at]);
         out.extend_from_slice(base);
-        rest = &rest[at + placeholder.len()..];
+        copied = at + placeholder.len();
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&json[copied..]);
 }
 
 #[cfg(test)]
