@@ -345,6 +345,43 @@ pub fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>
     Ok(Some(range))
 }
 
+/// A bulk data value computed in memory (Pixel Data of an instance stored re-encoded), answered
+/// as `bulkdata` answers a stored value: one part, or with `application/octet-stream` first a
+/// single body where HTTP Range applies.
+fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result<Response<ResponseBody>, Error> {
+    let single_part =
+        accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
+    if !single_part {
+        let native = Frames {
+            media_type: OCTET_STREAM,
+            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+            video: false,
+            map: Arc::new(FrameMap::Single),
+        };
+        if choose_form(headers, &native, false, &|_| false).is_none() {
+            return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
+        }
+        return Ok(decoded_response(vec![(location, vec![value])]));
+    }
+    let length = value.len() as u64;
+    let (status, first, last) = match byte_range(headers, length)? {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
+        None => (StatusCode::OK, 0, length.saturating_sub(1)),
+    };
+    let served = if length == 0 { 0 } else { last - first + 1 };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, OCTET_STREAM)
+        .header(header::CONTENT_LENGTH, served)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LOCATION, location);
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{length}"));
+    }
+    let body = value.slice(first as usize..(first + served) as usize);
+    Ok(response.body(crate::dicomweb::full_body(body)).expect("valid response"))
+}
+
 /// A nested bulk data path, `{sequence}/{item}/…/{tag}`: tags of 8 hex digits, item numbers
 /// from 1 (the form `dicom::json::nested_bulk_path` writes).
 fn nested_path(text: &str) -> Option<Vec<u32>> {
@@ -384,6 +421,10 @@ pub async fn bulkdata(
             .await?
             .ok_or_else(|| Error::not_found(format!("no bulk data {tag_text} in this instance")))?
     } else if tag == pixel_data {
+        // Stored re-encoded (`--store-compression`): the value as received, as when stored so.
+        if let Some(value) = archive.received_pixel_data(record).await? {
+            return value_response(headers, location, value);
+        }
         let layout = record.pixel_data.as_ref().ok_or_else(|| Error::not_found("the instance has no pixel data"))?;
         match layout.length {
             Some(length) => (layout.offset, length),
