@@ -124,6 +124,14 @@ async fn instances_are_stored_smaller_and_given_back_byte_for_byte() {
         let plain_parts = split_multipart(frames_plain.content_type(), &frames_plain.body);
         let packed_parts = split_multipart(frames_packed.content_type(), &frames_packed.body);
         assert_eq!(packed_parts[0].1, plain_parts[0].1, "{name}: frame 1 differs from the received one");
+        // A wildcard that does not ask for the stored form gets them native too (dicomweb-client's
+        // default is `type="*/*"`).
+        for accept in ["*/*", "multipart/related; type=\"*/*\""] {
+            let reply = get(&format!("{url}/frames/1"), accept).await;
+            assert_eq!(reply.status, StatusCode::OK, "{name} {accept}: {}", reply.text());
+            let parts = split_multipart(reply.content_type(), &reply.body);
+            assert_eq!(parts[0].1, plain_parts[0].1, "{name} {accept}: native frame 1");
+        }
         if *compressible {
             let misses = packed.archive.encode_cache_stats().misses;
             let jls = get(&format!("{url}/frames/1"), "multipart/related; type=\"image/jls\"").await;

@@ -40,6 +40,9 @@ struct Frames {
     transfer_syntax_uid: String,
     video: bool,
     map: Arc<FrameMap>,
+    /// Stored re-encoded from native pixel data (`--store-compression`): a request that names
+    /// no form gets the frames native, as received, as from a server that stores them so.
+    received_native: bool,
 }
 
 /// The Image Pixel attributes of a stored instance, checked against its Pixel Data: the one
@@ -72,7 +75,8 @@ async fn all_frames(archive: &Arc<Archive>, record: &InstanceRecord) -> Result<F
         (media_type, ts.to_string(), video)
     };
     let map = archive.frame_map(record, &description).await?.map_err(frame_error)?;
-    Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map) })
+    let received_native = archive.original_form(record)?.is_some();
+    Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map), received_native })
 }
 
 /// How frames go out: their stored bytes, decoded to native pixels, or encoded losslessly.
@@ -114,7 +118,12 @@ fn choose_form(
     single_part: bool,
     encodable: &dyn Fn(Codec) -> bool,
 ) -> Option<FrameForm> {
-    let Some(accepted) = accepted_types(headers) else { return Some(FrameForm::Stored) };
+    // A wildcard that does not ask for the stored form (`transfer-syntax=*`) gets frames stored
+    // re-encoded as they were received.
+    let any = |ts: Option<&str>| {
+        if frames.received_native && ts != Some("*") { FrameForm::Decoded } else { FrameForm::Stored }
+    };
+    let Some(accepted) = accepted_types(headers) else { return Some(any(None)) };
     let (media_type, stored_ts) = (frames.media_type, frames.transfer_syntax_uid.as_str());
     let decodable = media_type != OCTET_STREAM && transcode::can_decode(stored_ts);
     accepted.iter().find_map(|media: &MediaType| {
@@ -124,9 +133,12 @@ fn choose_form(
             Some(ts) => ts == stored_ts,
         };
         match media.essence.as_str() {
-            "*/*" | "multipart/*" => Some(FrameForm::Stored),
+            "*/*" | "multipart/*" => Some(any(ts)),
             MULTIPART_RELATED => {
                 let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
+                if kind == "*/*" && frames.received_native && ts.is_none() {
+                    return Some(FrameForm::Decoded);
+                }
                 // `type="*/*"` (dicomweb-client's default for bulk data) takes any part type.
                 if ((kind == media_type || kind == "*/*") && stored_ok) || (kind == OCTET_STREAM && ts == Some("*")) {
                     Some(FrameForm::Stored)
@@ -357,6 +369,7 @@ fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result
             transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
             video: false,
             map: Arc::new(FrameMap::Single),
+            received_native: false,
         };
         if choose_form(headers, &native, false, &|_| false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
@@ -457,6 +470,7 @@ pub async fn bulkdata(
             transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
             video: false,
             map: Arc::new(FrameMap::Single),
+            received_native: false,
         };
         if choose_form(headers, &native, false, &|_| false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
