@@ -229,3 +229,30 @@ async fn a_re_sent_instance_is_recognised_and_survives_a_restart() {
     assert_eq!(stored_blobs(&data), blobs, "recognised by its received bytes with the switch off");
     server.terminate();
 }
+
+/// JPEG XL (jxl-oxide decodes what zune-jpegxl wrote): stored smaller, labelled .110, and the
+/// received file given back byte for byte, native frames included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpeg_xl_stores_smaller_and_gives_back_the_received_bytes() {
+    const JPEG_XL: &str = "1.2.840.10008.1.2.4.110";
+    let corpus = [
+        instance(&Spec::new(1943, 1, 1).size(64, 48, 3)),
+        pydicom_file("CT_small.dcm"),
+        pydicom_file("examples_rgb_color.dcm"),
+    ];
+    let packed = Server::with_config(&corpus, |config| config.archive.store_compression = Some(Codec::JpegXl)).await;
+    for original in &corpus {
+        let url = instance_url(&packed.base, original);
+        let received = get(&url, "application/dicom").await;
+        assert_eq!(received.body.as_ref(), as_stored(original).as_slice());
+        let stored = get(&url, "application/dicom; transfer-syntax=*").await;
+        assert_eq!(stored.content_type(), format!("application/dicom; transfer-syntax={JPEG_XL}"));
+        assert!(stored.body.len() < original.len());
+        let (_, frames) = decoded(&stored.body);
+        let (_, expected) = decoded(original);
+        assert!(frames == expected, "the JPEG XL form is not pixel-exact");
+        let frame = get(&format!("{url}/frames/1"), "multipart/related; type=\"application/octet-stream\"").await;
+        let parts = split_multipart(frame.content_type(), &frame.body);
+        assert_eq!(parts[0].1, expected[0], "native frame 1 as received");
+    }
+}
