@@ -69,7 +69,10 @@ pub fn timestamp(ms: u64) -> String {
 pub fn message(record: &AuditRecord, source: &str) -> String {
     let event = event(&record.action);
     let outcome = match record.outcome {
-        0..=399 => 0,
+        // No outcome recorded: a crash cut the request short (PS3.15 A.5.1 "Serious failure
+        // (action terminated prematurely)").
+        0 => 8,
+        1..=399 => 0,
         400..=499 => 4,
         _ => 8,
     };
@@ -154,6 +157,7 @@ mod tests {
             studies: vec!["1.2.3".into()],
             series: None,
             detail: None,
+            opened: None,
         };
         let xml = message(&record, "kura");
         assert!(

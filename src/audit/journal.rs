@@ -20,8 +20,9 @@
 //! pre-allocated WAL segments. Recovery reads a file up to its first zero byte.
 //!
 //! # Durability contract
-//! [`Journal::append`] writes a record's line; [`Journal::wait_durable`] returns once a
-//! `fdatasync` that started after that write has finished (concurrent waiters share one: the
+//! [`Journal::append`] writes a line and returns its ticket (lines are numbered in the order
+//! written, from 1 in each run); [`Journal::wait_durable`] returns once a `fdatasync` that
+//! started after that write has finished (concurrent waiters share one: the
 //! syncer thread syncs whatever was written while the previous sync ran). A new
 //! journal file's name is made durable (directory fsync) before any line is written to it.
 //! A file is retired when it grows past its bound: it is synced, a new file takes over, and the
@@ -38,6 +39,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::watch;
@@ -49,13 +52,27 @@ pub const ROTATE_BYTES: u64 = 16 << 20;
 const MAX_READ_BYTES: u64 = 2 * ROTATE_BYTES;
 const PREFIX: &str = "journal.";
 
-/// How far the journal is durable: every line of a sequence number up to `seq`; `error` once a
+/// How far the journal is durable: every line of a ticket up to `ticket`; `error` once a
 /// sync failed (after a failed `fdatasync` nothing written before it can be trusted, so the
 /// journal refuses every later record: a request whose access cannot be recorded is refused).
 #[derive(Debug, Clone, Default)]
 struct Synced {
-    seq: u64,
+    ticket: u64,
     error: Option<Arc<str>>,
+}
+
+/// A line appended without [`Sync::Now`] is durable at most this long after it was written (or
+/// with the next line that is synced now, if sooner).
+pub const LAZY_SYNC: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// When a line's `fdatasync` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// At once: someone waits for it.
+    Now,
+    /// With the next line synced now, or after [`LAZY_SYNC`]: nobody waits for it, and an extra
+    /// sync would only delay the next line someone does wait for (one sync runs at a time).
+    Soon,
 }
 
 /// Zeros added to a journal file at a time (see "Pre-zeroed files").
@@ -67,8 +84,8 @@ struct Writer {
     len: u64,
     /// How far the file holds durable zeros (or lines).
     filled: u64,
-    /// The sequence number of the last line written.
-    seq: u64,
+    /// The ticket of the last line written.
+    ticket: u64,
 }
 
 pub struct Journal {
@@ -77,10 +94,14 @@ pub struct Journal {
     /// The file lines go to, once the first is written; shared with the syncer thread.
     writer: Arc<Mutex<Option<Writer>>>,
     /// Tells the syncer that lines were written.
-    wake: mpsc::Sender<()>,
+    wake: mpsc::Sender<Sync>,
+    /// A [`Sync::Soon`] line waits for the syncer's timer.
+    lazy_armed: Arc<AtomicBool>,
     /// The files of earlier runs and retired ones, removed after the next catalog commit.
     retired: Mutex<Vec<PathBuf>>,
     next_number: Mutex<u64>,
+    /// The last ticket handed out (taken under the writer's lock, so tickets follow file order).
+    tickets: AtomicU64,
     synced: Arc<watch::Sender<Synced>>,
 }
 
@@ -109,22 +130,54 @@ impl Writer {
     }
 }
 
-/// The syncer: one thread that `fdatasync`s the current file whenever lines were written since
-/// its last sync (every line written before a sync starts is covered by it, so waiters share
-/// syncs), and tells every waiter how far the journal is durable. It ends with the journal.
+/// The syncer: one thread that `fdatasync`s the current file when woken by a line someone waits
+/// for ([`Sync::Now`]), or [`LAZY_SYNC`] after the first [`Sync::Soon`] line since its last sync
+/// (every line written before a sync starts is covered by it, so waiters share syncs), and
+/// tells every waiter how far the journal is durable. Idle, it sleeps. It ends with the journal.
 ///
 /// Measured here (benches/README.md), a thread of its own beat running the sync on the
 /// caller's worker, plain or in `block_in_place`, and a catalog commit cost half as much again.
-fn spawn_syncer(writer: Arc<Mutex<Option<Writer>>>, synced: Arc<watch::Sender<Synced>>, wakes: mpsc::Receiver<()>) {
+fn spawn_syncer(
+    writer: Arc<Mutex<Option<Writer>>>,
+    synced: Arc<watch::Sender<Synced>>,
+    wakes: mpsc::Receiver<Sync>,
+    lazy_armed: Arc<AtomicBool>,
+) {
     std::thread::Builder::new()
         .name("kura-audit-sync".into())
         .spawn(move || {
-            while wakes.recv().is_ok() {
-                while wakes.try_recv().is_ok() {}
-                let Some((file, seq)) = lock(&writer).as_ref().map(|w| (w.file.clone(), w.seq)) else { continue };
+            let mut deadline: Option<Instant> = None;
+            loop {
+                let wake = match deadline {
+                    None => wakes.recv().ok(),
+                    Some(at) => match wakes.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                        Ok(wake) => Some(wake),
+                        Err(mpsc::RecvTimeoutError::Timeout) => Some(Sync::Now),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+                    },
+                };
+                let Some(mut wake) = wake else { break };
+                while let Ok(more) = wakes.try_recv() {
+                    if more == Sync::Now {
+                        wake = Sync::Now;
+                    }
+                }
+                if wake == Sync::Soon {
+                    deadline.get_or_insert_with(|| Instant::now() + LAZY_SYNC);
+                    continue;
+                }
+                deadline = None;
+                // Lines written from here on are not covered by this sync: a lazy one arms again.
+                lazy_armed.store(false, Ordering::SeqCst);
+                let Some((file, ticket)) = lock(&writer).as_ref().map(|w| (w.file.clone(), w.ticket)) else {
+                    continue;
+                };
+                if ticket <= synced.borrow().ticket {
+                    continue;
+                }
                 let outcome = file.sync_data();
                 synced.send_modify(|state| match &outcome {
-                    Ok(()) => state.seq = state.seq.max(seq),
+                    Ok(()) => state.ticket = state.ticket.max(ticket),
                     Err(e) => state.error = Some(format!("audit journal: fdatasync failed: {e}").into()),
                 });
             }
@@ -141,14 +194,17 @@ impl Journal {
         let writer: Arc<Mutex<Option<Writer>>> = Arc::default();
         let synced = Arc::new(watch::channel(Synced::default()).0);
         let (wake, wakes) = mpsc::channel();
-        spawn_syncer(writer.clone(), synced.clone(), wakes);
+        let lazy_armed = Arc::new(AtomicBool::new(false));
+        spawn_syncer(writer.clone(), synced.clone(), wakes, lazy_armed.clone());
         Ok(Journal {
             dir: dir.to_path_buf(),
             rotate_bytes,
             writer,
             wake,
+            lazy_armed,
             retired: Mutex::new(files.into_iter().map(|(_, path)| path).collect()),
             next_number: Mutex::new(next_number),
+            tickets: AtomicU64::new(0),
             synced,
         })
     }
@@ -188,10 +244,9 @@ impl Journal {
         Ok(lines)
     }
 
-    /// Appends the line of record `seq` (the caller appends in sequence order, under its own
-    /// lock). On an error nothing of the line stays in the journal, or the journal refuses
-    /// every later line.
-    pub fn append(&self, seq: u64, line: &[u8]) -> Result<(), String> {
+    /// Appends `line` (which holds no newline and no zero byte) and returns its ticket. On an
+    /// error nothing of the line stays in the journal, or the journal refuses every later line.
+    pub fn append(&self, line: &[u8], sync: Sync) -> Result<u64, String> {
         if let Some(error) = &self.synced.borrow().error {
             return Err(error.to_string());
         }
@@ -202,7 +257,7 @@ impl Journal {
                 // Everything in the old file becomes durable before the switch, so a sync, which
                 // covers only the current file, never leaves a line of it behind.
                 old.file.sync_data().map_err(|e| self.fail(io_text("cannot sync", &old.path, e)))?;
-                self.synced.send_modify(|state| state.seq = state.seq.max(old.seq));
+                self.synced.send_modify(|state| state.ticket = state.ticket.max(old.ticket));
                 lock(&self.retired).push(old.path);
             }
         }
@@ -222,9 +277,25 @@ impl Journal {
             };
         }
         current.len += bytes.len() as u64;
-        current.seq = seq;
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed) + 1;
+        current.ticket = ticket;
         drop(writer);
-        let _ = self.wake.send(());
+        // A lazy line wakes the syncer only when none is waiting for its timer already.
+        if sync == Sync::Now || !self.lazy_armed.swap(true, Ordering::SeqCst) {
+            let _ = self.wake.send(sync);
+        }
+        Ok(ticket)
+    }
+
+    /// Makes every line written so far durable now, on the caller's thread (start-up work that
+    /// has no request to answer).
+    pub fn sync_now(&self) -> Result<(), String> {
+        let writer = lock(&self.writer);
+        let Some(current) = writer.as_ref() else { return Ok(()) };
+        current.file.sync_data().map_err(|e| self.fail(io_text("cannot sync", &current.path, e)))?;
+        let ticket = current.ticket;
+        drop(writer);
+        self.synced.send_modify(|state| state.ticket = state.ticket.max(ticket));
         Ok(())
     }
 
@@ -244,22 +315,22 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(|e| io_text("cannot create", &path, e))?;
-        let mut writer = Writer { file: Arc::new(file), path, len: 0, filled: 0, seq: 0 };
+        let mut writer = Writer { file: Arc::new(file), path, len: 0, filled: 0, ticket: 0 };
         writer.fill()?;
         crate::durable_fs::sync_dir(&self.dir).map_err(|e| io_text("cannot sync", &self.dir, e))?;
         *number += 1;
         Ok(writer)
     }
 
-    /// Waits until the line of record `seq` is durable.
-    pub async fn wait_durable(&self, seq: u64) -> Result<(), String> {
+    /// Waits until the line of `ticket` is durable.
+    pub async fn wait_durable(&self, ticket: u64) -> Result<(), String> {
         let mut synced = self.synced.subscribe();
         let state = synced
-            .wait_for(|state| state.seq >= seq || state.error.is_some())
+            .wait_for(|state| state.ticket >= ticket || state.error.is_some())
             .await
             .map_err(|_| "audit journal: the syncer stopped".to_string())?;
         match &state.error {
-            _ if state.seq >= seq => Ok(()),
+            _ if state.ticket >= ticket => Ok(()),
             Some(error) => Err(error.to_string()),
             None => unreachable!("wait_for returns once the condition holds"),
         }

@@ -12,11 +12,28 @@
 //! # Durability
 //! Records live in a sled tree of their own (`audit`) on the catalog's database, where queries,
 //! `verify` and `export` read them, and each is also appended to the trail's journal
-//! (`{data}/audit/`, [`journal`]) before it goes to the tree. [`AuditLog::record`] returns once
-//! the journal's `fdatasync` covers the record: the server answers a request only once its
-//! record would survive a power cut. The catalog's own commits make the tree durable later; at
-//! open, the journal's records that the tree lacks are put back, and a journal file is removed
-//! only after a catalog commit covers it.
+//! (`{data}/audit/`, [`journal`]) before it goes to the tree. The catalog's own commits make
+//! the tree durable later; at open, the journal's lines that the tree lacks are put back, and a
+//! journal file is removed only after a catalog commit covers it.
+//!
+//! A request is on record before it is answered, in two steps, so that the journal's
+//! `fdatasync` runs beside the request's work instead of after it (issue 18 asks ≤ 10 % of a
+//! search's cost; a sync after the work added 0.3–0.5 ms to a 0.2 ms search, benches/README.md):
+//! 1. [`AuditLog::open_access`], as soon as the caller is known: an *access* line (who, what,
+//!    which study, when, from where — everything but the outcome) goes to the journal and a
+//!    pending entry to the tree; its sync starts at once.
+//! 2. [`AuditLog::close_access`], when the answer is ready: the chained record with the outcome
+//!    is appended (it names the access it closes, `opened`, and removes the pending entry in the
+//!    same batch), and the answer waits until the *access* line is durable — by then usually long
+//!    since. The record itself becomes durable with the journal's next sync, at most
+//!    [`journal::LAZY_SYNC`] (5 ms) later: it starts no sync of its own, which would delay the
+//!    next request's access line (one sync runs at a time).
+//!
+//! So a power cut never loses an answered access; in the few milliseconds after an answer it
+//! can lose that access's outcome, and a request cut short by a crash has none. At the next
+//! open, every access still pending becomes a chained record with outcome 0 and a detail saying
+//! that the outcome was not recorded. Events that are not requests of a known caller (failed
+//! authentications, the command line) use [`AuditLog::record`], which waits for their own line.
 //!
 //! # Tamper evidence
 //! Records are numbered from 1 without gaps, and each carries the SHA-256 of the previous
@@ -32,6 +49,7 @@ pub mod atna;
 pub mod journal;
 pub mod syslog;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +62,11 @@ pub const TREE: &str = "audit";
 /// Version of [`AuditRecord`].
 pub const RECORD_VERSION: u32 = 1;
 const RECORD_PREFIX: u8 = b'r';
+/// Accesses opened and not yet closed (see "Durability"); outside the chain.
+const PENDING_PREFIX: u8 = b'p';
+/// The detail of the record that closes an access whose outcome a crash took.
+pub const INTERRUPTED: &str = "outcome not recorded: the server stopped before this request was answered or its \
+                               outcome was synced";
 const HEAD_KEY: &[u8] = b"head";
 /// `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -107,6 +130,34 @@ pub struct AuditRecord {
     pub studies: Vec<String>,
     pub series: Option<String>,
     pub detail: Option<String>,
+    /// The access this record closes (see "Durability"); absent on records written without one
+    /// (and on every record of earlier versions, whose bytes stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opened: Option<u64>,
+}
+
+/// The journal line and pending entry of an access opened by [`AuditLog::open_access`]: the
+/// record to come, without its outcome.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct AccessLine {
+    access: u64,
+    time: u64,
+    action: String,
+    subject: Option<String>,
+    key_id: Option<String>,
+    institution: Option<String>,
+    address: Option<String>,
+    studies: Vec<String>,
+    series: Option<String>,
+}
+
+/// An access on record (or on its way to be durable), to be closed with its outcome.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "an opened access is closed with its outcome"]
+pub struct OpenAccess {
+    id: u64,
+    /// The journal ticket of the access line.
+    ticket: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -174,6 +225,9 @@ pub struct AuditLog {
     state: Mutex<State>,
     /// Copies for the syslog collector, when one is configured.
     forward: Mutex<Option<syslog::Forwarder>>,
+    /// The last access number handed out; an access is numbered from the time it opened (unix
+    /// microseconds) or one past the last, so numbers never repeat across restarts.
+    next_access: AtomicU64,
 }
 
 fn record_key(seq: u64) -> [u8; 9] {
@@ -183,10 +237,21 @@ fn record_key(seq: u64) -> [u8; 9] {
     key
 }
 
-/// Writes a record's stored bytes and the head that names it, atomically.
-fn insert(tree: &sled::Tree, bytes: &[u8], state: &State) -> Result<(), StoreError> {
+fn pending_key(access: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = PENDING_PREFIX;
+    key[1..].copy_from_slice(&access.to_be_bytes());
+    key
+}
+
+/// Writes a record's stored bytes and the head that names it, and removes the pending entry of
+/// the access it closes, atomically.
+fn insert(tree: &sled::Tree, bytes: &[u8], state: &State, closes: Option<u64>) -> Result<(), StoreError> {
     let head = Head { seq: state.seq, hash: state.hash.clone(), time: state.time };
     let mut batch = sled::Batch::default();
+    if let Some(access) = closes {
+        batch.remove(&pending_key(access));
+    }
     batch.insert(&record_key(state.seq), bytes);
     batch.insert(HEAD_KEY, serde_json::to_vec(&head).expect("head serialises"));
     tree.apply_batch(batch).map_err(backend)
@@ -238,22 +303,85 @@ impl AuditLog {
         };
         let journal = journal::Journal::open(journal_dir, rotate_bytes).map_err(StoreError::Corrupt)?;
         let mut recovered = 0u64;
+        let mut closed = std::collections::HashSet::new();
+        let mut accesses = Vec::new();
         for line in journal.replay().map_err(StoreError::Corrupt)? {
-            // Only the records that continue the chain: older ones are in the tree already,
-            // and a torn or foreign line was never acknowledged.
-            let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) else { continue };
-            if record.seq != state.seq + 1 || record.prev != state.hash {
-                continue;
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) {
+                closed.extend(record.opened);
+                // Only the records that continue the chain: older ones are in the tree already,
+                // and a torn or foreign line was never acknowledged.
+                if record.seq != state.seq + 1 || record.prev != state.hash {
+                    continue;
+                }
+                let next = State { seq: record.seq, hash: hex_sha256(&line), time: record.time.max(state.time) };
+                insert(&tree, &line, &next, record.opened)?;
+                state = next;
+                recovered += 1;
+            } else if let Ok(access) = serde_json::from_slice::<AccessLine>(&line) {
+                accesses.push((access.access, line));
             }
-            let next = State { seq: record.seq, hash: hex_sha256(&line), time: record.time.max(state.time) };
-            insert(&tree, &line, &next)?;
-            state = next;
-            recovered += 1;
+        }
+        // Accesses whose closing record the journal does not hold: pending (closed just below).
+        for (access, line) in accesses {
+            if !closed.contains(&access) {
+                tree.insert(pending_key(access), line).map_err(backend)?;
+            }
         }
         if recovered > 0 {
             tracing::info!(records = recovered, "audit records recovered from the journal");
         }
-        Ok(AuditLog { tree, store, journal, enabled, state: Mutex::new(state), forward: Mutex::new(None) })
+        let log = AuditLog {
+            tree,
+            store,
+            journal,
+            enabled,
+            state: Mutex::new(state),
+            forward: Mutex::new(None),
+            next_access: AtomicU64::new(0),
+        };
+        log.close_interrupted()?;
+        Ok(log)
+    }
+
+    /// Closes every access still pending at open — its request was cut short by a crash, or
+    /// its outcome was not synced — with outcome 0 and [`INTERRUPTED`], and makes those records
+    /// durable before anything else is recorded.
+    fn close_interrupted(&self) -> Result<(), StoreError> {
+        let mut interrupted = Vec::new();
+        let mut last = 0;
+        for entry in self.tree.scan_prefix([PENDING_PREFIX]) {
+            let (key, value) = entry.map_err(backend)?;
+            let id = key.get(1..).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            last = last.max(id);
+            match serde_json::from_slice::<AccessLine>(&value) {
+                Ok(access) => interrupted.push(access),
+                // Never written by Kura: drop it rather than stop the trail.
+                Err(_) => self.tree.remove(key).map(drop).map_err(backend)?,
+            }
+        }
+        self.next_access.fetch_max(last, Ordering::Relaxed);
+        if interrupted.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            accesses = interrupted.len(),
+            "audit: accesses without a recorded outcome closed as interrupted"
+        );
+        for access in interrupted {
+            let event = AuditEvent {
+                action: access.action,
+                outcome: 0,
+                subject: access.subject,
+                key_id: access.key_id,
+                institution: access.institution,
+                address: access.address,
+                studies: access.studies,
+                series: access.series,
+                detail: Some(INTERRUPTED.into()),
+            };
+            self.append_closing(event, Some(access.access))?;
+        }
+        self.journal.sync_now().map_err(|e| StoreError::Backend(e.into()))
     }
 
     pub fn enabled(&self) -> bool {
@@ -271,8 +399,50 @@ impl AuditLog {
         if !self.enabled {
             return Ok(());
         }
-        let last = self.append(event)?.last().map_or(0, |record| record.seq);
-        self.journal.wait_durable(last).await.map_err(|e| StoreError::Backend(e.into()))?;
+        let ticket = self.append_closing(event, None)?;
+        self.wait_durable(ticket).await
+    }
+
+    /// Puts a request's access on record before its work starts (see "Durability"): `event`'s
+    /// outcome is ignored; [`AuditLog::close_access`] gives it. `None` when the trail is off.
+    pub fn open_access(&self, event: &AuditEvent) -> Result<Option<OpenAccess>, StoreError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let time = now_ms();
+        let id = self
+            .next_access
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(last.max(time * 1000) + 1))
+            .map_or(0, |last| last.max(time * 1000) + 1);
+        let line = AccessLine {
+            access: id,
+            time,
+            action: event.action.chars().take(64).collect(),
+            subject: bounded(event.subject.clone()),
+            key_id: bounded(event.key_id.clone()),
+            institution: bounded(event.institution.clone()),
+            address: bounded(event.address.clone()),
+            studies: event.studies.iter().take(MAX_STUDIES_PER_RECORD).cloned().collect(),
+            series: bounded(event.series.clone()),
+        };
+        let bytes = serde_json::to_vec(&line).expect("access lines serialise");
+        let ticket = self.journal.append(&bytes, journal::Sync::Now).map_err(|e| StoreError::Backend(e.into()))?;
+        if let Err(error) = self.tree.insert(pending_key(id), bytes) {
+            self.journal.fail(format!("audit tree: {error}"));
+            return Err(backend(error));
+        }
+        Ok(Some(OpenAccess { id, ticket }))
+    }
+
+    /// Records the outcome of an access opened by [`AuditLog::open_access`] and returns once
+    /// the access is durable (its record follows with the journal's next sync).
+    pub async fn close_access(&self, access: OpenAccess, event: AuditEvent) -> Result<(), StoreError> {
+        self.append_closing(event, Some(access.id))?;
+        self.wait_durable(access.ticket).await
+    }
+
+    async fn wait_durable(&self, ticket: u64) -> Result<(), StoreError> {
+        self.journal.wait_durable(ticket).await.map_err(|e| StoreError::Backend(e.into()))?;
         self.checkpoint().await;
         Ok(())
     }
@@ -299,12 +469,23 @@ impl AuditLog {
     /// Appends `event` (several records when it names more than [`MAX_STUDIES_PER_RECORD`]
     /// studies) to the journal and the tree; durable once the journal is synced.
     pub fn append(&self, event: AuditEvent) -> Result<Vec<AuditRecord>, StoreError> {
+        self.append_records(event, None).map(|(records, _)| records)
+    }
+
+    /// [`AuditLog::append`] of the records that close `access`; returns the journal ticket of
+    /// the last.
+    fn append_closing(&self, event: AuditEvent, access: Option<u64>) -> Result<u64, StoreError> {
+        self.append_records(event, access).map(|(_, ticket)| ticket)
+    }
+
+    fn append_records(&self, event: AuditEvent, access: Option<u64>) -> Result<(Vec<AuditRecord>, u64), StoreError> {
         let mut chunks: Vec<Vec<String>> =
             event.studies.chunks(MAX_STUDIES_PER_RECORD).map(|chunk| chunk.to_vec()).collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
         let mut written = Vec::with_capacity(chunks.len());
+        let mut ticket = 0;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for studies in chunks {
             let record = AuditRecord {
@@ -321,11 +502,15 @@ impl AuditLog {
                 studies,
                 series: bounded(event.series.clone()),
                 detail: bounded(event.detail.clone()),
+                // The first record closes the access (and removes its pending entry).
+                opened: if written.is_empty() { access } else { None },
             };
             let bytes = serde_json::to_vec(&record).expect("records serialise");
             let next = State { seq: record.seq, hash: hex_sha256(&bytes), time: record.time };
-            self.journal.append(record.seq, &bytes).map_err(|e| StoreError::Backend(e.into()))?;
-            if let Err(error) = insert(&self.tree, &bytes, &next) {
+            // A record that closes an access is waited for by nobody (see "Durability").
+            let sync = if access.is_some() { journal::Sync::Soon } else { journal::Sync::Now };
+            ticket = self.journal.append(&bytes, sync).map_err(|e| StoreError::Backend(e.into()))?;
+            if let Err(error) = insert(&self.tree, &bytes, &next, record.opened) {
                 // The journal holds a record the tree does not: the next one would reuse its
                 // number. Refuse every later record rather than fork the chain.
                 self.journal.fail(format!("audit tree: {error}"));
@@ -340,7 +525,7 @@ impl AuditLog {
                 forwarder.send(record);
             }
         }
-        Ok(written)
+        Ok((written, ticket))
     }
 
     /// Walks the whole chain (see the module docs).

@@ -216,3 +216,68 @@ async fn a_full_journal_file_is_retired_after_a_commit() {
     assert!(journal_files(dir.path()).len() <= 2, "retired files are removed: {:?}", journal_files(dir.path()));
     assert_eq!(log.verify().unwrap().records, 20);
 }
+
+/// An access opened and closed is one chained record naming the access; nothing stays pending.
+#[tokio::test]
+async fn an_access_closed_is_one_record_and_nothing_pending() {
+    let (_dir, _store, log) = trail(2).await;
+    let opened = log.open_access(&event("qido", "key:abc", Some("1.2.3"))).unwrap().unwrap();
+    assert_eq!(log.tree.scan_prefix([PENDING_PREFIX]).count(), 1, "pending while the request runs");
+    log.close_access(opened, AuditEvent { outcome: 404, ..event("qido", "key:abc", Some("1.2.3")) }).await.unwrap();
+    assert_eq!(log.tree.scan_prefix([PENDING_PREFIX]).count(), 0);
+    assert_eq!(log.verify().unwrap().records, 3);
+    let record = log.get(3).unwrap().unwrap();
+    assert_eq!((record.outcome, record.opened), (404, Some(opened.id)));
+    // Records without an access keep the bytes of the first format (no `opened` key).
+    assert!(!String::from_utf8(log.tree.get(record_key(1)).unwrap().unwrap().to_vec()).unwrap().contains("opened"));
+}
+
+/// A crash between the access and its outcome: at the next open the access becomes a chained
+/// record with outcome 0, from the catalog's pending entry or, if the catalog lost it too, from
+/// the journal; an access whose closing record reached only the journal is closed by it.
+#[tokio::test]
+async fn accesses_without_an_outcome_are_closed_as_interrupted_at_open() {
+    let (dir, store, log) = trail(1).await;
+    let cut_short = log.open_access(&event("wado", "key:cut", Some("1.2.9"))).unwrap().unwrap();
+    let answered = log.open_access(&event("qido", "key:done", None)).unwrap().unwrap();
+    log.close_access(answered, event("qido", "key:done", None)).await.unwrap();
+    log.journal.sync_now().unwrap();
+    drop(log);
+    // The same catalog: the pending entry is there.
+    let reopened = open_offline(&store, dir.path()).unwrap();
+    assert_eq!(reopened.verify().unwrap().records, 3);
+    let record = reopened.get(3).unwrap().unwrap();
+    assert_eq!((record.outcome, record.opened), (0, Some(cut_short.id)));
+    assert_eq!(record.detail.as_deref(), Some(INTERRUPTED));
+    assert_eq!(record.studies, vec!["1.2.9".to_string()]);
+    assert_eq!(reopened.tree.scan_prefix([PENDING_PREFIX]).count(), 0);
+    drop(reopened);
+    // A catalog that saw none of it: the journal alone gives the same trail.
+    let empty = SledStore::open(&dir.path().join("other-store"), Default::default()).unwrap();
+    let recovered = open_offline(&empty, dir.path()).unwrap();
+    assert_eq!(recovered.verify().unwrap().records, 3, "closed once, not again");
+    let outcomes: Vec<(String, u16)> =
+        (1..=3).map(|seq| recovered.get(seq).unwrap().map(|r| (r.action, r.outcome)).unwrap()).collect();
+    assert_eq!(outcomes, [("wado".to_string(), 200), ("qido".to_string(), 200), ("wado".to_string(), 0)]);
+    // Access numbers never repeat after a restart.
+    let next = recovered.open_access(&event("qido", "local", None)).unwrap().unwrap();
+    assert!(next.id > cut_short.id && next.id > answered.id);
+}
+
+/// A line nobody waits for is synced by the syncer's timer, without another line to carry it.
+#[tokio::test]
+async fn a_lazy_journal_line_becomes_durable_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal::Journal::open(dir.path(), journal::ROTATE_BYTES).unwrap();
+    let first = journal.append(b"{\"a\":1}", journal::Sync::Soon).unwrap();
+    let second = journal.append(b"{\"a\":2}", journal::Sync::Soon).unwrap();
+    let waited = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(5), journal.wait_durable(second)).await.unwrap().unwrap();
+    assert!(second > first);
+    assert!(waited.elapsed() >= journal::LAZY_SYNC / 2, "synced by the timer, not at once: {:?}", waited.elapsed());
+    // A line someone waits for is synced at once, and so again after the timer fired.
+    let third = journal.append(b"{\"a\":3}", journal::Sync::Soon).unwrap();
+    let fourth = journal.append(b"{\"a\":4}", journal::Sync::Now).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), journal.wait_durable(fourth)).await.unwrap().unwrap();
+    assert!(fourth > third);
+}

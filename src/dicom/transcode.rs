@@ -170,7 +170,9 @@ fn decode_in_place(object: &mut DefaultDicomObject, lossy: bool) -> Result<(), T
     let bits_allocated = decoded.bits_allocated();
     let samples_per_pixel = decoded.samples_per_pixel();
     let planar = decoded.planar_configuration();
-    let bytes = decoded.into_data();
+    let signed_bits = signed_bits(&decoded);
+    let mut bytes = decoded.into_data();
+    sign_extend(&mut bytes, bits_allocated, signed_bits);
     // The decoders hand out little-endian samples; OW takes them byte for byte.
     let vr = match bits_allocated {
         8 => VR::OB,
@@ -207,6 +209,27 @@ fn decode_in_place(object: &mut DefaultDicomObject, lossy: bool) -> Result<(), T
     Ok(())
 }
 
+/// Bits Stored of signed (two's complement) samples that leave bits of their 16-bit word unused;
+/// `None` otherwise.
+fn signed_bits(decoded: &dicom_pixeldata::DecodedPixelData<'_>) -> Option<u16> {
+    let signed = decoded.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    (signed && decoded.bits_allocated() == 16 && decoded.bits_stored() < 16).then(|| decoded.bits_stored())
+}
+
+/// Copies the sign bit of each 16-bit sample into the bits above High Bit. Decoders such as
+/// CharLS hand out a signed 12- or 14-bit sample as its bit pattern (−2000 in 14 bits as
+/// `0x3830`); native Pixel Data is normally written sign-extended (`0xF830`), and viewers that
+/// read native samples as 16-bit integers without masking to Bits Stored (cornerstone, many
+/// scripts) would show the pattern as a large positive value. Readers that mask see no change.
+fn sign_extend(bytes: &mut [u8], bits_allocated: u16, signed_bits: Option<u16>) {
+    let Some(bits) = signed_bits.filter(|b| (1..16).contains(b) && bits_allocated == 16) else { return };
+    let shift = 16 - bits;
+    for sample in bytes.chunks_exact_mut(2) {
+        let value = i16::from_le_bytes([sample[0], sample[1]]);
+        sample.copy_from_slice(&((value << shift) >> shift).to_le_bytes());
+    }
+}
+
 /// The native (little-endian) bytes of each of `frames` (0-based) of a compressed PS3.10 file.
 pub fn decode_frames(reader: impl Read, frames: &[u32]) -> Result<Vec<Vec<u8>>, TranscodeError> {
     let object = open(reader)?;
@@ -224,8 +247,9 @@ pub fn decode_frames(reader: impl Read, frames: &[u32]) -> Result<Vec<Vec<u8>>, 
         .iter()
         .map(|&frame| {
             let decoded = object.decode_pixel_data_frame(frame).map_err(undecodable)?;
-            let bytes = decoded.frame_data(0).map_err(failed)?;
-            Ok(bytes.to_vec())
+            let mut bytes = decoded.frame_data(0).map_err(failed)?.to_vec();
+            sign_extend(&mut bytes, decoded.bits_allocated(), signed_bits(&decoded));
+            Ok(bytes)
         })
         .collect()
 }
@@ -233,6 +257,20 @@ pub fn decode_frames(reader: impl Read, frames: &[u32]) -> Result<Vec<Vec<u8>>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_samples_are_sign_extended_above_high_bit() {
+        // −2000 and +2000 in 14 bits, as a decoder hands them out; then already extended.
+        let mut bytes = [0x30, 0x38, 0xD0, 0x07, 0x30, 0xF8];
+        sign_extend(&mut bytes, 16, Some(14));
+        assert_eq!(bytes, [0x30, 0xF8, 0xD0, 0x07, 0x30, 0xF8]);
+        let mut unsigned = [0x30, 0x38];
+        sign_extend(&mut unsigned, 16, None);
+        assert_eq!(unsigned, [0x30, 0x38]);
+        let mut full = [0x30, 0x38];
+        sign_extend(&mut full, 16, Some(16));
+        assert_eq!(full, [0x30, 0x38], "no unused bits, nothing to extend");
+    }
 
     /// The decodable set the conformance statement's §4 table promises.
     #[test]

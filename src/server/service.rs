@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::access::Access;
 use super::router::{self, Endpoint};
 use crate::archive::Archive;
-use crate::audit::{AuditEvent, AuditNote};
+use crate::audit::{AuditEvent, AuditNote, OpenAccess};
 use crate::auth::{Principal, Scope};
 use crate::config::Config;
 use crate::dicomweb::{self, RequestContext, ResponseBody};
@@ -91,6 +91,8 @@ impl App {
         // What the audit trail records of this request (`crate::audit`); the status is filled
         // in from the response.
         let mut audit: Option<AuditEvent> = None;
+        // The access, on record before the work starts (`crate::audit`, "Durability").
+        let mut access: Option<OpenAccess> = None;
         let mut response = async {
             // Authentication before routing: without credentials, where they are required, no
             // answer says which resources exist.
@@ -117,6 +119,10 @@ impl App {
             tracing::Span::current().record("caller", principal.subject.as_str());
             let endpoint = route?;
             audit = audit_event(&endpoint, &principal, address, request.uri().query());
+            if let Some(event) = &audit {
+                // A request whose access cannot be recorded is refused.
+                access = self.archive.audit().open_access(event).map_err(Error::internal)?;
+            }
             Access::authorize(&principal, endpoint.required_role()).or_else(|refused| {
                 match endpoint.alternative_role() {
                     Some(role) if principal.has(role) => Ok(()),
@@ -160,9 +166,13 @@ impl App {
                 }
                 event.detail = note.detail.or(event.detail);
             }
-            // The answer waits until its record is durable; a request whose access cannot be
+            // The answer waits until its access is durable; a request whose access cannot be
             // recorded is refused.
-            if let Err(error) = self.archive.audit().record(event).await {
+            let recorded = match access {
+                Some(access) => self.archive.audit().close_access(access, event).await,
+                None => self.archive.audit().record(event).await,
+            };
+            if let Err(error) = recorded {
                 response = span.in_scope(|| render_error(&Error::internal(error)));
             }
         }
