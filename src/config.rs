@@ -279,6 +279,12 @@ pub struct ServeArgs {
     /// `<data-dir>/encode-cache`, emptied at start.
     #[arg(long, env = "KURA_ENCODE_CACHE_BYTES", default_value_t = crate::archive::encode_cache::DEFAULT_BYTES)]
     pub encode_cache_bytes: u64,
+    /// Store new instances whose pixel data arrives native (Explicit VR Little Endian) with it
+    /// losslessly re-encoded, when every frame gives back exactly the received bytes and the
+    /// result is smaller; the received bytes stay available byte for byte (WADO-RS with the
+    /// original transfer-syntax, or none). `none` stores every instance as received.
+    #[arg(long, env = "KURA_STORE_COMPRESSION", value_enum, default_value_t = StoreCompression::None)]
+    pub store_compression: StoreCompression,
     /// How long COMPLETED and CANCELED UPS workitems are kept, in hours (fractions allowed),
     /// before they are removed.
     #[arg(long, env = "KURA_WORKITEM_RETENTION_HOURS", default_value_t = 168.0)]
@@ -688,10 +694,30 @@ impl Config {
                 rendition_cache_bytes: args.rendition_cache_mib.saturating_mul(1024 * 1024),
                 precompute_renditions: !args.no_precompute_renditions,
                 encode_cache_bytes: args.encode_cache_bytes,
+                store_compression: args.store_compression.codec(),
             },
             security,
             audit: AuditSettings { syslog: args.audit_syslog.clone(), syslog_ca: args.audit_syslog_ca.clone() },
         })
+    }
+}
+
+/// `--store-compression`: the lossless syntaxes whose encoder and decoder both live in-process
+/// and whose output was smallest to decode back exactly (benches/README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreCompression {
+    None,
+    JpegLs,
+    JpegXl,
+}
+
+impl StoreCompression {
+    pub fn codec(self) -> Option<crate::dicom::encode::Codec> {
+        match self {
+            StoreCompression::None => None,
+            StoreCompression::JpegLs => Some(crate::dicom::encode::Codec::JpegLs),
+            StoreCompression::JpegXl => Some(crate::dicom::encode::Codec::JpegXl),
+        }
     }
 }
 

@@ -16,9 +16,11 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::blob::{BlobError, BlobId, BlobWrite, SharedBlobStore};
+use crate::dicom::encode::Codec;
 use crate::dicom::part10::{self, HEADER_LEN, ParseError, ParsedInstance};
+use crate::dicom::transcode::EXPLICIT_VR_LITTLE_ENDIAN;
 use crate::error::FailureReason;
-use crate::model::records::RECORD_VERSION;
+use crate::model::records::{OriginalForm, RECORD_VERSION};
 use crate::store::{DuplicatePolicy, InstanceRecord, PayloadRef, PutOutcome, Store};
 
 /// An instance that is now in the store (durable after the next `Store::commit`).
@@ -72,6 +74,8 @@ pub struct IngestLimits {
     pub policy: DuplicatePolicy,
     /// What the store-time parse draws from (see `crate::memory`).
     pub budget: Arc<crate::memory::MemoryBudget>,
+    /// The lossless syntax native pixel data is stored in (`--store-compression`).
+    pub store_compression: Option<Codec>,
 }
 
 /// An instance whose bytes are written (not yet durable) and parsed, waiting to be recorded.
@@ -80,6 +84,9 @@ pub struct PreparedInstance {
     metadata: Vec<u8>,
     /// Where each frame starts, when only the stored bytes could tell (`FrameMap::to_stored`).
     frame_map: Option<Vec<u8>>,
+    /// When the payload is the instance re-encoded (`--store-compression`): what gives back
+    /// the bytes it was received as.
+    original: Option<OriginalForm>,
 }
 
 impl PreparedInstance {
@@ -201,7 +208,103 @@ where
         // Not referenced by any record: remove it now (a crash here leaves it to the sweep).
         let _ = blobs.delete(vec![finished.id]).await;
     }
-    prepared.map_err(IngestError::Instance)
+    let mut prepared = prepared.map_err(IngestError::Instance)?;
+    if let Some(codec) = limits.store_compression {
+        prepared = compressed(store, blobs, principal, expected_study, limits, prepared, codec).await;
+    }
+    Ok(prepared)
+}
+
+/// The instance stored with its native pixel data re-encoded in `codec` (`dicom::encode::stored`),
+/// in a new blob, the received one deleted; or, when it cannot be (not native Explicit VR Little
+/// Endian, pixels the codec does not give back exactly, not smaller, the memory budget busy, a
+/// write failing), `prepared` unchanged: storage compression never refuses an instance. The
+/// record, metadata and index values stay those of the received instance (its data set is
+/// unchanged); only the payload, the stored transfer syntax and where Pixel Data sits change.
+async fn compressed(
+    store: &Arc<dyn Store>,
+    blobs: &SharedBlobStore,
+    principal: &Principal,
+    expected_study: Option<&str>,
+    limits: &IngestLimits,
+    prepared: PreparedInstance,
+    codec: Codec,
+) -> PreparedInstance {
+    let native = prepared.record.pixel_data.as_ref().is_some_and(|layout| layout.length.is_some());
+    if prepared.record.transfer_syntax_uid != EXPLICIT_VR_LITTLE_ENDIAN || !native {
+        return prepared;
+    }
+    let received = prepared.record.payload.clone();
+    // The received bytes, the re-encoded ones and the decoded check of them are held at once.
+    let Ok(memory) = limits.budget.reserve(received.length.saturating_mul(4)).await else {
+        tracing::debug!("store compression skipped: the memory budget is busy");
+        return prepared;
+    };
+    let Ok(mut reader) = blobs.reader(received.id) else { return prepared };
+    let permit = super::parse_permit().await;
+    let sha256 = received.sha256.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let mut bytes = Vec::with_capacity(received.length as usize);
+            std::io::Read::read_to_end(&mut reader, &mut bytes).map_err(|e| e.to_string())?;
+            crate::dicom::encode::stored::compress(&bytes, &sha256, codec)
+        }))
+    })
+    .await;
+    let result = match job {
+        Ok(Ok(result)) => result,
+        _ => Err("the encoder failed".to_string()),
+    };
+    let compressed = match result {
+        Ok(compressed) => compressed,
+        Err(why) => {
+            // No identifying values: `why` speaks of the pixel format only.
+            tracing::debug!(%why, "instance stored as received");
+            return prepared;
+        }
+    };
+    let Some(payload) = write_blob(store, blobs, &compressed.bytes).await else { return prepared };
+    drop(compressed.bytes);
+    drop(memory);
+    let new_id = payload.id;
+    let reparsed = parse_into_record(blobs, principal, expected_study, limits, payload).await;
+    let same = reparsed.as_ref().is_ok_and(|again| {
+        again.record.attributes == prepared.record.attributes
+            && again.record.sop_instance_uid == prepared.record.sop_instance_uid
+            && again.record.transfer_syntax_uid == codec.transfer_syntax()
+    });
+    let Ok(mut again) = reparsed.map_err(|_| ()) else {
+        let _ = blobs.delete(vec![new_id]).await;
+        return prepared;
+    };
+    if !same {
+        tracing::warn!("a re-encoded instance parsed differently from the received one; stored as received");
+        let _ = blobs.delete(vec![new_id]).await;
+        return prepared;
+    }
+    // Never referenced by a record: removed now (a crash here leaves it to the sweep).
+    let _ = blobs.delete(vec![prepared.record.payload.id]).await;
+    again.record.owner = prepared.record.owner;
+    again.metadata = prepared.metadata;
+    again.original = Some(compressed.original);
+    again
+}
+
+/// A new blob holding `bytes` (not yet durable: `record` makes it so), or `None` when it could
+/// not be written (nothing of it is left).
+async fn write_blob(store: &Arc<dyn Store>, blobs: &SharedBlobStore, bytes: &[u8]) -> Option<PayloadRef> {
+    let id = tokio::task::block_in_place(|| store.allocate_payload()).ok()?;
+    let mut writer = blobs.create(id).await.ok()?;
+    for chunk in bytes.chunks(1 << 20) {
+        if writer.write(chunk).await.is_err() {
+            let _ = writer.abort().await;
+            return None;
+        }
+    }
+    let finished = writer.finish().await.ok()?;
+    let sha256 = format!("{:x}", Sha256::digest(bytes));
+    Some(PayloadRef { id: finished.id, length: bytes.len() as u64, sha256 })
 }
 
 async fn parse_into_record(
@@ -255,7 +358,7 @@ async fn parse_into_record(
         large_values: parsed.large_values.clone(),
     };
     let frame_map = stored_frame_map(blobs, &record).await;
-    Ok(PreparedInstance { record, metadata: parsed.metadata, frame_map })
+    Ok(PreparedInstance { record, metadata: parsed.metadata, frame_map, original: None })
 }
 
 /// Works out where the frames of an encapsulated multi-frame instance start, once, when the
@@ -319,6 +422,7 @@ pub async fn record(
                     prepared.record,
                     &prepared.metadata,
                     prepared.frame_map.as_deref(),
+                    prepared.original.as_ref(),
                     limits.policy,
                 ) {
                     Ok(PutOutcome::Stored { replaced, .. }) => Ok(StoredInstance { replaced, ..held.clone() }),

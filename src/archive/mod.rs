@@ -66,6 +66,9 @@ pub struct ArchiveOptions {
     pub precompute_renditions: bool,
     /// Bytes the cache of encoded frames may hold (`encode_cache`); 0 disables it.
     pub encode_cache_bytes: u64,
+    /// The lossless syntax new instances with native pixel data are stored in
+    /// (`--store-compression`, `dicom::encode::stored`); `None`: stored as received.
+    pub store_compression: Option<Codec>,
 }
 
 impl ArchiveOptions {
@@ -91,6 +94,7 @@ impl Default for ArchiveOptions {
             rendition_cache_bytes: 1024 * 1024 * 1024,
             precompute_renditions: true,
             encode_cache_bytes: encode_cache::DEFAULT_BYTES,
+            store_compression: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl Archive {
                 max_instance_bytes: options.max_instance_bytes,
                 policy: options.duplicate_policy,
                 budget: budget.clone(),
+                store_compression: options.store_compression,
             },
             codec_permits: Arc::new(tokio::sync::Semaphore::new(codec_slots())),
             budget,
@@ -494,10 +499,35 @@ impl Archive {
         .map_err(Error::internal)?
     }
 
+    /// What gives back the received bytes of an instance stored re-encoded; `None` for one
+    /// stored as received (only an encapsulated stored syntax can be a re-encoding).
+    pub fn original_form(&self, record: &InstanceRecord) -> Result<Option<crate::store::OriginalForm>, Error> {
+        if record.pixel_data.as_ref().is_none_or(|layout| layout.length.is_some()) {
+            return Ok(None);
+        }
+        Ok(self.store.original_form(&record.sop_instance_uid)?)
+    }
+
     /// The instance re-encoded in Explicit VR Little Endian, its pixel data decoded when it was
     /// compressed (see `dicom::transcode`). The bytes hold their share of the memory budget until
     /// they are dropped.
+    ///
+    /// An instance stored re-encoded (`--store-compression`) that was received in Explicit VR
+    /// Little Endian gives back exactly the bytes it was received as (`dicom::encode::stored`).
     pub async fn explicit_little_endian(&self, record: &InstanceRecord) -> Result<Bytes, Error> {
+        if let Some(original) = self.original_form(record)? {
+            let mut reader = self.blobs.reader(record.payload.id)?;
+            let estimate = record.payload.length.saturating_add(original.length.saturating_mul(2));
+            let (bytes, permit) = self
+                .run_codec(estimate, move || {
+                    let mut stored = Vec::new();
+                    std::io::Read::read_to_end(&mut reader, &mut stored)
+                        .map_err(|e| crate::dicom::transcode::TranscodeError::Failed(e.to_string()))?;
+                    crate::dicom::encode::stored::restore(&stored, &original)
+                })
+                .await?;
+            return Ok(crate::memory::attach_all(permit, vec![bytes]).swap_remove(0));
+        }
         let reader = self.blobs.reader(record.payload.id)?;
         let bits_allocated = record.bits_allocated();
         let (bytes, permit) = self
@@ -510,12 +540,43 @@ impl Archive {
 
     /// Native bytes of the given frames (0-based) of a compressed instance, holding their share
     /// of the memory budget.
+    /// Frames of an instance stored re-encoded are given as they were received.
     pub async fn decoded_frames(&self, record: &InstanceRecord, frames: Vec<u32>) -> Result<Vec<Bytes>, Error> {
-        let reader = self.blobs.reader(record.payload.id)?;
         let estimate = costs::decode(record, frames.len());
+        if let Some(original) = self.original_form(record)? {
+            let mut reader = self.blobs.reader(record.payload.id)?;
+            let estimate = estimate.saturating_add(record.payload.length);
+            let (decoded, permit) = self
+                .run_codec(estimate, move || {
+                    let mut stored = Vec::new();
+                    std::io::Read::read_to_end(&mut reader, &mut stored)
+                        .map_err(|e| crate::dicom::transcode::TranscodeError::Failed(e.to_string()))?;
+                    crate::dicom::encode::stored::decode(&stored, &original, &frames)
+                })
+                .await?;
+            return Ok(crate::memory::attach_all(permit, decoded));
+        }
+        let reader = self.blobs.reader(record.payload.id)?;
         let (decoded, permit) =
             self.run_codec(estimate, move || crate::dicom::transcode::decode_frames(reader, &frames)).await?;
         Ok(crate::memory::attach_all(permit, decoded))
+    }
+
+    /// Pixel Data's value as received, for an instance stored re-encoded (its bulk data, as a
+    /// server without `--store-compression` gives it); `None` for one stored as received.
+    pub async fn received_pixel_data(&self, record: &InstanceRecord) -> Result<Option<Bytes>, Error> {
+        let Some(original) = self.original_form(record)? else { return Ok(None) };
+        let mut reader = self.blobs.reader(record.payload.id)?;
+        let estimate = record.payload.length.saturating_add(u64::from(original.pixel_length).saturating_mul(2));
+        let (value, permit) = self
+            .run_codec(estimate, move || {
+                let mut stored = Vec::new();
+                std::io::Read::read_to_end(&mut reader, &mut stored)
+                    .map_err(|e| crate::dicom::transcode::TranscodeError::Failed(e.to_string()))?;
+                crate::dicom::encode::stored::pixel_value(&stored, &original)
+            })
+            .await?;
+        Ok(Some(crate::memory::attach_all(permit, vec![value]).swap_remove(0)))
     }
 
     /// The Image Pixel attributes of each instance as an encoder would see them (read from the

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What the catalog keeps, beside the record, of an instance stored re-encoded: see
+/// `dicom::encode::stored`.
+pub use crate::dicom::encode::stored::OriginalForm;
 use crate::dicom::part10::AttributeValue;
 
 /// Bumped whenever a record's meaning changes; readers refuse records they do not know.

@@ -18,12 +18,18 @@ pub const META: u8 = b'm';
 pub const METADATA: u8 = b'j';
 /// Where each frame of an encapsulated instance starts, worked out when it was stored.
 pub const FRAME_MAP: u8 = b'g';
+/// What gives back the received bytes of an instance stored re-encoded (`--store-compression`).
+pub const ORIGINAL_FORM: u8 = b'o';
 
 /// The catalog's on-disk format; a store with another value is refused at open.
-/// Format 3: payload ids with the top bit set name entries of the blob store's pack files, which
-/// an older Kura would not find; format 2 (files only) is read as is and relabelled.
-pub const FORMAT_VERSION: &[u8] = b"kura-catalog-3";
-/// Format 2: every payload in a file of its own. Opens as format 3 without any change.
+/// Format 4: an instance may be stored re-encoded (`--store-compression`), its received form
+/// described by an [`ORIGINAL_FORM`] key an older Kura would not read (it would serve the
+/// re-encoded bytes as if received so); formats 3 and 2 are read as is and relabelled.
+pub const FORMAT_VERSION: &[u8] = b"kura-catalog-4";
+/// Format 3: payload ids with the top bit set name entries of the blob store's pack files.
+/// Opens as format 4 without any change.
+pub const FORMAT_VERSION_3: &[u8] = b"kura-catalog-3";
+/// Format 2: every payload in a file of its own. Opens as format 4 without any change.
 pub const FORMAT_VERSION_2: &[u8] = b"kura-catalog-2";
 /// Format 1: payload chunks in sled, every value in one key. Migrated at open.
 pub const FORMAT_VERSION_1: &[u8] = b"kura-catalog-1";
@@ -58,6 +64,10 @@ pub fn metadata(sop_uid: &str) -> Vec<u8> {
 
 pub fn frame_map(sop_uid: &str) -> Vec<u8> {
     with_prefix(FRAME_MAP, &[sop_uid])
+}
+
+pub fn original_form(sop_uid: &str) -> Vec<u8> {
+    with_prefix(ORIGINAL_FORM, &[sop_uid])
 }
 
 pub fn hierarchy(study: &str, series: &str, sop: &str) -> Vec<u8> {

@@ -21,7 +21,9 @@ mod sled_store;
 pub mod worklist;
 
 pub use crate::model::BoxFuture;
-pub use crate::model::records::{Change, InstanceRecord, PayloadRef, RECORD_VERSION, SeriesRecord, StudyRecord};
+pub use crate::model::records::{
+    Change, InstanceRecord, OriginalForm, PayloadRef, RECORD_VERSION, SeriesRecord, StudyRecord,
+};
 use bytes::Bytes;
 pub use sled_store::{LegacyPayload, SledStore, SledStoreOptions};
 
@@ -77,7 +79,8 @@ pub trait Store: Send + Sync + 'static {
     fn allocate_payload(&self) -> StoreResult<u64>;
 
     /// Atomically records an instance with its DICOM JSON metadata and, when its frames could
-    /// only be found from its bytes, its frame map; updates its series and study, marks its
+    /// only be found from its bytes, its frame map, and, when it is stored re-encoded, its
+    /// original form (duplicates are then recognised by the received bytes); updates its series and study, marks its
     /// payload as referenced, and logs a change. `metadata` must be at most
     /// [`MAX_METADATA_BYTES`].
     fn put_instance(
@@ -85,6 +88,7 @@ pub trait Store: Send + Sync + 'static {
         record: InstanceRecord,
         metadata: &[u8],
         frame_map: Option<&[u8]>,
+        original: Option<&OriginalForm>,
         policy: DuplicatePolicy,
     ) -> StoreResult<PutOutcome>;
     /// Atomically removes the instances of a study, of one series of it, or one instance
@@ -101,6 +105,9 @@ pub trait Store: Send + Sync + 'static {
     fn instance_metadata(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
     /// The frame map stored with an instance (`dicom::frames::FrameMap::to_stored`), if any.
     fn frame_map(&self, sop_uid: &str) -> StoreResult<Option<Bytes>>;
+    /// For an instance stored re-encoded (`--store-compression`), what gives back the bytes it
+    /// was received as (`dicom::encode::stored`); `None` for one stored as received.
+    fn original_form(&self, sop_uid: &str) -> StoreResult<Option<OriginalForm>>;
 
     fn instance(&self, sop_uid: &str) -> StoreResult<Option<InstanceRecord>>;
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>>;

@@ -86,6 +86,15 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// What identifies the object an instance was received as: length and SHA-256 of its received
+/// bytes (preamble zeroed), which for an instance stored re-encoded its original form keeps.
+fn received_identity<'a>(record: &'a InstanceRecord, original: Option<&'a OriginalForm>) -> (u64, &'a str) {
+    match original {
+        Some(original) => (original.length, original.sha256.as_str()),
+        None => (record.payload.length, record.payload.sha256.as_str()),
+    }
+}
+
 /// The durable flush: sled's flush, then a real `fdatasync` of its log (data and length; its
 /// timestamps need not survive) and an fsync of its directory when a name in it changed.
 fn durable_flush(db: &sled::Db, log: &File, dir: &crate::durable_fs::DirSync) -> Result<(), String> {
@@ -108,7 +117,7 @@ impl SledStore {
         let legacy_payloads = db.open_tree("payloads").map_err(backend)?;
         let legacy_format = match catalog.get(keys::meta("format")).map_err(backend)? {
             Some(found) if found.as_ref() == keys::FORMAT_VERSION => false,
-            Some(found) if found.as_ref() == keys::FORMAT_VERSION_2 => {
+            Some(found) if found.as_ref() == keys::FORMAT_VERSION_3 || found.as_ref() == keys::FORMAT_VERSION_2 => {
                 catalog.insert(keys::meta("format"), keys::FORMAT_VERSION).map_err(backend)?;
                 false
             }
@@ -270,6 +279,7 @@ impl SledStore {
         self.remove_pieces(batch, &keys::instance(sop))?;
         self.remove_pieces(batch, &keys::metadata(sop))?;
         self.remove_pieces(batch, &keys::frame_map(sop))?;
+        batch.remove(keys::original_form(sop));
         batch.remove(keys::payload_ref(record.payload.id));
         batch.insert(keys::garbage(record.payload.id), &[]);
         Ok(())
@@ -465,6 +475,7 @@ impl Store for SledStore {
         mut record: InstanceRecord,
         metadata: &[u8],
         frame_map: Option<&[u8]>,
+        original: Option<&OriginalForm>,
         policy: DuplicatePolicy,
     ) -> StoreResult<PutOutcome> {
         if metadata.len() > MAX_METADATA_BYTES {
@@ -485,8 +496,11 @@ impl Store for SledStore {
             if previous_owner != record.owner {
                 return Ok(PutOutcome::NotOwner);
             }
+            // An instance stored re-encoded is the object it was received as: a re-sent copy is
+            // recognised whether either was stored re-encoded or not (`--store-compression`).
+            let previous_original = self.get::<OriginalForm>(&keys::original_form(&previous.sop_instance_uid))?;
             let same_object =
-                previous.payload.sha256 == record.payload.sha256 && previous.payload.length == record.payload.length;
+                received_identity(previous, previous_original.as_ref()) == received_identity(&record, original);
             // The same object again changes nothing, unless this version of Kura records more of
             // it than the one that stored it (e.g. the values of sequence items): then the
             // records are refreshed as for a replacement, whatever the policy.
@@ -557,6 +571,10 @@ impl Store for SledStore {
             Some(map) => self.put_pieces(&mut batch, &keys::frame_map(&sop), map)?,
             None => self.remove_pieces(&mut batch, &keys::frame_map(&sop))?,
         }
+        match original {
+            Some(original) => batch.insert(keys::original_form(&sop), encode(original)),
+            None => batch.remove(keys::original_form(&sop)),
+        }
         batch.insert(keys::payload_ref(record.payload.id), &[]);
         batch.insert(keys::change(seq), encode(&Change { seq, touched }));
         self.catalog.apply_batch(batch).map_err(backend)?;
@@ -623,6 +641,10 @@ impl Store for SledStore {
 
     fn frame_map(&self, sop_uid: &str) -> StoreResult<Option<Bytes>> {
         Ok(self.get_pieces(&keys::frame_map(sop_uid))?.map(Bytes::from))
+    }
+
+    fn original_form(&self, sop_uid: &str) -> StoreResult<Option<OriginalForm>> {
+        self.get(&keys::original_form(sop_uid))
     }
 
     fn series(&self, study_uid: &str, series_uid: &str) -> StoreResult<Option<SeriesRecord>> {

@@ -147,3 +147,35 @@ async fn a_format_2_directory_opens_as_format_3() {
     let format = db.open_tree("catalog").unwrap().get(keys::meta("format")).unwrap().unwrap();
     assert_eq!(format.as_ref(), keys::FORMAT_VERSION);
 }
+
+/// Format 3 (what main wrote before storage compression) opens as format 4 without any change:
+/// its instances have no original-form keys and are served as stored; new instances may then be
+/// stored re-encoded beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_3_directory_opens_as_format_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let old = Spec::new(73, 1, 1).size(256, 256, 1);
+    let server = ChildServer::start(&data);
+    assert_eq!(stow(&server.base, None, &[instance(&old)]).await.status, StatusCode::OK);
+    server.terminate();
+    {
+        let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+        db.open_tree("catalog").unwrap().insert(keys::meta("format"), keys::FORMAT_VERSION_3).unwrap();
+        db.flush().unwrap();
+    }
+    let server = ChildServer::start_with(&data, &["--store-compression", "jpeg-ls"]);
+    let new = Spec::new(73, 1, 2).size(256, 256, 1);
+    assert_eq!(stow(&server.base, None, &[instance(&new)]).await.status, StatusCode::OK);
+    for spec in [&old, &new] {
+        let reply = get(&spec.instance_url(&server.base), "application/dicom").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.as_ref(), as_stored(&instance(spec)).as_slice());
+    }
+    let stored = get(&new.instance_url(&server.base), "application/dicom; transfer-syntax=*").await;
+    assert_eq!(stored.content_type(), "application/dicom; transfer-syntax=1.2.840.10008.1.2.4.80");
+    server.terminate();
+    let db = sled::Config::new().path(data.join("store")).segment_size(8 << 20).open().unwrap();
+    let format = db.open_tree("catalog").unwrap().get(keys::meta("format")).unwrap().unwrap();
+    assert_eq!(format.as_ref(), keys::FORMAT_VERSION);
+}

@@ -78,3 +78,7 @@ mod audit;
 /// `kura upload`: cut links resumed without re-sending acknowledged instances, ZIP and DICOMDIR
 /// inputs, zip bombs, refusals not retried, an uploader key that may not search.
 mod upload;
+
+/// Storage compression: native pixel data stored losslessly re-encoded, the received bytes
+/// given back byte for byte.
+mod store_compression;

@@ -259,7 +259,8 @@ async fn identical_resend_refreshes_records_of_an_older_version() {
         pixel_data: None,
         large_values: Vec::new(),
     };
-    let put = |attributes| store.put_instance(record(attributes), b"{}", None, DuplicatePolicy::Reject).expect("put");
+    let put =
+        |attributes| store.put_instance(record(attributes), b"{}", None, None, DuplicatePolicy::Reject).expect("put");
     assert!(matches!(put(old_values.clone()), PutOutcome::Stored { replaced: false, garbage: None }));
     assert!(matches!(put(old_values.clone()), PutOutcome::AlreadyStored));
     let mut new_values = old_values;

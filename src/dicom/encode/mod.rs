@@ -16,6 +16,7 @@
 //! bytes of a frame already decode to a reduced image.
 
 mod j2k;
+pub mod stored;
 
 use std::io::Read;
 

@@ -40,6 +40,9 @@ struct Frames {
     transfer_syntax_uid: String,
     video: bool,
     map: Arc<FrameMap>,
+    /// Stored re-encoded from native pixel data (`--store-compression`): a request that names
+    /// no form gets the frames native, as received, as from a server that stores them so.
+    received_native: bool,
 }
 
 /// The Image Pixel attributes of a stored instance, checked against its Pixel Data: the one
@@ -72,7 +75,8 @@ async fn all_frames(archive: &Arc<Archive>, record: &InstanceRecord) -> Result<F
         (media_type, ts.to_string(), video)
     };
     let map = archive.frame_map(record, &description).await?.map_err(frame_error)?;
-    Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map) })
+    let received_native = archive.original_form(record)?.is_some();
+    Ok(Frames { media_type, transfer_syntax_uid, video, map: Arc::new(map), received_native })
 }
 
 /// How frames go out: their stored bytes, decoded to native pixels, or encoded losslessly.
@@ -114,7 +118,12 @@ fn choose_form(
     single_part: bool,
     encodable: &dyn Fn(Codec) -> bool,
 ) -> Option<FrameForm> {
-    let Some(accepted) = accepted_types(headers) else { return Some(FrameForm::Stored) };
+    // A wildcard that does not ask for the stored form (`transfer-syntax=*`) gets frames stored
+    // re-encoded as they were received.
+    let any = |ts: Option<&str>| {
+        if frames.received_native && ts != Some("*") { FrameForm::Decoded } else { FrameForm::Stored }
+    };
+    let Some(accepted) = accepted_types(headers) else { return Some(any(None)) };
     let (media_type, stored_ts) = (frames.media_type, frames.transfer_syntax_uid.as_str());
     let decodable = media_type != OCTET_STREAM && transcode::can_decode(stored_ts);
     accepted.iter().find_map(|media: &MediaType| {
@@ -124,9 +133,12 @@ fn choose_form(
             Some(ts) => ts == stored_ts,
         };
         match media.essence.as_str() {
-            "*/*" | "multipart/*" => Some(FrameForm::Stored),
+            "*/*" | "multipart/*" => Some(any(ts)),
             MULTIPART_RELATED => {
                 let kind = media.param("type").unwrap_or(OCTET_STREAM).to_ascii_lowercase();
+                if kind == "*/*" && frames.received_native && ts.is_none() {
+                    return Some(FrameForm::Decoded);
+                }
                 // `type="*/*"` (dicomweb-client's default for bulk data) takes any part type.
                 if ((kind == media_type || kind == "*/*") && stored_ok) || (kind == OCTET_STREAM && ts == Some("*")) {
                     Some(FrameForm::Stored)
@@ -345,6 +357,44 @@ pub fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>
     Ok(Some(range))
 }
 
+/// A bulk data value computed in memory (Pixel Data of an instance stored re-encoded), answered
+/// as `bulkdata` answers a stored value: one part, or with `application/octet-stream` first a
+/// single body where HTTP Range applies.
+fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result<Response<ResponseBody>, Error> {
+    let single_part =
+        accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
+    if !single_part {
+        let native = Frames {
+            media_type: OCTET_STREAM,
+            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
+            video: false,
+            map: Arc::new(FrameMap::Single),
+            received_native: false,
+        };
+        if choose_form(headers, &native, false, &|_| false).is_none() {
+            return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
+        }
+        return Ok(decoded_response(vec![(location, vec![value])]));
+    }
+    let length = value.len() as u64;
+    let (status, first, last) = match byte_range(headers, length)? {
+        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
+        None => (StatusCode::OK, 0, length.saturating_sub(1)),
+    };
+    let served = if length == 0 { 0 } else { last - first + 1 };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, OCTET_STREAM)
+        .header(header::CONTENT_LENGTH, served)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LOCATION, location);
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{length}"));
+    }
+    let body = value.slice(first as usize..(first + served) as usize);
+    Ok(response.body(crate::dicomweb::full_body(body)).expect("valid response"))
+}
+
 /// A nested bulk data path, `{sequence}/{item}/…/{tag}`: tags of 8 hex digits, item numbers
 /// from 1 (the form `dicom::json::nested_bulk_path` writes).
 fn nested_path(text: &str) -> Option<Vec<u32>> {
@@ -384,6 +434,10 @@ pub async fn bulkdata(
             .await?
             .ok_or_else(|| Error::not_found(format!("no bulk data {tag_text} in this instance")))?
     } else if tag == pixel_data {
+        // Stored re-encoded (`--store-compression`): the value as received, as when stored so.
+        if let Some(value) = archive.received_pixel_data(record).await? {
+            return value_response(headers, location, value);
+        }
         let layout = record.pixel_data.as_ref().ok_or_else(|| Error::not_found("the instance has no pixel data"))?;
         match layout.length {
             Some(length) => (layout.offset, length),
@@ -416,6 +470,7 @@ pub async fn bulkdata(
             transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
             video: false,
             map: Arc::new(FrameMap::Single),
+            received_native: false,
         };
         if choose_form(headers, &native, false, &|_| false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
