@@ -361,6 +361,18 @@ pub fn byte_range(headers: &HeaderMap, length: u64) -> Result<Option<(u64, u64)>
 /// as `bulkdata` answers a stored value: one part, or with `application/octet-stream` first a
 /// single body where HTTP Range applies.
 fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result<Response<ResponseBody>, Error> {
+    if !single_part_wanted(headers)? {
+        return Ok(decoded_response(vec![(location, vec![value])]));
+    }
+    let length = value.len() as u64;
+    ranged_response(headers, length, location, |first, served| {
+        crate::dicomweb::full_body(value.slice(first as usize..(first + served) as usize))
+    })
+}
+
+/// Whether a bulk data request asks for a single body (`application/octet-stream` first, where
+/// HTTP Range applies) rather than one part; 406 when neither form is acceptable.
+fn single_part_wanted(headers: &HeaderMap) -> Result<bool, Error> {
     let single_part =
         accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
     if !single_part {
@@ -374,9 +386,18 @@ fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result
         if choose_form(headers, &native, false, &|_| false).is_none() {
             return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
         }
-        return Ok(decoded_response(vec![(location, vec![value])]));
     }
-    let length = value.len() as u64;
+    Ok(single_part)
+}
+
+/// A single-part bulk data answer of a value of `length` bytes: 200, or 206 for one satisfiable
+/// `Range`; `body` gives the `served` bytes from `first`.
+fn ranged_response(
+    headers: &HeaderMap,
+    length: u64,
+    location: String,
+    body: impl FnOnce(u64, u64) -> ResponseBody,
+) -> Result<Response<ResponseBody>, Error> {
     let (status, first, last) = match byte_range(headers, length)? {
         Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
         None => (StatusCode::OK, 0, length.saturating_sub(1)),
@@ -391,8 +412,7 @@ fn value_response(headers: &HeaderMap, location: String, value: Bytes) -> Result
     if status == StatusCode::PARTIAL_CONTENT {
         response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{length}"));
     }
-    let body = value.slice(first as usize..(first + served) as usize);
-    Ok(response.body(crate::dicomweb::full_body(body)).expect("valid response"))
+    Ok(response.body(body(first, served)).expect("valid response"))
 }
 
 /// A nested bulk data path, `{sequence}/{item}/…/{tag}`: tags of 8 hex digits, item numbers
@@ -462,36 +482,12 @@ pub async fn bulkdata(
             .ok_or_else(|| Error::not_found(format!("no bulk data {tag_text} in this instance")))?;
         (value.offset, value.length)
     };
-    let single_part =
-        accepted_types(headers).is_some_and(|accepted| accepted.first().is_some_and(|m| m.essence == OCTET_STREAM));
-    if !single_part {
-        let native = Frames {
-            media_type: OCTET_STREAM,
-            transfer_syntax_uid: EXPLICIT_VR_LITTLE_ENDIAN.into(),
-            video: false,
-            map: Arc::new(FrameMap::Single),
-            received_native: false,
-        };
-        if choose_form(headers, &native, false, &|_| false).is_none() {
-            return Err(Error::new(ErrorKind::NotAcceptable, "bulk data is available as application/octet-stream"));
-        }
+    if !single_part_wanted(headers)? {
         let parts = std::iter::once((location, Part::Value(offset, length)));
         return Ok(multipart_response(archive, record, None, OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, parts));
     }
     // Single part: HTTP Range applies to the value's bytes.
-    let (status, first, last) = match byte_range(headers, length)? {
-        Some((first, last)) => (StatusCode::PARTIAL_CONTENT, first, last),
-        None => (StatusCode::OK, 0, length.saturating_sub(1)),
-    };
-    let served = if length == 0 { 0 } else { last - first + 1 };
-    let mut response = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, OCTET_STREAM)
-        .header(header::CONTENT_LENGTH, served)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_LOCATION, location);
-    if status == StatusCode::PARTIAL_CONTENT {
-        response = response.header(header::CONTENT_RANGE, format!("bytes {first}-{last}/{length}"));
-    }
-    Ok(response.body(stream_body(archive.payload_range(record, offset + first, served))).expect("valid response"))
+    ranged_response(headers, length, location, |first, served| {
+        stream_body(archive.payload_range(record, offset + first, served))
+    })
 }
