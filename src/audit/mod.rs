@@ -410,10 +410,9 @@ impl AuditLog {
             return Ok(None);
         }
         let time = now_ms();
-        let id = self
-            .next_access
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(last.max(time * 1000) + 1))
-            .map_or(0, |last| last.max(time * 1000) + 1);
+        let next = |last: u64| last.max(time * 1000) + 1;
+        let previous = self.next_access.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(next(last)));
+        let id = next(previous.unwrap_or_else(|last| last));
         let line = AccessLine {
             access: id,
             time,
